@@ -1,0 +1,207 @@
+"""The scheduler: readers in parallel, one writer at a time, grouped database commits.
+
+Writes queue in arrival order. The writer takes every write waiting (up to a bound), prepares
+each against memory, commits them all in ONE database transaction (group commit: a thousand
+concurrent one-item injects pay one fsync, not a thousand), then applies them to memory under
+the exclusive lock and acknowledges. A failed commit changes nothing in memory.
+
+Short reads need no lock: they run on the event loop between two awaits and memory only changes
+inside ``apply``, which never awaits. Long reads that await while reading (streaming a snapshot)
+hold ``read()``, and a writer's apply waits for them; a waiting writer holds back new readers so a
+stream of readers cannot starve it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from inventory.errors import Conflict, DLMError, Unavailable
+from inventory.feed import ChangeFeed
+from inventory.inventory import Inventory
+from inventory.store import Store, StoreConflict, StoreError
+from inventory.writes import Pending, Prepared, Write
+
+log = logging.getLogger("dlm.scheduler")
+
+MAX_GROUP_WRITES = 512
+MAX_GROUP_ROWS = 100_000
+
+
+class RWLock:
+    """Many readers or one writer; writers first once one is waiting."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._writing and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._writers_waiting += 1
+            try:
+                await self._changed.wait_for(lambda: not self._writing and not self._readers)
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._writing = False
+                self._changed.notify_all()
+
+    @property
+    def readers(self) -> int:
+        return self._readers
+
+
+@dataclass(slots=True)
+class WriterStats:
+    transactions: int = 0
+    writes: int = 0
+    failed_commits: int = 0
+    last_group_size: int = 0
+    commit_seconds: float = 0.0
+
+
+class Scheduler:
+    def __init__(self, inventory: Inventory, store: Store, feed: ChangeFeed) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.feed = feed
+        self.lock = RWLock()
+        self.stats = WriterStats()
+        self._queue: asyncio.Queue[tuple[Write, asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dlm-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            _write, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(Unavailable("the server is shutting down"))
+
+    async def write(self, write: Write):
+        """Queue ``write`` and return its result once it is durable and visible."""
+        if self._task is None or self._task.done():
+            raise Unavailable("the writer is not running")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((write, future))
+        # Shield: a client that disconnects must not cancel a commit in flight.
+        return await asyncio.shield(future)
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[Inventory]:
+        async with self.lock.read():
+            yield self.inventory
+
+    # ----------------------------------------------------------------- writer
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            group = [await queue.get()]
+            rows = 0
+            while not queue.empty() and len(group) < MAX_GROUP_WRITES and rows < MAX_GROUP_ROWS:
+                group.append(queue.get_nowait())
+                rows += 1
+            try:
+                await self._commit_group(group)
+            except Exception as exc:  # the writer must survive anything one group does
+                log.exception("writer failed on a group of %d writes", len(group))
+                for _write, future in group:
+                    if not future.done():
+                        future.set_exception(Unavailable(f"internal error while writing: {exc}"))
+
+    async def _commit_group(self, group: list[tuple[Write, asyncio.Future]]) -> None:
+        inv = self.inventory
+        pending = Pending()
+        ready: list[tuple[Prepared, asyncio.Future]] = []
+        for write, future in group:
+            if future.done():
+                continue
+            try:
+                ready.append((write.prepare(inv, pending), future))
+            except DLMError as exc:
+                future.set_exception(exc)
+        if not ready:
+            return
+        try:
+            await self._commit(ready)
+        except StoreConflict:
+            if len(ready) == 1:
+                raise_into(ready, Conflict("the database refused the change (a constraint)"))
+                return
+            # One write broke a constraint the checks did not foresee: find it by committing
+            # each alone, so the others are not failed for it.
+            log.warning("group commit of %d writes refused; retrying one by one", len(ready))
+            for one in ready:
+                try:
+                    await self._commit([one])
+                except StoreConflict as exc:
+                    raise_into([one], Conflict(f"the database refused the change: {exc}"))
+                except StoreError as exc:
+                    raise_into([one], Unavailable(f"the database could not commit: {exc}"))
+        except StoreError as exc:
+            self.stats.failed_commits += 1
+            log.error("commit failed, %d writes refused: %s", len(ready), exc)
+            raise_into(ready, Unavailable(f"the database could not commit: {exc}"))
+
+    async def _commit(self, ready: list[tuple[Prepared, asyncio.Future]]) -> None:
+        inv = self.inventory
+        version = inv.version + 1
+        ops = [op for prepared, _ in ready for op in prepared.ops]
+        started = time.perf_counter()
+        try:
+            await self.store.commit(ops, version)
+        except StoreError:
+            self.stats.failed_commits += 1
+            raise
+        self.stats.commit_seconds += time.perf_counter() - started
+        async with self.lock.write():
+            changes = []
+            results = []
+            for prepared, _future in ready:
+                results.append(prepared.apply(inv))
+                changes.extend(prepared.changes)
+            inv.version = version
+            self.feed.append(version, changes)
+        stats = self.stats
+        stats.transactions += 1
+        stats.writes += len(ready)
+        stats.last_group_size = len(ready)
+        for (_prepared, future), result in zip(ready, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+def raise_into(ready: list[tuple[Prepared, asyncio.Future]], exc: DLMError) -> None:
+    for _prepared, future in ready:
+        if not future.done():
+            future.set_exception(exc)

@@ -1,0 +1,77 @@
+"""Request bodies in (JSON or msgpack) and responses out, with input errors that name the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from inventory.errors import BadRequest, PayloadTooLarge
+
+T = TypeVar("T")
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+_PATH = re.compile(r" - at `\$(.*)`$")
+_json_encode = msgspec.json.Encoder().encode
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+
+
+def field_of(message: str, root: str | None) -> tuple[str, str | None]:
+    """Split msgspec's "Expected `int`, got `str` - at `$[3].size`" into text and field."""
+    match = _PATH.search(message)
+    if not match:
+        return message, root
+    path = match.group(1)
+    text = message[: match.start()]
+    if path.startswith("."):
+        path = path[1:]
+    if root and (not path or path.startswith("[")):
+        path = root + path
+    return text, path or root
+
+
+async def decode(request: web.Request, kind: type[T], *, root: str | None = None) -> T:
+    """The body decoded as ``kind``; BadRequest naming the field when it is not one."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body larger than {request.app._client_max_size} bytes",
+                              "body") from exc
+    if not raw:
+        raise BadRequest("a request body is required", "body")
+    msgpack_body = request.content_type == MSGPACK
+    try:
+        if msgpack_body:
+            return msgspec.msgpack.decode(raw, type=kind)
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        text, field = field_of(str(exc), root)
+        raise BadRequest(text, field) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid {'msgpack' if msgpack_body else 'JSON'}: {exc}",
+                         "body") from None
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    return MSGPACK in request.headers.get("Accept", "")
+
+
+def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    if wants_msgpack(request):
+        return web.Response(body=_msgpack_encode(body), status=status, content_type=MSGPACK)
+    return web.Response(body=_json_encode(body), status=status, content_type=JSON)
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"expected an integer, got {text!r}", name) from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"must be between {lo} and {hi}, got {value}", name)
+    return value

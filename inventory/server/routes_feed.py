@@ -1,0 +1,104 @@
+"""The snapshot and the change feed: how Detox, Dealer and read-only mirrors see the inventory.
+
+The snapshot is streamed without holding any lock, so a slow consumer never stalls writers:
+rows are read chunk by chunk between awaits, and the stream ends with every change committed
+since it began. Changes carry whole records (upserts), so applying that tail over the rows gives
+exactly the inventory at the version of the ``end`` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+from aiohttp import web
+
+from inventory.errors import BadRequest, Gone
+from inventory.feed import (
+    WIRE_ITEM_FIELDS,
+    WIRE_REPLICA_FIELDS,
+    WIRE_STORAGE_FIELDS,
+    item_wire,
+    replica_wire,
+    storage_wire,
+)
+from inventory.server.bodies import MSGPACK, query_int, respond
+from inventory.server.state import state_of
+
+routes = web.RouteTableDef()
+
+SNAPSHOT_FORMAT = "dlm-snapshot/1"
+CHUNK = 10_000
+
+
+@routes.get("/v1/snapshot")
+async def snapshot(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    inv, feed = state.inventory, state.feed
+    start = inv.version
+    response = web.StreamResponse(headers={"Content-Type": MSGPACK, "X-DLM-Version": str(start)})
+    await response.prepare(request)
+    pack = msgpack.Packer(use_bin_type=True).pack
+    await response.write(pack({
+        "format": SNAPSHOT_FORMAT,
+        "version": start,
+        "fields": {"storage": WIRE_STORAGE_FIELDS, "item": WIRE_ITEM_FIELDS,
+                   "replica": WIRE_REPLICA_FIELDS},
+        "counts": {"storages": len(inv.storages), "items": inv.counts.items,
+                   "replicas": inv.counts.replicas},
+    }))
+    await response.write(pack(["storages", [storage_wire(s.record())
+                                            for s in inv.storages.values()]]))
+    record = inv.item_record
+    total = len(inv.i_oid)
+    for lo in range(0, total, CHUNK):
+        rows = [item_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))]
+        await response.write(pack(["items", rows]))
+    record = inv.replica_record
+    total = len(inv.r_item)
+    for lo in range(0, total, CHUNK):
+        free = set(inv._free_replica_rows)
+        rows = [replica_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))
+                if r not in free]
+        await response.write(pack(["replicas", rows]))
+        await asyncio.sleep(0)
+    try:
+        tail, reached = feed.since(start, limit=1 << 62)
+    except LookupError:
+        await response.write(pack(["error", {
+            "code": "gone",
+            "message": "the inventory changed faster than the snapshot was read; retry",
+        }]))
+    else:
+        await response.write(pack(["changes", tail]))
+        await response.write(pack(["end", {"version": reached}]))
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/changes")
+async def changes(request: web.Request) -> web.Response:
+    """Committed changes after ``since``; with ``wait`` (seconds) a long poll for the next ones."""
+    state = state_of(request)
+    feed = state.feed
+    since_text = request.query.get("since")
+    if since_text is None:
+        raise BadRequest("required: the version of your snapshot or of the last changes read",
+                         "since")
+    try:
+        since = int(since_text)
+    except ValueError:
+        raise BadRequest(f"expected an integer version, got {since_text!r}", "since") from None
+    if since > feed.version or since < 0:
+        raise BadRequest(f"version {since} is not between 0 and the inventory's {feed.version}",
+                         "since")
+    wait = query_int(request, "wait", 0, 0, 300)
+    limit = query_int(request, "limit", 10_000, 1, 1_000_000)
+    if wait:
+        await feed.wait(since, wait)
+    try:
+        transactions, reached = feed.since(since, limit)
+    except LookupError:
+        raise Gone(f"changes after version {since} are no longer kept (oldest kept: "
+                   f"{feed.base_version}); take a new snapshot", "since") from None
+    return respond(request, {"version": reached, "transactions": transactions})

@@ -1,0 +1,31 @@
+"""What the running server holds, reachable from handlers through a typed app key."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from inventory.feed import ChangeFeed
+from inventory.inventory import Inventory
+from inventory.scheduler import Scheduler
+from inventory.store import Store
+
+
+@dataclass(slots=True)
+class ServerState:
+    inventory: Inventory
+    store: Store
+    feed: ChangeFeed
+    scheduler: Scheduler
+    schema_version: int
+    started: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def state_of(request: web.Request) -> ServerState:
+    return request.app[STATE]

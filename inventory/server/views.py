@@ -1,0 +1,84 @@
+"""JSON shapes of storages, items and replicas (SKA DLM column names where one exists)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inventory import model
+from inventory.inventory import NONE, Inventory, Storage
+
+_fmt, _time = model.format_uuid, model.format_time
+
+
+def storage_json(storage: Storage) -> dict[str, Any]:
+    capacity = storage.capacity
+    return {
+        "id": storage.id,
+        "name": storage.name,
+        "kind": storage.kind,
+        "root": storage.root,
+        "capacity": capacity,
+        "used": storage.used,
+        "free": max(capacity - storage.used, 0),
+        "occupancy": storage.used / capacity if capacity else None,
+        "replica_count": storage.replica_count,
+        "phase": model.PHASES[storage.phase],
+        "status": storage.status,
+        "attributes": storage.attributes,
+        "config": {k: v for k, v in storage.config.items() if "secret" not in k.lower()},
+        "created": _time(storage.created),
+    }
+
+
+def replica_json(inv: Inventory, row: int) -> dict[str, Any]:
+    item = inv.r_item[row]
+    storage = inv.storages[inv.r_storage[row]]
+    uri = inv.r_uri[row]
+    size = inv.r_size[row]
+    return {
+        "uid": _fmt(inv.i_oid[item] | storage.id),
+        "oid": _fmt(inv.i_oid[item]),
+        "storage": storage.name,
+        "storage_id": storage.id,
+        "uri": uri if uri is not None else default_uri(storage, inv.i_name[item]),
+        "state": model.REPLICA_STATES[inv.r_state[row]],
+        "size": None if size < 0 else size,
+        "checksum": inv.r_checksum[row],
+        "created": _time(inv.r_created[row]),
+        "expire_at": _time(inv.r_expire[row]),
+        "last_verified": _time(inv.r_verified[row]),
+    }
+
+
+def default_uri(storage: Storage, item_name: str) -> str:
+    if storage.kind == "s3":
+        return f"s3://{storage.root.rstrip('/')}/{item_name}"
+    return f"{storage.root.rstrip('/')}/{item_name}"
+
+
+def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, Any]:
+    size = inv.i_size[row]
+    parent = inv.i_parent[row]
+    out = {
+        "oid": _fmt(inv.i_oid[row]),
+        "item_name": inv.i_name[row],
+        "item_version": inv.i_version[row],
+        "item_type": model.ITEM_TYPES[inv.i_type[row]],
+        "parent_oid": None if parent == NONE else _fmt(inv.i_oid[parent]),
+        "size": None if size < 0 else size,
+        "checksum": inv.i_checksum[row],
+        "checksum_method": inv.i_method[row],
+        "metadata": inv.i_metadata[row] or {},
+        "target_phase": model.PHASES[inv.i_target[row]],
+        "current_phase": model.PHASES[inv.current_phase(row)],
+        "state": model.ITEM_STATES[inv.i_state[row]],
+        "created": _time(inv.i_created[row]),
+        "expire_at": _time(inv.i_expire[row]),
+        "access_count": inv.i_access_count[row],
+        "last_access": _time(inv.i_last_access[row]),
+        "owner": inv.i_owner[row],
+        "group": inv.i_group[row],
+    }
+    if replicas:
+        out["replicas"] = [replica_json(inv, r) for r in inv.replica_rows_of_item(row)]
+    return out

@@ -1,0 +1,63 @@
+"""What clients ask to create: typed request bodies, decoded and checked in one pass by msgspec.
+
+msgspec rejects a wrong type or a missing field with the path of the offending value
+(``$[3].size``), which becomes the ``field`` of the 400 answer. Checks that need more than a type
+(names, times, units) live in ``inventory.validate``; checks against the inventory in
+``inventory.writes``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from inventory import model
+
+Phase = Literal["PLASMA", "GAS", "LIQUID", "SOLID"]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+assert tuple(Phase.__args__) == model.PHASES
+
+
+class ItemSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One data item to register (SKA DLM ``init_data_item``, or the one-call ingest).
+
+    With ``storage`` (and optionally ``uri``) the item is READY at once with a complete replica
+    there; without, it is INITIALISED and a later call sets its location and state.
+    """
+
+    item_name: str
+    item_version: Version | None = None
+    item_type: Literal["file", "container"] = "file"
+    parent_oid: str | None = None
+    size: Size | None = None
+    checksum: str | None = None
+    checksum_method: str | None = None
+    metadata: dict[str, Any] | None = None
+    target_phase: Phase = "SOLID"
+    expire_at: str | None = None
+    lifetime: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    owner: str | None = None
+    group: str | None = None
+    storage: str | None = None
+    uri: str | None = None
+
+
+class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A storage volume to register: a POSIX directory or an S3 bucket and prefix."""
+
+    name: str
+    kind: Literal["posix", "s3"]
+    root: str
+    capacity: NonNegative | str
+    phase: Phase = "GAS"
+    status: Literal["online", "draining", "offline", "retired"] = "online"
+    attributes: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ItemBatch(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[ItemSpec]

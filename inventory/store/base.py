@@ -1,0 +1,119 @@
+"""The store interface: the durable side of the inventory, one implementation per database."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from inventory import model
+from inventory.inventory import Inventory
+from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
+from inventory.store.ops import DbOp
+
+ITEM_COLUMNS = ("oid", "item_name", "item_version", "item_type", "item_state", "target_phase",
+                "size", "checksum", "checksum_method", "metadata", "parent_oid", "created",
+                "expire_at", "access_count", "last_access", "owner", "group")
+REPLICA_COLUMNS = ("uid", "oid", "storage_id", "uri", "state", "size", "checksum", "created",
+                   "expire_at", "last_verified")
+STORAGE_COLUMNS = ("id", "name", "kind", "root", "capacity", "phase", "status", "attributes",
+                   "config", "created")
+
+
+class StoreError(Exception):
+    """The database could not commit; nothing of the transaction is applied."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or failed: the client may retry later (HTTP 503)."""
+
+
+class StoreConflict(StoreError):
+    """The database refused the transaction on a constraint (HTTP 409)."""
+
+
+class SchemaError(Exception):
+    """The database schema cannot be used by this version of dlm."""
+
+
+class Store(abc.ABC):
+    """Opens (and migrates) a database, loads it into memory, and commits transactions.
+
+    ``commit`` is all-or-nothing and durable when it returns: the write path acknowledges a client
+    only after it. Every commit also records the inventory version it makes current.
+    """
+
+    backend: str = ""
+    dialect: str = ""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema; SchemaError when the DB is newer than us."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def load(self, inventory: Inventory) -> None:
+        """Fill an empty inventory with everything the database holds."""
+
+    @abc.abstractmethod
+    async def commit(self, ops: Sequence[DbOp], version: int) -> None:
+        """Apply ``ops`` and set the inventory version in one transaction."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    def describe(self) -> str:
+        return self.backend
+
+
+def check_schema_version(found: int, known: int, where: str) -> None:
+    if found > known:
+        raise SchemaError(
+            f"the database at {where} has schema version {found}, newer than the {known} this "
+            f"dlm knows; it was written by a newer dlm: upgrade dlm before starting it"
+        )
+
+
+# --- row conversion shared by the stores (names in the DB, codes in memory) -------------------
+
+def dumps_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def loads_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def item_db_row(rec: ItemRecord, uuid_out) -> tuple:
+    parent = rec.parent_oid
+    return (
+        uuid_out(rec.oid), rec.item_name, rec.item_version, model.ITEM_TYPES[rec.item_type],
+        model.ITEM_STATES[rec.state], model.PHASES[rec.target_phase], rec.size, rec.checksum,
+        rec.checksum_method, dumps_json(rec.metadata),
+        None if parent is None else uuid_out(parent), rec.created, rec.expire_at,
+        rec.access_count, rec.last_access, rec.owner, rec.group,
+    )
+
+
+def replica_db_row(rec: ReplicaRecord, uuid_out) -> tuple:
+    return (
+        uuid_out(model.replica_uid(rec.oid, rec.storage_id)), uuid_out(rec.oid), rec.storage_id,
+        rec.uri, model.REPLICA_STATES[rec.state], rec.size, rec.checksum, rec.created,
+        rec.expire_at, rec.last_verified,
+    )
+
+
+def storage_db_row(rec: StorageRecord) -> tuple:
+    return (rec.id, rec.name, rec.kind, rec.root, rec.capacity, model.PHASES[rec.phase],
+            rec.status, dumps_json(rec.attributes), dumps_json(rec.config), rec.created)
+
+
+def storage_from_db(row: Sequence[Any]) -> StorageRecord:
+    attributes, config = row[7], row[8]
+    if isinstance(attributes, str):
+        attributes, config = json.loads(attributes), json.loads(config)
+    return StorageRecord(row[0], row[1], row[2], row[3], row[4], model.PHASE[row[5]], row[6],
+                         attributes, config, row[9])

@@ -1,0 +1,168 @@
+"""The production store: PostgreSQL through asyncpg; COPY to write, binary fetches to load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import asyncpg
+
+import schema
+from inventory import model
+from inventory.inventory import Inventory
+from inventory.records import ItemRecord, ReplicaRecord
+from inventory.store.base import (
+    ITEM_COLUMNS,
+    REPLICA_COLUMNS,
+    STORAGE_COLUMNS,
+    Store,
+    StoreConflict,
+    StoreUnavailable,
+    check_schema_version,
+    item_db_row,
+    replica_db_row,
+    storage_db_row,
+    storage_from_db,
+)
+from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
+
+
+def _q(names: Sequence[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+_FETCH = 50_000
+_ITEM_QUERIES = (
+    f"SELECT {_q(ITEM_COLUMNS)} FROM data_item WHERE parent_oid IS NULL",
+    f"SELECT {_q(ITEM_COLUMNS)} FROM data_item WHERE parent_oid IS NOT NULL ORDER BY created",
+)
+# Connection-level failures: the transaction did not commit and the client may retry.
+_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
+                TimeoutError)
+
+
+class PostgresStore(Store):
+    backend = "postgresql"
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4) -> None:
+        self.url = url
+        self._pool: asyncpg.Pool | None = None
+        self._sizes = (min_size, max_size)
+
+    def describe(self) -> str:
+        # Never print a password.
+        head, _, tail = self.url.partition("@")
+        if tail and ":" in head.split("//", 1)[-1]:
+            user = head.split("//", 1)[-1].split(":", 1)[0]
+            return f"postgresql://{user}:***@{tail}"
+        return self.url
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self._sizes[0], max_size=self._sizes[1], command_timeout=300,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to {self.describe()}: {exc}") from exc
+        async with self._pool.acquire() as conn, conn.transaction():
+            # One migrator at a time, even if two servers start against one database.
+            await conn.execute("SELECT pg_advisory_xact_lock(864200)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
+            )
+            found = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            known = schema.migrations("postgresql")
+            check_schema_version(found, len(known), self.describe())
+            for migration in known[found:]:
+                await conn.execute(migration.sql)
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version VALUES ($1)", migration.version)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def schema_version(self) -> int:
+        async with self._pool.acquire() as conn:
+            return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+
+    # ------------------------------------------------------------------ load
+
+    async def load(self, inv: Inventory) -> None:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                 readonly=True):
+            inv.version = await conn.fetchval("SELECT version FROM inventory_state")
+            for row in await conn.fetch(f"SELECT {_q(STORAGE_COLUMNS)} FROM storage ORDER BY id"):
+                inv.add_storage(storage_from_db(tuple(row)))
+            await self._load_items(conn, inv)
+            await self._load_replicas(conn, inv)
+
+    async def _load_items(self, conn: asyncpg.Connection, inv: Inventory) -> None:
+        types, states, phases = model.ITEM_TYPE, model.ITEM_STATE, model.PHASE
+        add_item = inv.add_item
+        loads = json.loads
+        # Items without a parent first, then members in creation order (a parent always exists
+        # before its members), so that no sort of the whole table is needed.
+        for query in _ITEM_QUERIES:
+            cursor = await conn.cursor(query)
+            while rows := await cursor.fetch(_FETCH):
+                for r in rows:
+                    parent = r[10]
+                    meta = r[9]
+                    add_item(ItemRecord(
+                        r[0].int, r[1], r[2], types[r[3]], states[r[4]], phases[r[5]], r[6],
+                        r[7], r[8], None if meta is None else loads(meta),
+                        None if parent is None else parent.int, r[11], r[12], r[13], r[14],
+                        r[15], r[16],
+                    ))
+
+    async def _load_replicas(self, conn: asyncpg.Connection, inv: Inventory) -> None:
+        rstates = model.REPLICA_STATE
+        add_replica = inv.add_replica
+        cursor = await conn.cursor(f"SELECT {_q(REPLICA_COLUMNS[1:])} FROM replica")
+        while rows := await cursor.fetch(_FETCH):
+            for r in rows:
+                add_replica(ReplicaRecord(r[0].int, r[1], r[2], rstates[r[3]], r[4], r[5], r[6],
+                                          r[7], r[8]))
+
+    # ------------------------------------------------------------------ commit
+
+    async def commit(self, ops: Sequence[DbOp], version: int) -> None:
+        if self._pool is None:
+            raise StoreUnavailable("the database is closed")
+        try:
+            async with self._pool.acquire(timeout=30) as conn, conn.transaction():
+                for op in ops:
+                    await _apply(conn, op)
+                await conn.execute("UPDATE inventory_state SET version = $1", version)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise StoreConflict(f"database constraint: {exc}") from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+
+async def _apply(conn: asyncpg.Connection, op: DbOp) -> None:
+    out = model.format_uuid
+    match op:
+        case InsertItems(records):
+            await conn.copy_records_to_table(
+                "data_item", columns=ITEM_COLUMNS, records=[item_db_row(r, out) for r in records]
+            )
+        case InsertReplicas(records):
+            await conn.copy_records_to_table(
+                "replica", columns=REPLICA_COLUMNS,
+                records=[replica_db_row(r, out) for r in records],
+            )
+        case InsertStorage(record):
+            await conn.execute(
+                f"INSERT INTO storage ({_q(STORAGE_COLUMNS)}) VALUES "
+                f"({', '.join(f'${i}' for i in range(1, len(STORAGE_COLUMNS) + 1))})",
+                *storage_db_row(record),
+            )
+        case _:
+            raise TypeError(f"unknown database operation {op!r}")

@@ -1,0 +1,69 @@
+"""Checks on single values that types cannot express: names, sizes with units, times."""
+
+from __future__ import annotations
+
+import re
+
+from inventory import model
+from inventory.errors import BadRequest
+
+MAX_NAME_LENGTH = 1024
+_STORAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def item_name(name: str, field: str) -> str:
+    """An item name is also a path under every storage root: it must not be able to leave it."""
+    if not name:
+        raise BadRequest("must not be empty", field)
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadRequest(f"longer than {MAX_NAME_LENGTH} characters", field)
+    if _CONTROL.search(name):
+        raise BadRequest("must not contain control characters", field)
+    if name.startswith("/"):
+        raise BadRequest("must be relative (no leading '/')", field)
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise BadRequest(f"must not contain an empty, '.' or '..' path segment: {name!r}",
+                             field)
+    return name
+
+
+def storage_name(name: str, field: str) -> str:
+    if not _STORAGE_NAME.match(name):
+        raise BadRequest("must be 1-64 characters of letters, digits, '_', '.', '-', "
+                         "starting with a letter or digit", field)
+    return name
+
+
+def byte_size(value: int | str, field: str) -> int:
+    """Bytes from an int or a string with a unit (``500 TB``, ``2 GiB``)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS:
+        raise BadRequest(f"expected bytes as an integer or with a unit like '500 TB' or "
+                         f"'2 GiB', got {value!r}", field)
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def time_value(text: str, field: str) -> float:
+    try:
+        return model.parse_time(text)
+    except ValueError:
+        raise BadRequest(f"expected an ISO-8601 time like '2026-12-31T00:00:00Z', got {text!r}",
+                         field) from None
+
+
+def uuid_value(text: str, field: str) -> int:
+    try:
+        return model.parse_uuid(text)
+    except ValueError:
+        raise BadRequest(f"expected a UUID, got {text!r}", field) from None
