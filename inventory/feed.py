@@ -84,12 +84,14 @@ class ChangeFeed:
             raise LookupError(version)
         out: list[list[Any]] = []
         reached = version
+        records = 0
         for entry_version, changes in self._entries:
             if entry_version <= version:
                 continue
-            if out and len(out) + len(changes) > limit:
+            if out and records + len(changes) > limit:
                 break
             out.append([entry_version, [change_wire(k, r) for k, r in changes]])
+            records += len(changes)
             reached = entry_version
         return out, reached
 

@@ -28,8 +28,7 @@ from inventory.writes import Pending, Prepared, Write
 
 log = logging.getLogger("dlm.scheduler")
 
-MAX_GROUP_WRITES = 512
-MAX_GROUP_ROWS = 100_000
+MAX_GROUP_WRITES = 512  # bounds the latency one group adds to the writes queued behind it
 
 
 class RWLock:
@@ -127,10 +126,8 @@ class Scheduler:
         queue = self._queue
         while True:
             group = [await queue.get()]
-            rows = 0
-            while not queue.empty() and len(group) < MAX_GROUP_WRITES and rows < MAX_GROUP_ROWS:
+            while not queue.empty() and len(group) < MAX_GROUP_WRITES:
                 group.append(queue.get_nowait())
-                rows += 1
             try:
                 await self._commit_group(group)
             except Exception as exc:  # the writer must survive anything one group does

@@ -8,12 +8,16 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from inventory import model
 from inventory.errors import BadRequest, PayloadTooLarge
 
 T = TypeVar("T")
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 _PATH = re.compile(r" - at `\$(.*)`$")
+_ENUMS = {"kind": model.STORAGE_KINDS, "status": model.STORAGE_STATUSES,
+          "phase": model.PHASES, "target_phase": model.PHASES, "item_type": model.ITEM_TYPES}
+_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
 _json_encode = msgspec.json.Encoder().encode
 _msgpack_encode = msgspec.msgpack.Encoder().encode
 
@@ -21,15 +25,18 @@ _msgpack_encode = msgspec.msgpack.Encoder().encode
 def field_of(message: str, root: str | None) -> tuple[str, str | None]:
     """Split msgspec's "Expected `int`, got `str` - at `$[3].size`" into text and field."""
     match = _PATH.search(message)
-    if not match:
-        return message, root
-    path = match.group(1)
-    text = message[: match.start()]
-    if path.startswith("."):
-        path = path[1:]
-    if root and (not path or path.startswith("[")):
+    path, text = (match.group(1), message[: match.start()]) if match else ("", message)
+    named = _NAMED.match(text)
+    if named:  # the offending key is named in the text, not in the path
+        path = f"{path}.{named.group(1)}"
+    path = path.removeprefix(".")
+    if text.startswith("Invalid enum value"):
+        allowed = _ENUMS.get(path.rsplit(".", 1)[-1])
+        if allowed:
+            text = f"{text}; expected one of {', '.join(allowed)}"
+    if root and path.startswith("["):
         path = root + path
-    return text, path or root
+    return text, path or (root if root and not path else "body")
 
 
 async def decode(request: web.Request, kind: type[T], *, root: str | None = None) -> T:
