@@ -348,7 +348,9 @@ class Checker:
         return model.Placement(label, clause.span.line, self.file, copies, phase, condition,
                                to, source)
 
-    def _settings(self, clause: s.SettingsDecl) -> tuple[dict[str, float | int], ir.Condition | None]:
+    def _settings(
+        self, clause: s.SettingsDecl,
+    ) -> tuple[dict[str, float | int], ir.Condition | None]:
         allowed = SETTINGS[clause.section]
         values: dict[str, float | int] = {}
         to = None

@@ -95,10 +95,8 @@ class Emitter:
 
     def read(self, attr: ir.Attr) -> str:
         spec = attr.spec
-        if spec.age_of:
-            expr = f"(now - {spec.obj}.{spec.age_of})"
-        else:
-            expr = f"{spec.obj}.{spec.name}"
+        # item.age is derived from the time, so views need no clock
+        expr = f"(now - {spec.obj}.{spec.age_of})" if spec.age_of else f"{spec.obj}.{spec.name}"
         if len(attr.keys) == 1:
             expr = f"{expr}.get({attr.keys[0]!r})"
         elif attr.keys:

@@ -40,8 +40,8 @@ _SYMBOL_TYPOS = {"=": "==", "<>": "!=", "=<": "<=", "=>": ">=", "&&": "and", "&"
 class _WholeWords:
     """A pass-through post-lexer whose only job is ``always_accept``: it puts NAME in every state
     of the contextual lexer, so a keyword is only ever matched as a whole word. Without it,
-    ``ascendng`` lexes as the keyword ``asc`` followed by garbage, and ``7days`` as ``7d`` + ``ays``;
-    with it they arrive as one unexpected name the error message can quote and correct."""
+    ``ascendng`` lexes as the keyword ``asc`` followed by garbage, and ``7days`` as ``7d`` and
+    ``ays``; with it they arrive as one unexpected name the error message can quote and correct."""
 
     always_accept = ("NAME",)
 

@@ -105,7 +105,7 @@ class Attribute:
     age_of: str = ""
 
 
-def _table(obj: str, *rows: tuple[str, Type, str] | tuple[str, Type, str, str]) -> dict[str, Attribute]:
+def _table(obj: str, *rows: tuple) -> dict[str, Attribute]:
     return {row[0]: Attribute(obj, *row) for row in rows}
 
 
