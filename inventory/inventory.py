@@ -12,9 +12,11 @@ none of it. Validation lives in ``inventory.writes``: these methods trust their 
 from __future__ import annotations
 
 import fnmatch
+import re
 import sys
 from array import array
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 NONE = -1  # "no row" in link columns
 _NAN = model.NO_TIME
 _intern = sys.intern
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 
 def _time(value: float | None) -> float:
@@ -56,6 +59,53 @@ class Storage:
                              self.status, self.attributes, self.config, self.created)
 
 
+class Checksums:
+    """Item checksums, packed: a hex digest of up to 16 digits (adler32, crc32c, xxh64: nearly
+    all of them) is kept as an 8-byte int and its length, not as a ~60-byte string."""
+
+    __slots__ = ("_length", "_other", "_value")
+
+    def __init__(self) -> None:
+        self._value = array("Q")
+        self._length = bytearray()  # 0: none; 1-16: hex digits; 255: in _other
+        self._other: dict[int, str] = {}
+
+    def extend(self, checksums: Sequence[str | None]) -> None:
+        row = len(self._length)
+        value, length, other = self._value.append, self._length.append, self._other
+        match = _LOWER_HEX.fullmatch
+        for checksum in checksums:
+            if checksum is None:
+                value(0)
+                length(0)
+            elif len(checksum) <= 16 and match(checksum):
+                value(int(checksum, 16))
+                length(len(checksum))
+            else:
+                value(0)
+                length(255)
+                other[row] = checksum
+            row += 1
+
+    def set(self, row: int, checksum: str | None) -> None:
+        self._other.pop(row, None)
+        if checksum is None:
+            self._value[row], self._length[row] = 0, 0
+        elif 0 < len(checksum) <= 16 and _LOWER_HEX.fullmatch(checksum):
+            self._value[row], self._length[row] = int(checksum, 16), len(checksum)
+        else:
+            self._value[row], self._length[row] = 0, 255
+            self._other[row] = checksum
+
+    def get(self, row: int) -> str | None:
+        length = self._length[row]
+        if length == 0:
+            return None
+        if length == 255:
+            return self._other[row]
+        return f"{self._value[row]:0{length}x}"
+
+
 @dataclass(slots=True)
 class Counts:
     items: int = 0
@@ -71,40 +121,41 @@ class Inventory:
         self.storages: dict[int, Storage] = {}
         self.storage_by_name: dict[str, Storage] = {}
         self.counts = Counts()
-        # item columns
-        self.i_oid: list[int] = []
+        # Item columns. Links between rows are 4-byte ints ("i"); fields most items leave unset
+        # live in sparse dicts keyed by row, so they cost nothing where unset.
+        self.i_oid: list[int] = []  # the same int objects are the keys of by_oid
         self.i_name: list[str] = []
-        self.i_version = array("l")
+        self.i_version = array("i")
         self.i_type = bytearray()
         self.i_state = bytearray()
         self.i_target = bytearray()
         self.i_size = array("q")  # -1: unknown
-        self.i_checksum: list[str | None] = []
-        self.i_method: list[str | None] = []
-        self.i_metadata: list[dict[str, Any] | None] = []
-        self.i_parent = array("l")
+        self.i_checksum = Checksums()
+        self.i_method = bytearray()  # index into self.methods; 0: none
+        self.methods: list[str | None] = [None, model.DEFAULT_CHECKSUM_METHOD]
+        self.i_metadata: dict[int, dict[str, Any]] = {}
+        self.i_parent = array("i")
         self.i_created = array("d")
         self.i_expire = array("d")
         self.i_access_count = array("q")
         self.i_last_access = array("d")
-        self.i_owner: list[str | None] = []
-        self.i_group: list[str | None] = []
-        self.i_first_replica = array("l")
-        self.i_older = array("l")  # next older version of the same name
+        self.i_owner: dict[int, str] = {}
+        self.i_group: dict[int, str] = {}
+        self.i_first_replica = array("i")
+        self.i_older = array("i")  # next older version of the same name
         # replica columns
-        self.r_item = array("l")
+        self.r_item = array("i")
         self.r_storage = array("H")
         self.r_state = bytearray()
         self.r_size = array("q")
-        self.r_checksum: list[str | None] = []
-        self.r_uri: list[str | None] = []
+        self.r_checksum: dict[int, str] = {}  # as verified, where it was
+        self.r_uri: dict[int, str] = {}  # where not the storage's default location
         self.r_created = array("d")
-        self.r_expire = array("d")
+        self.r_expire: dict[int, float] = {}  # temporary copies only
         self.r_verified = array("d")
-        self.r_next_in_item = array("l")
-        self.r_prev_on_storage = array("l")
-        self.r_next_on_storage = array("l")
-        self._free_replica_rows: list[int] = []
+        self.r_next_in_item = array("i")
+        self.r_prev_on_storage = array("i")
+        self.r_next_on_storage = array("i")
         # indexes
         self.by_oid: dict[int, int] = {}
         self.latest_by_name: dict[str, int] = {}
@@ -129,48 +180,82 @@ class Inventory:
     # ---------------------------------------------------------------- items
 
     def add_item(self, rec: ItemRecord) -> int:
-        row = len(self.i_oid)
-        self.i_oid.append(rec.oid)
-        name = rec.item_name
-        self.i_name.append(name)
-        self.i_version.append(rec.item_version)
-        self.i_type.append(rec.item_type)
-        self.i_state.append(rec.state)
-        self.i_target.append(rec.target_phase)
-        self.i_size.append(-1 if rec.size is None else rec.size)
-        self.i_checksum.append(rec.checksum)
-        self.i_method.append(None if rec.checksum_method is None else _intern(rec.checksum_method))
-        self.i_metadata.append(rec.metadata or None)
-        parent = NONE if rec.parent_oid is None else self.by_oid[rec.parent_oid]
-        self.i_parent.append(parent)
-        self.i_created.append(rec.created)
-        self.i_expire.append(_time(rec.expire_at))
-        self.i_access_count.append(rec.access_count)
-        self.i_last_access.append(_time(rec.last_access))
-        self.i_owner.append(None if rec.owner is None else _intern(rec.owner))
-        self.i_group.append(None if rec.group is None else _intern(rec.group))
-        self.i_first_replica.append(NONE)
-        self.by_oid[rec.oid] = row
-        self._link_version(row, name, rec.item_version)
-        if rec.state != model.READY:
-            self.by_state[rec.state].add(row)
-        if rec.expire_at is not None:
-            self.expiry.add((rec.expire_at, row))
-        if parent != NONE:
-            self.children.setdefault(parent, []).append(row)
-        counts = self.counts
-        counts.items += 1
-        counts.items_by_state[rec.state] += 1
-        return row
+        return self.add_items([rec]).start
 
-    def _link_version(self, row: int, name: str, version: int) -> None:
-        latest = self.latest_by_name.get(name, NONE)
-        if latest == NONE or self.i_version[latest] < version:
-            self.i_older.append(latest)
+    def add_items(self, records: Sequence[ItemRecord]) -> range:
+        """Append items column by column (a bulk insert or a load chunk); returns their rows.
+
+        Column-wise ``extend`` from transposed records is several times faster than appending
+        field by field per row, which is what makes loading millions of items quick.
+        """
+        start = len(self.i_oid)
+        rows = list(range(start, start + len(records)))  # shared by both indexes
+        if not rows:
+            return range(start, start)
+        (oid, name, version, itype, state, target, size, checksum, method, metadata, parent,
+         created, expire, access, last_access, owner, group) = zip(*records, strict=True)
+        self.by_oid.update(zip(oid, rows, strict=True))  # before parents are resolved
+        self.i_oid.extend(oid)
+        self.i_name.extend(name)
+        self.i_version.extend(version)
+        self.i_type.extend(itype)
+        self.i_state.extend(state)
+        self.i_target.extend(target)
+        self.i_size.extend([-1 if x is None else x for x in size])
+        self.i_checksum.extend(checksum)
+        code = self._method_code
+        self.i_method.extend([1 if m == model.DEFAULT_CHECKSUM_METHOD else code(m)
+                              for m in method])
+        by_oid = self.by_oid
+        parents = [NONE if p is None else by_oid[p] for p in parent]
+        self.i_parent.extend(parents)
+        self.i_created.extend(created)
+        self.i_expire.extend([_NAN if x is None else x for x in expire])
+        self.i_access_count.extend(access)
+        self.i_last_access.extend([_NAN if x is None else x for x in last_access])
+        self.i_first_replica.extend(array("i", [NONE]) * len(rows))
+        self.i_older.extend(array("i", [NONE]) * len(rows))
+        for sparse, values in ((self.i_metadata, metadata), (self.i_owner, owner),
+                               (self.i_group, group)):
+            sparse.update((r, v) for r, v in zip(rows, values, strict=True) if v)
+        latest = self.latest_by_name
+        claim = latest.setdefault
+        for row, item_name in zip(rows, name, strict=True):
+            first = claim(item_name, row)
+            if first != row:
+                self._link_version(row, item_name, version[row - start], first)
+        counts = self.counts
+        by_state = counts.items_by_state
+        if state.count(model.READY) != len(rows):
+            for row, st in zip(rows, state, strict=True):
+                if st != model.READY:
+                    self.by_state[st].add(row)
+                by_state[st] += 1
+        else:
+            by_state[model.READY] += len(rows)
+        self.expiry.update((e, r) for r, e in zip(rows, expire, strict=True) if e is not None)
+        for row, p in zip(rows, parents, strict=True):
+            if p != NONE:
+                self.children.setdefault(p, []).append(row)
+        counts.items += len(rows)
+        return range(start, start + len(rows))
+
+    def _method_code(self, method: str | None) -> int:
+        try:
+            return self.methods.index(method)
+        except ValueError:
+            if len(self.methods) == 255:
+                raise ValueError("more than 254 checksum methods") from None
+            self.methods.append(_intern(method))
+            return len(self.methods) - 1
+
+    def _link_version(self, row: int, name: str, version: int, latest: int) -> None:
+        """Put ``row`` into the newest-first chain of versions of ``name``."""
+        if self.i_version[latest] < version:
+            self.i_older[row] = latest
             self.latest_by_name[name] = row
             return
         # An older version arriving late (e.g. loaded out of order): insert it in the chain.
-        self.i_older.append(NONE)
         prev, cur = NONE, latest
         while cur != NONE and self.i_version[cur] > version:
             prev, cur = cur, self.i_older[cur]
@@ -183,10 +268,10 @@ class Inventory:
         return ItemRecord(
             self.i_oid[row], self.i_name[row], self.i_version[row], self.i_type[row],
             self.i_state[row], self.i_target[row], None if size < 0 else size,
-            self.i_checksum[row], self.i_method[row], self.i_metadata[row],
-            None if parent == NONE else self.i_oid[parent], self.i_created[row],
-            model.opt_time(self.i_expire[row]), self.i_access_count[row],
-            model.opt_time(self.i_last_access[row]), self.i_owner[row], self.i_group[row],
+            self.i_checksum.get(row), self.methods[self.i_method[row]],
+            self.i_metadata.get(row), None if parent == NONE else self.i_oid[parent],
+            self.i_created[row], model.opt_time(self.i_expire[row]), self.i_access_count[row],
+            model.opt_time(self.i_last_access[row]), self.i_owner.get(row), self.i_group.get(row),
         )
 
     def row_of_oid(self, oid: int) -> int | None:
@@ -242,46 +327,55 @@ class Inventory:
     # ---------------------------------------------------------------- replicas
 
     def add_replica(self, rec: ReplicaRecord) -> int:
-        item = self.by_oid[rec.oid]
-        storage = self.storages[rec.storage_id]
-        free = self._free_replica_rows
-        if free:
-            row = free.pop()
-            self.r_item[row] = item
-            self.r_storage[row] = rec.storage_id
-            self.r_state[row] = rec.state
-            self.r_size[row] = -1 if rec.size is None else rec.size
-            self.r_checksum[row] = rec.checksum
-            self.r_uri[row] = rec.uri
-            self.r_created[row] = rec.created
-            self.r_expire[row] = _time(rec.expire_at)
-            self.r_verified[row] = _time(rec.last_verified)
-            self.r_next_in_item[row] = self.i_first_replica[item]
-            self.r_prev_on_storage[row] = NONE
-            self.r_next_on_storage[row] = storage.head
-        else:
-            row = len(self.r_item)
-            self.r_item.append(item)
-            self.r_storage.append(rec.storage_id)
-            self.r_state.append(rec.state)
-            self.r_size.append(-1 if rec.size is None else rec.size)
-            self.r_checksum.append(rec.checksum)
-            self.r_uri.append(rec.uri)
-            self.r_created.append(rec.created)
-            self.r_expire.append(_time(rec.expire_at))
-            self.r_verified.append(_time(rec.last_verified))
-            self.r_next_in_item.append(self.i_first_replica[item])
-            self.r_prev_on_storage.append(NONE)
-            self.r_next_on_storage.append(storage.head)
-        self.i_first_replica[item] = row
-        if storage.head != NONE:
-            self.r_prev_on_storage[storage.head] = row
-        storage.head = row
-        storage.replica_count += 1
-        if rec.size is not None:
-            storage.used += rec.size
-        self.counts.replicas += 1
-        return row
+        return self.add_replicas([rec]).start
+
+    def add_replicas(self, records: Sequence[ReplicaRecord]) -> range:
+        """Append replicas column by column and link each into its item's and storage's list."""
+        start = len(self.r_item)
+        n = len(records)
+        if not n:
+            return range(start, start)
+        (oid, storage_id, uri, state, size, checksum, created, expire,
+         verified) = zip(*records, strict=True)
+        by_oid = self.by_oid
+        items = [by_oid[o] for o in oid]
+        self.r_item.extend(items)
+        self.r_storage.extend(storage_id)
+        self.r_state.extend(state)
+        self.r_size.extend([-1 if x is None else x for x in size])
+        self.r_created.extend(created)
+        self.r_verified.extend([_NAN if x is None else x for x in verified])
+        rows = range(start, start + n)
+        for sparse, values in ((self.r_checksum, checksum), (self.r_uri, uri),
+                               (self.r_expire, expire)):
+            sparse.update((r, v) for r, v in zip(rows, values, strict=True) if v is not None)
+        self.r_prev_on_storage.extend(array("i", [NONE]) * n)
+        # Each new replica becomes the head of its item's list and of its storage's list.
+        first = self.i_first_replica
+        next_in_item = self.r_next_in_item
+        next_on_storage = self.r_next_on_storage
+        prev_on_storage = self.r_prev_on_storage
+        storages = self.storages
+        heads = {sid: storages[sid].head for sid in set(storage_id)}
+        used = dict.fromkeys(heads, 0)
+        item_size = self.i_size
+        for row, item, sid, sz in zip(rows, items, storage_id, size, strict=True):
+            next_in_item.append(first[item])
+            first[item] = row
+            head = heads[sid]
+            next_on_storage.append(head)
+            if head != NONE:
+                prev_on_storage[head] = row
+            heads[sid] = row
+            # a replica not yet measured occupies what its item says it will
+            used[sid] += sz if sz is not None else max(item_size[item], 0)
+        for sid, count in Counter(storage_id).items():
+            storage = storages[sid]
+            storage.head = heads[sid]
+            storage.replica_count += count
+            storage.used += used[sid]
+        self.counts.replicas += n
+        return rows
 
     def replica_rows_of_item(self, item_row: int) -> Iterator[int]:
         row = self.i_first_replica[item_row]
@@ -309,9 +403,9 @@ class Inventory:
     def replica_record(self, row: int) -> ReplicaRecord:
         size = self.r_size[row]
         return ReplicaRecord(
-            self.i_oid[self.r_item[row]], self.r_storage[row], self.r_uri[row], self.r_state[row],
-            None if size < 0 else size, self.r_checksum[row], self.r_created[row],
-            model.opt_time(self.r_expire[row]), model.opt_time(self.r_verified[row]),
+            self.i_oid[self.r_item[row]], self.r_storage[row], self.r_uri.get(row),
+            self.r_state[row], None if size < 0 else size, self.r_checksum.get(row),
+            self.r_created[row], self.r_expire.get(row), model.opt_time(self.r_verified[row]),
         )
 
     def current_phase(self, item_row: int) -> int:
@@ -328,6 +422,5 @@ class Inventory:
     def item_rows(self) -> range:
         return range(len(self.i_oid))
 
-    def replica_rows(self) -> Iterator[int]:
-        free = set(self._free_replica_rows)
-        return (row for row in range(len(self.r_item)) if row not in free)
+    def replica_rows(self) -> range:
+        return range(len(self.r_item))

@@ -169,11 +169,8 @@ class AddItems(Write):
             pending.item_versions.setdefault(name, set()).update(versions)
 
         def apply(inv: Inventory) -> list[ItemRecord]:
-            add_item, add_replica = inv.add_item, inv.add_replica
-            for rec in items:
-                add_item(rec)
-            for rep in replicas:
-                add_replica(rep)
+            inv.add_items(items)
+            inv.add_replicas(replicas)
             return items
 
         ops: list[DbOp] = [InsertItems(items)]

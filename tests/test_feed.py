@@ -70,6 +70,7 @@ async def test_changes_follow_a_snapshot_exactly(server):
     page = await server.client.changes(snap.version)
     assert page["version"] == snap.version + 1
     [(version, changes)] = page["transactions"]
+    assert version == snap.version + 1
     for kind, record in changes:
         snap.apply(kind, record)
     assert {c["oid"] for c in more} <= set(snap.items)

@@ -57,9 +57,7 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     record = inv.replica_record
     total = len(inv.r_item)
     for lo in range(0, total, CHUNK):
-        free = set(inv._free_replica_rows)
-        rows = [replica_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))
-                if r not in free]
+        rows = [replica_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))]
         await response.write(pack(["replicas", rows]))
         await asyncio.sleep(0)
     try:

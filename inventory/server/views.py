@@ -33,7 +33,7 @@ def storage_json(storage: Storage) -> dict[str, Any]:
 def replica_json(inv: Inventory, row: int) -> dict[str, Any]:
     item = inv.r_item[row]
     storage = inv.storages[inv.r_storage[row]]
-    uri = inv.r_uri[row]
+    uri = inv.r_uri.get(row)
     size = inv.r_size[row]
     return {
         "uid": _fmt(inv.i_oid[item] | storage.id),
@@ -43,9 +43,9 @@ def replica_json(inv: Inventory, row: int) -> dict[str, Any]:
         "uri": uri if uri is not None else default_uri(storage, inv.i_name[item]),
         "state": model.REPLICA_STATES[inv.r_state[row]],
         "size": None if size < 0 else size,
-        "checksum": inv.r_checksum[row],
+        "checksum": inv.r_checksum.get(row),
         "created": _time(inv.r_created[row]),
-        "expire_at": _time(inv.r_expire[row]),
+        "expire_at": _time(inv.r_expire.get(row)),
         "last_verified": _time(inv.r_verified[row]),
     }
 
@@ -66,9 +66,9 @@ def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, A
         "item_type": model.ITEM_TYPES[inv.i_type[row]],
         "parent_oid": None if parent == NONE else _fmt(inv.i_oid[parent]),
         "size": None if size < 0 else size,
-        "checksum": inv.i_checksum[row],
-        "checksum_method": inv.i_method[row],
-        "metadata": inv.i_metadata[row] or {},
+        "checksum": inv.i_checksum.get(row),
+        "checksum_method": inv.methods[inv.i_method[row]],
+        "metadata": inv.i_metadata.get(row, {}),
         "target_phase": model.PHASES[inv.i_target[row]],
         "current_phase": model.PHASES[inv.current_phase(row)],
         "state": model.ITEM_STATES[inv.i_state[row]],
@@ -76,8 +76,8 @@ def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, A
         "expire_at": _time(inv.i_expire[row]),
         "access_count": inv.i_access_count[row],
         "last_access": _time(inv.i_last_access[row]),
-        "owner": inv.i_owner[row],
-        "group": inv.i_group[row],
+        "owner": inv.i_owner.get(row),
+        "group": inv.i_group.get(row),
     }
     if replicas:
         out["replicas"] = [replica_json(inv, r) for r in inv.replica_rows_of_item(row)]
