@@ -50,5 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(status or 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":
+    # Run through the imported module, not __main__, so that the CLIError that command modules
+    # raise (imported from inventory.cli) is the class caught here.
+    from inventory.cli import main as _main
+
+    sys.exit(_main())

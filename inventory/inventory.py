@@ -300,7 +300,8 @@ class Inventory:
         return sorted(self.by_state[state])
 
     def rows_expiring_before(self, ts: float) -> Iterator[int]:
-        for _expire, row in self.expiry.irange(maximum=(ts, sys.maxsize), inclusive=(True, False)):
+        """Rows of items whose expiry time is strictly before ``ts``, soonest first."""
+        for _expire, row in self.expiry.irange(maximum=(ts, NONE)):
             yield row
 
     def child_rows(self, row: int) -> list[int]:

@@ -1,0 +1,137 @@
+"""The in-memory inventory's indexes and compact columns, through its Python API."""
+
+from __future__ import annotations
+
+import pytest
+
+from inventory import model
+from inventory.inventory import Checksums, Inventory
+from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
+
+
+def item(name, version=1, *, state=model.READY, expire=None, parent=None, checksum=None,
+         item_type=model.FILE, size=10, **kw):
+    return ItemRecord(model.new_oid(), name, version, item_type, state, model.PHASE["SOLID"],
+                      size, checksum, "adler32" if checksum else None, kw.get("metadata"),
+                      parent, 1000.0, expire, 0, None, kw.get("owner"), kw.get("group"))
+
+
+@pytest.fixture
+def inv():
+    inv = Inventory()
+    for sid, phase in ((1, "GAS"), (2, "GAS"), (3, "LIQUID"), (4, "SOLID"), (5, "PLASMA")):
+        inv.add_storage(StorageRecord(sid, f"s{sid}", "posix", f"/s{sid}", 10**9,
+                                      model.PHASE[phase], "online", {}, {}, 0.0))
+    return inv
+
+
+def test_versions_in_any_order_give_the_latest_and_each_version(inv):
+    for version in (2, 5, 1, 3):
+        inv.add_item(item("n", version))
+    assert inv.i_version[inv.row_of_name("n")] == 5
+    assert [inv.i_version[r] for r in inv.versions_of("n")] == [5, 3, 2, 1]
+    assert inv.row_of_name("n", 4) is None
+    assert inv.i_version[inv.row_of_name("n", 3)] == 3
+    assert inv.row_of_name("missing") is None
+
+
+def test_bulk_add_with_versions_inside_one_batch(inv):
+    inv.add_items([item("b", 1), item("b", 3), item("b", 2), item("c", 1)])
+    assert [inv.i_version[r] for r in inv.versions_of("b")] == [3, 2, 1]
+    assert inv.counts.items == 4
+
+
+def test_state_expiry_and_parent_indexes(inv):
+    rows = inv.add_items([item("a", state=model.INITIALISED), item("b", expire=50.0),
+                          item("c", expire=10.0), item("d", expire=99.0),
+                          item("box", item_type=model.CONTAINER)])
+    box_oid = inv.i_oid[rows[-1]]
+    m1 = inv.add_item(item("box/1", parent=box_oid))
+    m2 = inv.add_item(item("box/2", parent=box_oid))
+    assert list(inv.rows_in_state(model.INITIALISED)) == [rows[0]]
+    assert set(inv.rows_in_state(model.READY)) == set(rows[1:]) | {m1, m2}
+    assert [inv.i_name[r] for r in inv.rows_expiring_before(50.0)] == ["c"]
+    assert [inv.i_name[r] for r in inv.rows_expiring_before(99.5)] == ["c", "b", "d"]
+    assert inv.child_rows(rows[-1]) == [m1, m2]
+    assert inv.counts.items_by_state[model.INITIALISED] == 1
+
+
+def test_glob_and_prefix_name_matching_is_sorted(inv):
+    inv.add_items([item(n) for n in ("run/2", "run/10", "run/1", "other/1", "runx")])
+    assert [inv.i_name[r] for r in inv.rows_matching_name("run/*")] == \
+        ["run/1", "run/10", "run/2"]
+    assert [inv.i_name[r] for r in inv.rows_matching_name("run?")] == ["runx"]
+    assert [inv.i_name[r] for r in inv.rows_matching_name("run[x]")] == ["runx"]
+    assert [inv.i_name[r] for r in inv.rows_matching_name("other/1")] == ["other/1"]
+
+
+@pytest.mark.parametrize("checksum", [None, "0", "0a1b2c3d", "00000000", "ffffffffffffffff",
+                                      "ABCDEF01", "0x1f", "1_2", " 12", "a" * 64, "zz", ""])
+def test_checksums_round_trip_exactly(checksum):
+    packed = Checksums()
+    packed.extend(["00ff", checksum, "abc"])
+    assert [packed.get(0), packed.get(1), packed.get(2)] == ["00ff", checksum, "abc"]
+    packed.set(1, "beef")
+    assert packed.get(1) == "beef"
+
+
+def test_item_record_round_trip_keeps_every_field(inv):
+    rec = item("x/y", 7, checksum="DEADbeef" * 8, expire=123.5, metadata={"k": [1, 2]},
+               owner="alice", group="ska")
+    row = inv.add_item(rec)
+    assert inv.item_record(row) == rec
+    rep = ReplicaRecord(rec.oid, 2, "/custom/uri", model.COMPLETE, 10, "0a0b", 5.0, 77.0, 6.0)
+    rrow = inv.add_replica(rep)
+    assert inv.replica_record(rrow) == rep
+
+
+def test_replicas_are_listed_per_item_and_per_storage_with_usage(inv):
+    a, b = item("a", size=100), item("b", size=7)
+    inv.add_items([a, b])
+    inv.add_replicas([ReplicaRecord(a.oid, 1, None, model.COMPLETE, 100, None, 1.0, None, None),
+                      ReplicaRecord(a.oid, 2, None, model.COMPLETE, None, None, 1.0, None, None),
+                      ReplicaRecord(b.oid, 1, None, model.COMPLETE, 7, None, 1.0, None, None)])
+    assert sorted(inv.r_storage[r] for r in inv.replica_rows_of_item(inv.row_of_name("a"))) \
+        == [1, 2]
+    assert sorted(inv.i_name[inv.r_item[r]] for r in inv.replica_rows_on_storage(1)) == ["a", "b"]
+    assert inv.storages[1].used == 107 and inv.storages[1].replica_count == 2
+    assert inv.storages[2].used == 100  # unmeasured replica counts its item's size
+    assert inv.replica_row(a.oid, 2) is not None and inv.replica_row(b.oid, 2) is None
+    assert inv.counts.replicas == 3
+
+
+@pytest.mark.parametrize(("storages", "phase"), [
+    ((), "PLASMA"), ((5,), "PLASMA"), ((1,), "GAS"), ((1, 2), "LIQUID"), ((3,), "LIQUID"),
+    ((1, 3), "LIQUID"), ((3, 3), "SOLID"), ((1, 2, 3), "SOLID"), ((4,), "SOLID"),
+])
+def test_current_phase_follows_the_ska_weights(inv, storages, phase):
+    rec = item("p")
+    row = inv.add_item(rec)
+    # two copies on one storage cannot exist; use distinct storages of the same phase
+    phase_twin = {3: 3}
+    seen = set()
+    for sid in storages:
+        if sid in seen:
+            sid = inv.add_storage(StorageRecord(10 + len(seen), f"t{len(seen)}", "posix", "/t",
+                                                1, inv.storages[phase_twin[sid]].phase, "online",
+                                                {}, {}, 0.0)).id
+        seen.add(sid)
+        inv.add_replica(ReplicaRecord(rec.oid, sid, None, model.COMPLETE, 10, None, 1.0, None,
+                                      None))
+    assert model.PHASES[inv.current_phase(row)] == phase
+
+
+def test_incomplete_copies_do_not_count_for_the_phase(inv):
+    rec = item("q")
+    row = inv.add_item(rec)
+    inv.add_replica(ReplicaRecord(rec.oid, 4, None, model.REPLICA_STATE["copying"], None, None,
+                                  1.0, None, None))
+    assert model.PHASES[inv.current_phase(row)] == "PLASMA"
+
+
+def test_uids_name_their_item_and_storage():
+    oid = model.new_oid()
+    assert model.is_oid(oid)
+    uid = model.replica_uid(oid, 4242)
+    assert model.split_uid(uid) == (oid, 4242)
+    assert model.parse_uuid(model.format_uuid(uid)) == uid
