@@ -234,6 +234,12 @@ async def test_acknowledged_injects_survive_sigkill(db_url, server_process):
         health = await verify(srv.url, attempts, seed=seed)
         assert health["version"] >= max(seen), (
             f"inventory version went backwards: {health['version']} < {max(seen)} (seed {seed})")
+        lost = [a for a in this_round if a.acked is None]
+        print(f"round {rnd}: {acked} items acknowledged in "
+              f"{sum(a.acked is not None for a in this_round)} requests; unacknowledged "
+              f"requests: {sum(bool(a.present) for a in lost)} committed, "
+              f"{sum(not a.present for a in lost)} absent; version {max(seen)} -> "
+              f"{health['version']}")
         last_version = health["version"]
     assert total_acked >= ROUNDS * 10
     # A clean stop and start changes nothing either.
@@ -283,6 +289,8 @@ async def test_sigkill_during_startup_corrupts_nothing(db_url, server_process):
 
     srv = server_process(db_url)
     ready = await time_to_healthy(srv)
+    load = (await wait_healthy(srv.url))["load_seconds"]
+    print(f"start to healthy: {ready:.2f} s, of which loading {load} s")
     srv.kill()
     # Spread the kills over the whole start (imports, connect, load) at seeded offsets.
     kills = 6
