@@ -18,7 +18,7 @@ from .errors import Diagnostic, PolicyError, did_you_mean, one_of
 from .schema import ANY as ANY_TYPE
 from .schema import ATTRIBUTES, OBJECTS, PHASES, Kind, Type
 from .schema import NULL as NULL_TYPE
-from .units import format_fraction, parse_date, parse_number, unit_factor, unit_kind
+from .units import parse_date, parse_number, unit_factor, unit_kind
 
 MAX_DEPTH = 32   # nesting of not / and / or / parentheses in one condition
 
@@ -53,6 +53,8 @@ class Checker:
         self.tree = tree
         self.file = tree.filename
         self.diagnostics: list[Diagnostic] = []
+        self._where = ""                   # what kind of condition is being checked
+        self._objects: set[str] = set()    # objects it reads
 
     # --- reporting ---
 
@@ -271,7 +273,7 @@ class Checker:
             if kind not in (Kind.NUMBER, Kind.BYTES, Kind.FRACTION, Kind.DURATION, Kind.TIME) \
                     and not attr.type.ordered:
                 self.error(key.attribute.span, f"cannot order by {attr.path}, which is "
-                           f"{attr.type.describe()}", attr.path,
+                           f"{attr.type.noun()}", attr.path,
                            "a number, size, fraction, duration, time or phase attribute")
                 continue
             descending = key.direction in ("descending", "decreasing", "desc")
@@ -471,6 +473,11 @@ class Checker:
 
     def attribute(self, node: s.Attribute, scope: frozenset[str], where: str) -> ir.Attr:
         obj, *rest = node.parts
+        if not rest:
+            raise self.error(node.span, f"'{obj}' is not an attribute", obj,
+                             "an attribute such as item.popularity",
+                             f"{did_you_mean(obj, OBJECTS) or 'item'}.{obj}"
+                             if obj not in OBJECTS else "")
         if obj not in ATTRIBUTES:
             raise self.error(node.part_spans[0], f"unknown object '{obj}' in '{self.text(node)}'",
                              obj, "item, replica or storage", did_you_mean(obj, OBJECTS))
@@ -487,7 +494,7 @@ class Checker:
         keys = tuple(rest[1:])
         if keys and spec.type.kind is not Kind.MAP:
             raise self.error(node.part_spans[2], f"{obj}.{name} has no field '{keys[0]}'",
-                             self.text(node), f"{obj}.{name} alone ({spec.type.describe()})")
+                             self.text(node), f"{obj}.{name} alone ({spec.type.noun()})")
         if spec.type.kind is Kind.MAP and not keys:
             raise self.error(node.span, f"{obj}.{name} is a map and cannot be used whole",
                              self.text(node),
@@ -526,7 +533,7 @@ class Checker:
         t = attr.type
         if not t.is_ordered:
             raise self.error(node.op_span, f"'{node.op}' does not apply to {attr.path}, "
-                             f"which is {t.describe()}", node.op,
+                             f"which is {t.noun()}", node.op,
                              "'==', '!=', 'in' or 'matches'" if t.kind is not Kind.BOOL
                              else "'==' or '!='")
 
@@ -534,8 +541,8 @@ class Checker:
         lt, rt = left.type, right.type
         same = lt.kind is rt.kind and (lt.kind is not Kind.ENUM or lt.names == rt.names)
         if not (same or Kind.ANY in (lt.kind, rt.kind)):
-            raise self.error(node.span, f"cannot compare {left.path} ({lt.describe()}) with "
-                             f"{right.path} ({rt.describe()})", self.text(node),
+            raise self.error(node.span, f"cannot compare {left.path} ({lt.noun()}) with "
+                             f"{right.path} ({rt.noun()})", self.text(node),
                              "two attributes of the same type")
         if op in _ORDER_OPS:
             self._orderable(node, left if lt.kind is not Kind.ANY else right)
@@ -641,8 +648,6 @@ class Checker:
         else:
             word = {"size": "a size", "duration": "a duration", "fraction": "a percentage"}[unit]
             found = f"{text} is {word}"
-        if kind is Kind.FRACTION and unit == "number":
-            wanted = f"{wanted}: {format_fraction(0.9)} or 0.9"
         raise self.error(lit.span, found, text, wanted, suggestion)
 
     # other tests
@@ -680,7 +685,7 @@ class Checker:
         attr = self._operand_attr(node.operand, scope, "'matches'")
         if attr.type.kind not in (Kind.TEXT, Kind.ENUM, Kind.ANY):
             raise self.error(node.span, f"'matches' does not apply to {attr.path}, which is "
-                             f"{attr.type.describe()}", self.text(node),
+                             f"{attr.type.noun()}", self.text(node),
                              "a text attribute such as item.name")
         pattern = node.pattern
         text = self.text(pattern)
@@ -705,7 +710,7 @@ class Checker:
         kind = attr.type.kind
         if kind not in (Kind.TIME, Kind.DURATION):
             raise self.error(node.operand.span, f"'{node.op}' does not apply to {attr.path}, "
-                             f"which is {attr.type.describe()}", attr.path,
+                             f"which is {attr.type.noun()}", attr.path,
                              "a time such as item.created or item.last_access")
         if isinstance(value, s.Literal) and value.kind == "date" and kind is Kind.TIME:
             return ir.Compare("<" if older else ">", attr, ir.Const(self._date(value),
@@ -731,7 +736,7 @@ class Checker:
                              self._word_hint(operand))
         attr = self.attribute(operand, scope, self._where)
         if attr.type.kind not in (Kind.BOOL, Kind.ANY):
-            raise self.error(node.span, f"{attr.path} is {attr.type.describe()}, not a "
+            raise self.error(node.span, f"{attr.path} is {attr.type.noun()}, not a "
                              "condition", attr.path,
                              f"a comparison such as {attr.path} {_example(attr.type)}")
         return ir.Truth(attr)

@@ -50,10 +50,15 @@ class Type:
     nullable: bool = False         # the attribute can be none
 
     def describe(self) -> str:
-        """'a size such as 500 GB', 'an item state (INITIALISED, READY, ...)': for messages."""
+        """What a literal of this type looks like, for 'expected ...' in messages:
+        'a size such as 500 GB', 'an item state (INITIALISED, READY, ...)'."""
         if self.kind is Kind.ENUM:
             return f"{self.label} ({', '.join(self.names)})"
         return _DESCRIPTIONS[self.kind]
+
+    def noun(self) -> str:
+        """What the type is called: 'a size', 'text', 'an item state'."""
+        return self.label if self.kind is Kind.ENUM else _NOUNS[self.kind]
 
     @property
     def is_ordered(self) -> bool:
@@ -71,6 +76,12 @@ _DESCRIPTIONS = {
     Kind.ANY: "a value",
     Kind.MAP: "a key, such as .region or [\"obs id\"]",
     Kind.NULL: "none",
+}
+
+_NOUNS = {
+    Kind.TEXT: "text", Kind.NUMBER: "a number", Kind.BYTES: "a size", Kind.FRACTION: "a fraction",
+    Kind.DURATION: "a duration", Kind.TIME: "a time", Kind.BOOL: "a boolean", Kind.ANY: "a value",
+    Kind.MAP: "a map", Kind.NULL: "none",
 }
 
 TEXT = Type(Kind.TEXT)
