@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import REPO, ServerProcess, wait_healthy
 
 from inventory.client import Client
+from tests.conftest import REPO, ServerProcess, wait_healthy
 
 pytestmark = pytest.mark.slow
 
