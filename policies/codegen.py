@@ -71,6 +71,7 @@ def _low(value: Any) -> float:
 
 _HELPERS: dict[str, Any] = {
     "_RANK": PHASE_RANK, "_dig": _dig, "_order": _order, "_in_any": _in_any, "_low": _low,
+    "_str": str,
 }
 
 
@@ -181,7 +182,7 @@ class Emitter:
             test = f"{method}({value}) is not None"
         else:
             temp = self._temp()
-            test = f"({temp} := {value}).__class__ is str and {method}({temp}) is not None"
+            test = f"({temp} := {value}).__class__ is _str and {method}({temp}) is not None"
         return f"(not ({test}))" if node.negated else f"({test})"
 
     def _age(self, node: ir.Age) -> str:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from policies import PolicyError, load_policy_text
+from policies import (
+    ItemView,
+    Policy,
+    PolicyError,
+    ReplicaView,
+    StorageView,
+    load_policy_text,
+)
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "policies" / "examples").glob("*.policy"))
 
@@ -32,6 +39,53 @@ VOCABULARY = [
     "draining", "item.age", "item.expire_at", "item.phase", "storage.attributes.t", "#", "\n",
     "@", "\\", "é", "\x00", "%", "TBs", "days",
 ]
+
+
+def random_views(rng: random.Random) -> tuple[ItemView, ReplicaView, StorageView]:
+    """Views with odd but legal values: none where allowed, odd metadata, empty storages."""
+    pick = rng.choice
+    now = 1_750_000_000.0
+    item = ItemView(
+        pick(["run1/raw.ms", "", "tmp-1", "/store/user/x"]),
+        state=pick(["READY", "EXPIRED", "CORRUPTED"]), phase=pick(["PLASMA", "GAS", "SOLID"]),
+        target_phase=pick(["GAS", "SOLID"]), size=rng.randrange(0, 10**13),
+        created=now - rng.uniform(0, 10**8), expire_at=pick([None, now - 5, now + 5]),
+        metadata=pick([{}, {"x": 1}, {"x": "a", "k": [1]}, {"x": {"y": None}}, {"t": "low"}]),
+        copies=rng.randrange(0, 4), popularity=rng.uniform(0, 20),
+        last_access=pick([None, now - 100.0]), parent=pick([None, "p"]),
+        owner=pick([None, "o"]), group=pick([None, "analysis", "production"]),
+    )
+    replica = ReplicaView(pick(["disk-old", "a"]), state=pick(["complete", "copying"]),
+                          size=item.size, created=now - rng.uniform(0, 10**7),
+                          is_last_copy=pick([True, False]), expire_at=pick([None, now - 1]))
+    storage = StorageView.build(
+        pick(["disk-old", "a", "T2_CH_CERN"]), kind=pick(["posix", "s3"]),
+        status=pick(["online", "draining"]), phase=pick(["GAS", "SOLID"]),
+        attributes=pick([{}, {"tier": "T2", "facility": "site"}, {"tier": 3}]),
+        capacity=pick([0, 10**15]), used=rng.randrange(0, 10**15))
+    return item, replica, storage
+
+
+def exercise(policy: Policy, rng: random.Random) -> None:
+    """Run every compiled function of a loaded policy: none may raise."""
+    now = 1_750_000_000.0
+    for _ in range(3):
+        item, replica, storage = random_views(rng)
+        policy.partition.subpartition(item, replica, now)
+        policy.partition.uses(storage)
+        policy.partition.quota_for(storage)
+        if policy.detox is not None:
+            detox = policy.detox
+            detox.applies_to(storage), detox.triggered(storage), detox.satisfied(storage)
+            rule = detox.decide(item, replica, storage, now)
+            detox.sort_key(item, replica, storage, now)
+            for condition in detox.conditions:
+                condition.explain(item, replica, storage, now)
+            if rule.index >= 0:
+                assert detox.conditions[rule.index](item, replica, storage, now)
+        if policy.dealer is not None:
+            policy.dealer.wanted_copies(item, now)
+            policy.dealer.destinations(item, [storage], now)
 
 
 def mutate(text: str, rng: random.Random) -> str:
@@ -70,8 +124,9 @@ def test_mutated_policies_load_or_raise_policy_error(seed: int) -> None:
     for i in range(1200):
         text = mutate(rng.choice(sources), rng)
         try:
-            load_policy_text(text, f"fuzz-{seed}-{i}.policy")
+            policy = load_policy_text(text, f"fuzz-{seed}-{i}.policy")
             loaded += 1
+            exercise(policy, rng)
         except PolicyError as exc:
             failed += 1
             assert exc.diagnostics, text
