@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from operator import attrgetter
 
 import asyncpg
 
 import schema
 from inventory import model
 from inventory.inventory import Inventory
-from inventory.records import ItemRecord, ReplicaRecord
 from inventory.store.base import (
     ITEM_COLUMNS,
     REPLICA_COLUMNS,
@@ -19,8 +18,11 @@ from inventory.store.base import (
     StoreConflict,
     StoreUnavailable,
     check_schema_version,
+    collector_paused,
     item_db_row,
+    item_records,
     replica_db_row,
+    replica_records,
     storage_db_row,
     storage_from_db,
 )
@@ -32,6 +34,7 @@ def _q(names: Sequence[str]) -> str:
 
 
 _FETCH = 50_000
+_uuid_int = attrgetter("int")  # asyncpg's UUID to the int the inventory keys on
 _ITEM_QUERIES = (
     f"SELECT {_q(ITEM_COLUMNS)} FROM data_item WHERE parent_oid IS NULL",
     f"SELECT {_q(ITEM_COLUMNS)} FROM data_item WHERE parent_oid IS NOT NULL ORDER BY created",
@@ -92,6 +95,10 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ load
 
     async def load(self, inv: Inventory) -> None:
+        with collector_paused():
+            await self._load(inv)
+
+    async def _load(self, inv: Inventory) -> None:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
             inv.version = await conn.fetchval("SELECT version FROM inventory_state")
@@ -101,32 +108,17 @@ class PostgresStore(Store):
             await self._load_replicas(conn, inv)
 
     async def _load_items(self, conn: asyncpg.Connection, inv: Inventory) -> None:
-        types, states, phases = model.ITEM_TYPE, model.ITEM_STATE, model.PHASE
-        add_item = inv.add_item
-        loads = json.loads
         # Items without a parent first, then members in creation order (a parent always exists
         # before its members), so that no sort of the whole table is needed.
         for query in _ITEM_QUERIES:
             cursor = await conn.cursor(query)
             while rows := await cursor.fetch(_FETCH):
-                for r in rows:
-                    parent = r[10]
-                    meta = r[9]
-                    add_item(ItemRecord(
-                        r[0].int, r[1], r[2], types[r[3]], states[r[4]], phases[r[5]], r[6],
-                        r[7], r[8], None if meta is None else loads(meta),
-                        None if parent is None else parent.int, r[11], r[12], r[13], r[14],
-                        r[15], r[16],
-                    ))
+                inv.add_items(item_records(rows, _uuid_int))
 
     async def _load_replicas(self, conn: asyncpg.Connection, inv: Inventory) -> None:
-        rstates = model.REPLICA_STATE
-        add_replica = inv.add_replica
         cursor = await conn.cursor(f"SELECT {_q(REPLICA_COLUMNS[1:])} FROM replica")
         while rows := await cursor.fetch(_FETCH):
-            for r in rows:
-                add_replica(ReplicaRecord(r[0].int, r[1], r[2], rstates[r[3]], r[4], r[5], r[6],
-                                          r[7], r[8]))
+            inv.add_replicas(replica_records(rows, _uuid_int))
 
     # ------------------------------------------------------------------ commit
 

@@ -8,7 +8,6 @@ against power loss, not only against a killed process; NOTES.md measured no bulk
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -18,7 +17,6 @@ from typing import Any, TypeVar
 import schema
 from inventory import model
 from inventory.inventory import Inventory
-from inventory.records import ItemRecord, ReplicaRecord
 from inventory.store.base import (
     ITEM_COLUMNS,
     REPLICA_COLUMNS,
@@ -27,8 +25,11 @@ from inventory.store.base import (
     StoreConflict,
     StoreUnavailable,
     check_schema_version,
+    collector_paused,
     item_db_row,
+    item_records,
     replica_db_row,
+    replica_records,
     storage_db_row,
     storage_from_db,
 )
@@ -115,36 +116,23 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ load
 
     async def load(self, inventory: Inventory) -> None:
-        await self._run(self._load, inventory)
+        with collector_paused():
+            await self._run(self._load, inventory)
 
     def _load(self, inv: Inventory) -> None:
         conn = self._conn
         inv.version = conn.execute("SELECT version FROM inventory_state").fetchone()[0]
         for row in conn.execute(f"SELECT {_q(STORAGE_COLUMNS)} FROM storage ORDER BY id"):
             inv.add_storage(storage_from_db(row))
-        types, states, phases = model.ITEM_TYPE, model.ITEM_STATE, model.PHASE
-        add_item = inv.add_item
-        loads = json.loads
         # Items without a parent first, then members in creation order (a parent always exists
         # before its members).
         for where in ("parent_oid IS NULL", "parent_oid IS NOT NULL ORDER BY created"):
             cur = conn.execute(f"SELECT {_q(ITEM_COLUMNS)} FROM data_item WHERE {where}")
             while rows := cur.fetchmany(_FETCH):
-                for r in rows:
-                    parent = r[10]
-                    add_item(ItemRecord(
-                        _uuid_in(r[0]), r[1], r[2], types[r[3]], states[r[4]], phases[r[5]],
-                        r[6], r[7], r[8], None if r[9] is None else loads(r[9]),
-                        None if parent is None else _uuid_in(parent), r[11], r[12], r[13],
-                        r[14], r[15], r[16],
-                    ))
-        rstates = model.REPLICA_STATE
-        add_replica = inv.add_replica
+                inv.add_items(item_records(rows, _uuid_in))
         cur = conn.execute(f"SELECT {_q(REPLICA_COLUMNS[1:])} FROM replica ORDER BY rowid")
         while rows := cur.fetchmany(_FETCH):
-            for r in rows:
-                add_replica(ReplicaRecord(_uuid_in(r[0]), r[1], r[2], rstates[r[3]], r[4], r[5],
-                                          r[6], r[7], r[8]))
+            inv.add_replicas(replica_records(rows, _uuid_in))
 
     # ------------------------------------------------------------------ commit
 
