@@ -1,15 +1,23 @@
 """Python client of the inventory server, used by the CLI, Detox, Dealer, Consistency and tests.
 
-``Client`` is async; errors from the server arrive as the same ``DLMError`` subclasses the server
-raised (matched on the HTTP status), with its message and field.
+``Client`` is async and has one method per endpoint of ``docs/api.md``; errors from the server
+arrive as the same ``DLMError`` subclasses the server raised (matched on the HTTP status), with its
+message, field and any extra details of the error body (``last_copies``). A server that cannot be
+reached raises ``ServerUnreachable``, so callers tell "the server said no" from "no server".
+
+``SyncClient`` runs a ``Client`` on a private event loop, for scripts and the CLI, which have no
+loop of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
@@ -20,6 +28,21 @@ DEFAULT_URL = "http://127.0.0.1:8642"
 _BY_STATUS: dict[int, type[errors.DLMError]] = {
     cls.status: cls for cls in errors.DLMError.__subclasses__()
 }
+
+
+class ServerUnreachable(errors.DLMError):
+    """No HTTP answer at all: connection refused, reset, or no reply in time.
+
+    Not in ``_BY_STATUS`` (status 0 is no HTTP status): the server never said anything. A write
+    whose connection broke after it was sent may or may not have been applied.
+    """
+
+    status = 0
+    code = "unreachable"
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 def default_url() -> str:
@@ -46,12 +69,29 @@ class Snapshot:
             self.storages = [s for s in self.storages if s[0] != record[0]] + [record]
 
 
+def query_params(**params: Any) -> dict[str, str]:
+    """Query parameters as the server reads them: ``None`` dropped, booleans as ``true``/``false``,
+    and ``metadata={"k": "v"}`` spelled ``meta.k=v`` (the metadata-equality filter)."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key == "metadata":
+            out.update((f"meta.{k}", str(v)) for k, v in value.items())
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = str(value)
+    return out
+
+
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  timeout: float = 300) -> None:
         self.url = (url or default_url()).rstrip("/")
         token = token if token is not None else os.environ.get("DLM_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
         self._session = aiohttp.ClientSession(
             headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
         )
@@ -67,23 +107,64 @@ class Client:
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: dict[str, Any] | None = None) -> Any:
-        async with self._session.request(method, self.url + path, json=json,
-                                         params=params) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise _error_from(resp.status, body)
-            return body
+        """One call; the decoded JSON answer (``None`` for an empty one, such as a 204)."""
+        try:
+            async with self._session.request(method, self.url + path, json=json,
+                                             params=params) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:  # not JSON: a proxy's error page, say
+                    body = None
+                if resp.status >= 400:
+                    raise _error_from(resp.status, body)
+                return body
+        except aiohttp.ClientConnectorError:
+            raise ServerUnreachable(f"cannot reach the DLM server at {self.url}",
+                                    self.url) from None
+        except TimeoutError:  # before ClientConnectionError: aiohttp's timeouts are both
+            raise ServerUnreachable(f"no answer from the DLM server at {self.url} within "
+                                    f"{self._timeout:g}s", self.url) from None
+        except aiohttp.ClientConnectionError as exc:
+            raise ServerUnreachable(f"lost the connection to the DLM server at {self.url} "
+                                    f"({exc or type(exc).__name__}); a write may or may not "
+                                    f"have been applied", self.url) from None
 
-    # ------------------------------------------------------------------ endpoints
+    async def _pages(self, path: str, key: str,
+                     params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """Every entry of a cursor-paginated list, fetching the next page only when needed."""
+        params = dict(params)
+        while True:
+            page = await self.request("GET", path, params=params)
+            for entry in page[key]:
+                yield entry
+            if not page.get("cursor"):
+                return
+            params["cursor"] = page["cursor"]
+
+    # ------------------------------------------------------------------ health
 
     async def health(self) -> dict[str, Any]:
         return await self.request("GET", "/v1/health")
+
+    # ------------------------------------------------------------------ storages
 
     async def add_storage(self, **spec: Any) -> dict[str, Any]:
         return await self.request("POST", "/v1/storages", json=spec)
 
     async def storages(self) -> list[dict[str, Any]]:
         return (await self.request("GET", "/v1/storages"))["storages"]
+
+    async def storage(self, name: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/storages/{_seg(name)}")
+
+    async def patch_storage(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change status, capacity, phase, attributes (merged; ``None`` removes a key), config.
+
+        Retiring a storage that holds last copies raises ``Conflict`` whose
+        ``details["last_copies"]`` counts them."""
+        return await self.request("PATCH", f"/v1/storages/{_seg(name)}", json=changes)
+
+    # ------------------------------------------------------------------ items: register, change
 
     async def add_item(self, **spec: Any) -> dict[str, Any]:
         return await self.request("POST", "/v1/items", json=spec)
@@ -92,19 +173,113 @@ class Client:
         """Register items in one transaction; returns oid, item_name, item_version of each."""
         return (await self.request("POST", "/v1/items", json=list(specs)))["items"]
 
-    async def item(self, oid: str) -> dict[str, Any]:
-        return await self.request("GET", f"/v1/items/{oid}")
+    async def patch_item(self, oid: str, **changes: Any) -> dict[str, Any]:
+        """Change one item (state, target_phase, expiry, metadata, checksum, size, location)."""
+        return await self.request("PATCH", f"/v1/items/{_seg(oid)}", json=changes)
 
-    async def find_items(self, name: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
-        """Every item matching ``name`` (a glob), following the cursor page by page."""
-        params = {"name": name, **{k: str(v) for k, v in params.items()}}
-        while True:
-            page = await self.request("GET", "/v1/items", params=params)
-            for item in page["items"]:
-                yield item
-            if not page["cursor"]:
-                return
-            params["cursor"] = page["cursor"]
+    async def patch_items(self, changes: Iterable[dict[str, Any]]) -> int:
+        """Change many items in one transaction (each dict has an ``oid``); returns the count."""
+        return (await self.request("PATCH", "/v1/items", json=list(changes)))["count"]
+
+    async def delete_item(self, oid: str) -> dict[str, Any]:
+        """Mark an item for deletion (EXPIRED now); Detox removes its payloads later."""
+        return await self.request("DELETE", f"/v1/items/{_seg(oid)}")
+
+    async def record_access(self, oid: str, count: int = 1,
+                            at: str | None = None) -> dict[str, Any]:
+        """Record reads of one item; returns its oid, access_count and last_access."""
+        return await self.request("POST", f"/v1/items/{_seg(oid)}/accesses",
+                                  json={"count": count, "at": at})
+
+    async def record_accesses(self, accesses: Iterable[dict[str, Any]]) -> int:
+        """Record reads of many items (``{"oid", "count", "at"}`` each); returns the count."""
+        return (await self.request("POST", "/v1/accesses", json=list(accesses)))["count"]
+
+    # ------------------------------------------------------------------ items: read
+
+    async def item(self, oid: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/items/{_seg(oid)}")
+
+    async def find_items(self, name: str | None = None,
+                         **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Every item matching the filters, following the cursor page by page.
+
+        Filters are the query parameters of ``GET /v1/items``: ``name`` (exact or glob),
+        ``prefix``, ``version`` (``latest``, ``all`` or a number), ``state``, ``phase``,
+        ``target_phase``, ``type``, ``storage``, ``parent``, ``expired_before``, ``metadata``
+        (a dict, sent as ``meta.KEY=VALUE``) and ``limit`` (the page size, not a total).
+        """
+        async for item in self._pages("/v1/items", "items", query_params(name=name, **filters)):
+            yield item
+
+    async def exists(self, name: str, version: int | None = None,
+                     ready: bool = False) -> dict[str, Any]:
+        """``{"exists", "ready", "oid"}`` for a name (latest version unless one is given)."""
+        return await self.request("GET", "/v1/items/exists",
+                                  params=query_params(name=name, version=version,
+                                                      ready=ready or None))
+
+    async def item_storages(self, oid: str) -> list[dict[str, Any]]:
+        """Where an item is: ``{"name", "state", "uri"}`` per storage holding a replica."""
+        return (await self.request("GET", f"/v1/items/{_seg(oid)}/storages"))["storages"]
+
+    async def children(self, oid: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
+        """The members of a container, following the cursor."""
+        async for item in self._pages(f"/v1/items/{_seg(oid)}/children", "items",
+                                      query_params(**params)):
+            yield item
+
+    # ------------------------------------------------------------------ tokens
+
+    async def add_token(self, role: str, name: str | None = None,
+                        expires_at: str | None = None) -> dict[str, Any]:
+        """A new bearer token; its secret is in ``["token"]`` of this answer only."""
+        return await self.request("POST", "/v1/tokens",
+                                  json={"name": name, "role": role, "expires_at": expires_at})
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/tokens"))["tokens"]
+
+    async def delete_token(self, name: str) -> None:
+        await self.request("DELETE", f"/v1/tokens/{_seg(name)}")
+
+    # ------------------------------------------------------------------ copy requests
+
+    async def add_request(self, item: str, storage: str, *, pin_until: str | None = None,
+                          comment: str | None = None) -> dict[str, Any]:
+        """Ask for ``item`` (an oid or an item name; a container covers its members) to have a
+        copy on ``storage``, pinned there until ``pin_until``."""
+        spec: dict[str, Any] = {"item": item, "storage": storage, "pin_until": pin_until}
+        if comment is not None:
+            spec["comment"] = comment
+        return await self.request("POST", "/v1/requests", json=spec)
+
+    async def requests(self, state: str | None = None,
+                       storage: str | None = None) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/requests",
+                                   params=query_params(state=state, storage=storage)))["requests"]
+
+    async def cancel_request(self, request_id: int | str) -> None:
+        await self.request("DELETE", f"/v1/requests/{_seg(str(request_id))}")
+
+    # ------------------------------------------------------------------ operations and history
+
+    async def operations(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Queued, running and finished copies and deletions (``state``, ``kind``, ``storage``
+        filters), following the cursor."""
+        async for op in self._pages("/v1/operations", "operations", query_params(**filters)):
+            yield op
+
+    async def history(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Detox, Dealer and Consistency cycles with their summaries."""
+        return (await self.request("GET", "/v1/history",
+                                   params=query_params(kind=kind)))["cycles"]
+
+    async def cycle(self, cycle_id: int | str) -> dict[str, Any]:
+        """One cycle with its decisions and the policy text it ran."""
+        return await self.request("GET", f"/v1/history/{_seg(str(cycle_id))}")
+
+    # ------------------------------------------------------------------ feed
 
     async def changes(self, since: int, *, wait: int = 0, limit: int = 10_000) -> dict[str, Any]:
         return await self.request("GET", "/v1/changes",
@@ -130,6 +305,78 @@ class Client:
             return snap
 
 
+class SyncClient:
+    """The ``Client`` for code without an event loop: every coroutine method becomes a blocking
+    call, every async iterator (``find_items``, ``operations``...) a plain iterator.
+
+    It owns a private event loop, so it must not be used from inside a running loop (that loop
+    would block on itself), nor from several threads at once. Methods are looked up on
+    ``Client``, so both stay in step without a second list of endpoints to maintain.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float = 300) -> None:
+        self._loop = asyncio.new_event_loop()
+        # The session binds to the loop running when it is made: make it on ours.
+        self._client: Client = self._loop.run_until_complete(
+            _make_client(url, token, timeout))
+
+    @property
+    def url(self) -> str:
+        return self._client.url
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(self._client.close())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+        if inspect.isasyncgenfunction(method):
+            def iterate(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                return self._iterate(method(*args, **kwargs))
+            iterate.__doc__ = method.__doc__
+            return iterate
+        if inspect.iscoroutinefunction(method):
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return self._loop.run_until_complete(method(*args, **kwargs))
+            call.__doc__ = method.__doc__
+            return call
+        raise AttributeError(name)
+
+    def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            # A caller that stops early (``--limit``) must not leave the page request open.
+            if not self._loop.is_closed():
+                self._loop.run_until_complete(agen.aclose())  # type: ignore[attr-defined]
+
+
+async def _make_client(url: str | None, token: str | None, timeout: float) -> Client:
+    return Client(url, token, timeout=timeout)
+
+
+def _seg(value: str) -> str:
+    """One path segment, quoted: item oids are safe, but storage and token names are the
+    user's and must not be read as more of the path."""
+    return quote(value, safe="")
+
+
 def _snapshot_record(snap: Snapshot, obj: list[Any]) -> bool:
     kind, body = obj
     if kind == "storages":
@@ -152,7 +399,11 @@ def _snapshot_record(snap: Snapshot, obj: list[Any]) -> bool:
 
 def _error_from(status: int, body: Any) -> errors.DLMError:
     info = body.get("error", {}) if isinstance(body, dict) else {}
+    if not isinstance(info, dict):
+        info = {}
     cls = _BY_STATUS.get(status, errors.DLMError)
-    exc = cls(info.get("message", f"HTTP {status}"), info.get("field"))
+    details = {k: v for k, v in info.items() if k not in ("code", "message", "field")}
+    exc = cls(info.get("message") or f"HTTP {status}", info.get("field"), **details)
     exc.status = status
+    exc.code = info.get("code", cls.code)
     return exc
