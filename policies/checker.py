@@ -489,7 +489,7 @@ class Checker:
         name = rest[0]
         if name not in table:
             raise self.error(node.part_spans[1], f"unknown {obj} attribute '{name}'",
-                             f"{obj}.{name}", one_of(table), did_you_mean(name, table))
+                             f"{obj}.{name}", one_of(table, limit=20), did_you_mean(name, table))
         spec = table[name]
         keys = tuple(rest[1:])
         if keys and spec.type.kind is not Kind.MAP:

@@ -425,3 +425,16 @@ def test_sections_are_optional() -> None:
     assert policy.name == "Only" and policy.detox is None and policy.dealer is None
     empty = load_policy_text('partition "P" {}\ndealer {}').dealer
     assert empty.requirement(item(), NOW) is None and empty.wanted_copies(item(), NOW) == 0
+
+
+def test_schema_names_match_the_inventory_model() -> None:
+    """The policy language spells states and phases exactly as the inventory does."""
+    model = pytest.importorskip("inventory.model")
+    from policies import schema
+
+    assert schema.ITEM_TYPES == model.ITEM_TYPES
+    assert schema.ITEM_STATES == model.ITEM_STATES
+    assert schema.PHASES == model.PHASES
+    assert schema.REPLICA_STATES == model.REPLICA_STATES
+    assert schema.STORAGE_KINDS == model.STORAGE_KINDS
+    assert schema.STORAGE_STATUSES == model.STORAGE_STATUSES
