@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from typing import Any
 
 from inventory import model
+from inventory.objects import Row
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 
 WIRE_ITEM_FIELDS = ("oid", "item_name", "item_version", "item_type", "state", "target_phase",
@@ -48,7 +50,16 @@ def storage_wire(r: StorageRecord) -> list[Any]:
             r.config, r.created]
 
 
-_ENCODERS = {"item": item_wire, "replica": replica_wire, "storage": storage_wire}
+def object_wire(obj: Row) -> list[Any]:
+    """A request, operation or cycle as a list of its fields (oids as UUID strings)."""
+    uuids = obj.uuid_fields
+    return [model.format_uuid(getattr(obj, f.name))
+            if f.name in uuids and getattr(obj, f.name) is not None else getattr(obj, f.name)
+            for f in dataclasses.fields(obj)]
+
+
+_ENCODERS = {"item": item_wire, "replica": replica_wire, "storage": storage_wire,
+             "request": object_wire, "operation": object_wire, "cycle": object_wire}
 
 
 def change_wire(kind: str, record: Any) -> list[Any]:

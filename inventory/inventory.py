@@ -23,6 +23,7 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from inventory import model
+from inventory.objects import CopyRequest, Cycle, Operation, Row, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 
 NONE = -1  # "no row" in link columns
@@ -165,6 +166,12 @@ class Inventory:
         }
         self.expiry: SortedList = SortedList()  # (expire_at, row) of items with an expiry
         self.children: dict[int, list[int]] = {}
+        # small tables (inventory/objects.py)
+        self.tokens: dict[str, Token] = {}
+        self.token_by_hash: dict[str, Token] = {}
+        self.requests: dict[int, CopyRequest] = {}
+        self.operations: dict[int, Operation] = {}
+        self.cycles: dict[int, Cycle] = {}
 
     # ---------------------------------------------------------------- storages
 
@@ -176,6 +183,54 @@ class Inventory:
 
     def next_storage_id(self) -> int:
         return max(self.storages, default=0) + 1
+
+    def update_storage(self, rec: StorageRecord) -> Storage:
+        storage = self.storages[rec.id]
+        (_id, storage.name, storage.kind, storage.root, storage.capacity, storage.phase,
+         storage.status, storage.attributes, storage.config, storage.created) = rec
+        return storage
+
+    def last_copies_on(self, storage_id: int) -> int:
+        """Live items (not EXPIRED or DELETED) whose only complete copy is on this storage."""
+        count = 0
+        state, item_state = self.r_state, self.i_state
+        r_item, r_storage = self.r_item, self.r_storage
+        gone = (model.EXPIRED, model.DELETED)
+        for row in self.replica_rows_on_storage(storage_id):
+            if state[row] != model.COMPLETE or item_state[r_item[row]] in gone:
+                continue
+            if not any(state[r] == model.COMPLETE and r_storage[r] != storage_id
+                       for r in self.replica_rows_of_item(r_item[row])):
+                count += 1
+        return count
+
+    # ---------------------------------------------------------------- small tables
+
+    def load_objects(self, objects: Iterable[Row]) -> None:
+        for obj in objects:
+            self.put_object(obj)
+
+    def put_object(self, obj: Row) -> None:
+        """Insert or replace a token, copy request, operation or cycle."""
+        match obj:
+            case Token():
+                old = self.tokens.get(obj.name)
+                if old is not None:
+                    self.token_by_hash.pop(old.sha256, None)
+                self.tokens[obj.name] = obj
+                self.token_by_hash[obj.sha256] = obj
+            case CopyRequest():
+                self.requests[obj.id] = obj
+            case Operation():
+                self.operations[obj.id] = obj
+            case Cycle():
+                self.cycles[obj.id] = obj
+            case _:
+                raise TypeError(f"not an inventory object: {obj!r}")
+
+    def remove_token(self, name: str) -> None:
+        token = self.tokens.pop(name)
+        self.token_by_hash.pop(token.sha256, None)
 
     # ---------------------------------------------------------------- items
 
@@ -239,6 +294,51 @@ class Inventory:
                 self.children.setdefault(p, []).append(row)
         counts.items += len(rows)
         return range(start, start + len(rows))
+
+    def update_items(self, records: Sequence[ItemRecord]) -> None:
+        """Replace the fields of existing items (name, version, type and parent never change)."""
+        by_oid, by_state, counts = self.by_oid, self.by_state, self.counts
+        for rec in records:
+            row = by_oid[rec.oid]
+            old_state = self.i_state[row]
+            if old_state != rec.state:
+                if old_state != model.READY:
+                    by_state[old_state].discard(row)
+                if rec.state != model.READY:
+                    by_state[rec.state].add(row)
+                counts.items_by_state[old_state] -= 1
+                counts.items_by_state[rec.state] += 1
+                self.i_state[row] = rec.state
+            old_expire = self.i_expire[row]
+            if old_expire == old_expire:  # not NaN
+                self.expiry.discard((old_expire, row))
+            if rec.expire_at is not None:
+                self.expiry.add((rec.expire_at, row))
+            self.i_expire[row] = _time(rec.expire_at)
+            self.i_target[row] = rec.target_phase
+            self.i_size[row] = -1 if rec.size is None else rec.size
+            self.i_checksum.set(row, rec.checksum)
+            self.i_method[row] = self._method_code(rec.checksum_method)
+            self.i_access_count[row] = rec.access_count
+            self.i_last_access[row] = _time(rec.last_access)
+            for sparse, value in ((self.i_metadata, rec.metadata), (self.i_owner, rec.owner),
+                                  (self.i_group, rec.group)):
+                if value:
+                    sparse[row] = value
+                else:
+                    sparse.pop(row, None)
+
+    def container_size(self, row: int) -> int:
+        """Sum of the sizes of a container's members, recursively (unknown sizes count 0)."""
+        total = 0
+        stack = list(self.children.get(row, ()))
+        while stack:
+            member = stack.pop()
+            if self.i_type[member] == model.CONTAINER:
+                stack.extend(self.children.get(member, ()))
+            else:
+                total += max(self.i_size[member], 0)
+        return total
 
     def _method_code(self, method: str | None) -> int:
         try:

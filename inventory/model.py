@@ -40,6 +40,15 @@ _WEIGHT_TO_PHASE: tuple[int, ...] = (PHASE["PLASMA"], PHASE["GAS"], PHASE["LIQUI
 
 DEFAULT_CHECKSUM_METHOD = "adler32"
 
+# Item state changes a client may ask for (DELETED is reached through deletion, see writes.py).
+ITEM_TRANSITIONS: dict[int, frozenset[int]] = {
+    INITIALISED: frozenset({READY}),
+    READY: frozenset({EXPIRED, CORRUPTED}),
+    EXPIRED: frozenset({READY}),
+    CORRUPTED: frozenset({READY, EXPIRED}),
+    DELETED: frozenset(),
+}
+
 
 def phase_of_weights(total_weight: int) -> int:
     """Current phase code of an item whose complete copies sum to ``total_weight``."""

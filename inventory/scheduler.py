@@ -137,38 +137,44 @@ class Scheduler:
                         future.set_exception(Unavailable(f"internal error while writing: {exc}"))
 
     async def _commit_group(self, group: list[tuple[Write, asyncio.Future]]) -> None:
-        inv = self.inventory
-        pending = Pending()
-        ready: list[tuple[Prepared, asyncio.Future]] = []
-        for write, future in group:
-            if future.done():
-                continue
-            try:
-                ready.append((write.prepare(inv, pending), future))
-            except DLMError as exc:
-                future.set_exception(exc)
+        ready = self._prepare(group)
         if not ready:
             return
         try:
             await self._commit(ready)
-        except StoreConflict:
+        except StoreConflict as exc:
             if len(ready) == 1:
-                raise_into(ready, Conflict("the database refused the change (a constraint)"))
+                raise_into(ready, Conflict(f"the database refused the change: {exc}"))
                 return
-            # One write broke a constraint the checks did not foresee: find it by committing
-            # each alone, so the others are not failed for it.
+            # One write broke a constraint the checks did not foresee. Prepare and commit each
+            # again on its own, against memory as it is then, so only the culprit fails.
             log.warning("group commit of %d writes refused; retrying one by one", len(ready))
-            for one in ready:
+            for write, future in [(w, f) for w, f in group if not f.done()]:
+                one = self._prepare([(write, future)])
+                if not one:
+                    continue
                 try:
-                    await self._commit([one])
+                    await self._commit(one)
                 except StoreConflict as exc:
-                    raise_into([one], Conflict(f"the database refused the change: {exc}"))
+                    raise_into(one, Conflict(f"the database refused the change: {exc}"))
                 except StoreError as exc:
-                    raise_into([one], Unavailable(f"the database could not commit: {exc}"))
+                    raise_into(one, Unavailable(f"the database could not commit: {exc}"))
         except StoreError as exc:
-            self.stats.failed_commits += 1
             log.error("commit failed, %d writes refused: %s", len(ready), exc)
             raise_into(ready, Unavailable(f"the database could not commit: {exc}"))
+
+    def _prepare(self, group: list[tuple[Write, asyncio.Future]]
+                 ) -> list[tuple[Prepared, asyncio.Future]]:
+        pending = Pending()
+        ready = []
+        for write, future in group:
+            if future.done():
+                continue
+            try:
+                ready.append((write.prepare(self.inventory, pending), future))
+            except DLMError as exc:
+                future.set_exception(exc)
+        return ready
 
     async def _commit(self, ready: list[tuple[Prepared, asyncio.Future]]) -> None:
         inv = self.inventory

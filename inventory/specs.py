@@ -61,3 +61,59 @@ class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 
 class ItemBatch(msgspec.Struct, forbid_unknown_fields=True):
     items: list[ItemSpec]
+
+
+class ItemPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Changes to one item (SKA DLM setters); a field left out is left alone."""
+
+    state: Literal["INITIALISED", "READY", "EXPIRED", "DELETED", "CORRUPTED"] | \
+        msgspec.UnsetType = msgspec.UNSET
+    target_phase: Phase | msgspec.UnsetType = msgspec.UNSET
+    expire_at: str | msgspec.UnsetType | None = msgspec.UNSET
+    lifetime: Annotated[float, msgspec.Meta(gt=0)] | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    checksum: str | msgspec.UnsetType | None = msgspec.UNSET
+    checksum_method: str | msgspec.UnsetType | None = msgspec.UNSET
+    size: Size | msgspec.UnsetType | None = msgspec.UNSET
+    storage: str | msgspec.UnsetType = msgspec.UNSET
+    uri: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class ItemPatchWithOid(ItemPatch, forbid_unknown_fields=True, omit_defaults=True,
+                       kw_only=True):
+    oid: str
+
+
+class AccessSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """Reads of an item to count for its popularity."""
+
+    count: Annotated[int, msgspec.Meta(ge=1, le=10**9)] = 1
+    at: str | None = None
+
+
+class AccessWithOid(AccessSpec, forbid_unknown_fields=True, kw_only=True):
+    oid: str
+
+
+class StoragePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    status: Literal["online", "draining", "offline", "retired"] | msgspec.UnsetType = \
+        msgspec.UNSET
+    capacity: NonNegative | str | msgspec.UnsetType = msgspec.UNSET
+    phase: Phase | msgspec.UnsetType = msgspec.UNSET
+    attributes: dict[str, str | int | float | bool | None] | msgspec.UnsetType = msgspec.UNSET
+    config: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class TokenSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    role: Literal["reader", "producer", "operator"]
+    expires_at: str | None = None
+
+
+class RequestSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """A user's request for a copy of an item (or of a container's members) on a storage."""
+
+    item: str
+    storage: str
+    pin_until: str | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=1000)] | None = None

@@ -10,16 +10,39 @@ group cannot both create ``name`` version 3.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import hashlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from inventory import model, validate
-from inventory.errors import BadRequest, Conflict
+from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.inventory import Inventory
+from inventory.objects import CopyRequest, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
-from inventory.specs import ItemSpec, StorageSpec
-from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
+from inventory.specs import (
+    AccessSpec,
+    ItemPatch,
+    ItemSpec,
+    RequestSpec,
+    StoragePatch,
+    StorageSpec,
+    TokenSpec,
+)
+from inventory.store.base import ITEM_COLUMNS, STORAGE_COLUMNS, item_db_row, storage_db_row
+from inventory.store.generic import upsert
+from inventory.store.ops import (
+    DbOp,
+    DeleteRows,
+    InsertItems,
+    InsertReplicas,
+    InsertStorage,
+    UpsertRows,
+)
 
 MAX_BATCH = 10_000
 
@@ -36,11 +59,46 @@ class Prepared:
 
 @dataclass(slots=True)
 class Pending:
-    """Names and ids claimed by writes earlier in the same group, not yet in memory."""
+    """What writes earlier in the same group will change, not yet in memory: later writes of
+    the group read through it, so two increments of one counter both count."""
 
     item_versions: dict[str, set[int]] = field(default_factory=dict)
     storage_names: set[str] = field(default_factory=set)
     storage_ids: set[int] = field(default_factory=set)
+    items: dict[int, ItemRecord] = field(default_factory=dict)
+    new_replicas: set[tuple[int, int]] = field(default_factory=set)
+    storages: dict[int, StorageRecord] = field(default_factory=dict)
+    objects: dict[tuple[str, Any], Any] = field(default_factory=dict)  # (table, key) -> object
+    max_ids: dict[str, int] = field(default_factory=dict)
+
+    def item(self, inv: Inventory, oid: int) -> ItemRecord | None:
+        rec = self.items.get(oid)
+        if rec is not None:
+            return rec
+        row = inv.row_of_oid(oid)
+        return None if row is None else inv.item_record(row)
+
+    def has_replica(self, inv: Inventory, oid: int, storage_id: int) -> bool:
+        return ((oid, storage_id) in self.new_replicas
+                or inv.replica_row(oid, storage_id) is not None)
+
+    def has_complete_replica(self, inv: Inventory, oid: int) -> bool:
+        if any(o == oid for o, _ in self.new_replicas):
+            return True
+        row = inv.row_of_oid(oid)
+        return row is not None and any(inv.r_state[r] == model.COMPLETE
+                                       for r in inv.replica_rows_of_item(row))
+
+    def storage(self, inv: Inventory, name: str) -> StorageRecord | None:
+        storage = inv.storage_by_name.get(name)
+        if storage is None:
+            return None
+        return self.storages.get(storage.id) or storage.record()
+
+    def next_id(self, table: str, existing: dict[int, Any]) -> int:
+        current = max(self.max_ids.get(table, 0), max(existing, default=0))
+        self.max_ids[table] = current + 1
+        return current + 1
 
     def latest_version(self, inv: Inventory, name: str) -> int:
         row = inv.row_of_name(name)
@@ -179,3 +237,346 @@ class AddItems(Write):
         changes: list[Change] = [("item", rec) for rec in items]
         changes.extend(("replica", rep) for rep in replicas)
         return Prepared(ops, apply, changes, rows=len(items) + len(replicas))
+
+
+# --------------------------------------------------------------------------- item changes
+
+def _oid(text: str, field: str) -> int:
+    oid = validate.uuid_value(text, field)
+    return oid
+
+
+def _item_or_404(inv: Inventory, pending: Pending, text: str, field: str) -> ItemRecord:
+    rec = pending.item(inv, _oid(text, field))
+    if rec is None:
+        raise NotFound(f"no item with oid {text}", field)
+    return rec
+
+
+def _accepting_storage(inv: Inventory, pending: Pending, name: str, field: str) -> StorageRecord:
+    storage = pending.storage(inv, name)
+    if storage is None:
+        raise BadRequest(f"no storage named {name!r}", field)
+    if storage.status not in ("online", "draining"):
+        raise Conflict(f"storage {name!r} is {storage.status}", field)
+    return storage
+
+
+class UpdateItems(Write):
+    """PATCH: the SKA DLM setters (state, phase, expiry, metadata, checksum, size, location)."""
+
+    def __init__(self, patches: list[tuple[str, ItemPatch]], *, batch: bool = True) -> None:
+        self.patches = patches
+        self.batch = batch
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        if not self.patches:
+            raise BadRequest("at least one change is required", "items")
+        if len(self.patches) > MAX_BATCH:
+            raise BadRequest(f"at most {MAX_BATCH} changes per request", "items")
+        now = model.now()
+        mine = Pending(items=dict(pending.items), new_replicas=set(pending.new_replicas),
+                       storages=pending.storages)
+        records: dict[int, ItemRecord] = {}
+        replicas: list[ReplicaRecord] = []
+        for index, (oid_text, patch) in enumerate(self.patches):
+            where = f"items[{index}]." if self.batch else ""
+            rec = _item_or_404(inv, mine, oid_text, where + "oid")
+            new, replica = _patched(inv, mine, rec, patch, where, now)
+            if replica is not None:
+                replicas.append(replica)
+                mine.new_replicas.add((rec.oid, replica.storage_id))
+            mine.items[rec.oid] = new
+            records[rec.oid] = new
+        pending.items.update(records)
+        pending.new_replicas.update((r.oid, r.storage_id) for r in replicas)
+        items = list(records.values())
+
+        def apply(inv: Inventory) -> list[ItemRecord]:
+            inv.update_items(items)
+            inv.add_replicas(replicas)
+            return items
+
+        ops: list[DbOp] = [_item_upsert(items)]
+        if replicas:
+            ops.append(InsertReplicas(replicas))
+        changes: list[Change] = [("item", r) for r in items]
+        changes.extend(("replica", r) for r in replicas)
+        return Prepared(ops, apply, changes, rows=len(items) + len(replicas))
+
+
+def _item_upsert(items: list[ItemRecord]) -> UpsertRows:
+    out = model.format_uuid
+    return UpsertRows("data_item", ITEM_COLUMNS, ("oid",), [item_db_row(r, out) for r in items])
+
+
+def _patched(inv: Inventory, pending: Pending, rec: ItemRecord, patch: ItemPatch, where: str,
+             now: float) -> tuple[ItemRecord, ReplicaRecord | None]:
+    changes: dict[str, Any] = {}
+    unset = msgspec.UNSET
+    if patch.target_phase is not unset:
+        changes["target_phase"] = model.PHASE[patch.target_phase]
+    if patch.expire_at is not unset and patch.lifetime is not unset:
+        raise BadRequest("give expire_at or lifetime, not both", where + "lifetime")
+    if patch.expire_at is not unset:
+        changes["expire_at"] = (None if patch.expire_at is None
+                                else validate.time_value(patch.expire_at, where + "expire_at"))
+    if patch.lifetime is not unset:
+        changes["expire_at"] = now + patch.lifetime
+    if patch.metadata is not unset:
+        changes["metadata"] = patch.metadata or None
+    if patch.size is not unset:
+        changes["size"] = patch.size
+    if patch.checksum is not unset:
+        changes["checksum"] = patch.checksum
+        if patch.checksum is not None and patch.checksum_method is unset \
+                and rec.checksum_method is None:
+            changes["checksum_method"] = model.DEFAULT_CHECKSUM_METHOD
+    if patch.checksum_method is not unset:
+        changes["checksum_method"] = patch.checksum_method
+    replica = None
+    if patch.uri is not unset and patch.storage is unset:
+        raise BadRequest("uri needs a storage", where + "uri")
+    state = rec.state
+    if patch.storage is not unset:
+        storage = _accepting_storage(inv, pending, patch.storage, where + "storage")
+        if rec.item_type == model.CONTAINER:
+            raise BadRequest("a container has no payload to place on a storage",
+                             where + "storage")
+        if pending.has_replica(inv, rec.oid, storage.id):
+            raise Conflict(f"{rec.item_name!r} already has a replica on {storage.name!r}",
+                           where + "storage")
+        size = changes.get("size", rec.size)
+        if size is None:
+            raise BadRequest("the item's size must be known (give size) to register a copy",
+                             where + "size")
+        if state in (model.EXPIRED, model.DELETED):
+            raise Conflict(f"cannot register a copy of a {model.ITEM_STATES[state]} item",
+                           where + "storage")
+        replica = ReplicaRecord(rec.oid, storage.id, None if patch.uri is unset else patch.uri,
+                                model.COMPLETE, size, changes.get("checksum", rec.checksum),
+                                now, None, None)
+        if state == model.INITIALISED:
+            changes["state"] = model.READY
+    if patch.state is not unset:
+        wanted = model.ITEM_STATE[patch.state]
+        current = changes.get("state", state)
+        if wanted != current:
+            if wanted not in model.ITEM_TRANSITIONS[state]:
+                hint = (" (items reach DELETED through deletion)" if wanted == model.DELETED
+                        else "")
+                raise Conflict(f"cannot go from {model.ITEM_STATES[state]} to {patch.state}"
+                               f"{hint}", where + "state", from_state=model.ITEM_STATES[state],
+                               to_state=patch.state)
+            if wanted == model.READY and replica is None \
+                    and not pending.has_complete_replica(inv, rec.oid):
+                raise Conflict(f"{rec.item_name!r} has no complete replica: register its "
+                               f"location (storage, uri) to make it READY", where + "state")
+        changes["state"] = wanted
+    return rec._replace(**changes), replica
+
+
+class DeleteItem(Write):
+    """Mark an item for deletion: Detox removes its payloads; nothing is removed inline."""
+
+    def __init__(self, oid: str) -> None:
+        self.oid = oid
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        rec = _item_or_404(inv, pending, self.oid, "oid")
+        if rec.state == model.DELETED:
+            raise Conflict(f"{rec.item_name!r} is deleted already", "oid")
+        row = inv.by_oid[rec.oid]
+        has_payload = (inv.i_first_replica[row] != -1
+                       or any(o == rec.oid for o, _ in pending.new_replicas))
+        now = model.now()
+        new = rec._replace(state=model.EXPIRED if has_payload else model.DELETED,
+                           expire_at=now if has_payload else rec.expire_at)
+        pending.items[rec.oid] = new
+
+        def apply(inv: Inventory) -> ItemRecord:
+            inv.update_items([new])
+            return new
+
+        return Prepared([_item_upsert([new])], apply, [("item", new)])
+
+
+class RecordAccesses(Write):
+    """Count reads of items (popularity); many clients' reads share one transaction."""
+
+    def __init__(self, accesses: list[tuple[str, AccessSpec]], *, batch: bool = True) -> None:
+        self.accesses = accesses
+        self.batch = batch
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        if not self.accesses:
+            raise BadRequest("at least one access is required", "accesses")
+        if len(self.accesses) > MAX_BATCH:
+            raise BadRequest(f"at most {MAX_BATCH} accesses per request", "accesses")
+        now = model.now()
+        records: dict[int, ItemRecord] = {}
+        for index, (oid_text, access) in enumerate(self.accesses):
+            where = f"accesses[{index}]." if self.batch else ""
+            oid = _oid(oid_text, where + "oid")
+            rec = records.get(oid) or pending.item(inv, oid)
+            if rec is None:
+                raise NotFound(f"no item with oid {oid_text}", where + "oid")
+            if rec.state == model.DELETED:
+                raise Conflict(f"{rec.item_name!r} is deleted", where + "oid")
+            at = now if access.at is None else validate.time_value(access.at, where + "at")
+            last = at if rec.last_access is None else max(rec.last_access, at)
+            records[oid] = rec._replace(access_count=rec.access_count + access.count,
+                                        last_access=last)
+        pending.items.update(records)
+        items = list(records.values())
+
+        def apply(inv: Inventory) -> list[ItemRecord]:
+            inv.update_items(items)
+            return items
+
+        return Prepared([_item_upsert(items)], apply, [("item", r) for r in items],
+                        rows=len(items))
+
+
+# --------------------------------------------------------------------------- storages
+
+class UpdateStorage(Write):
+    def __init__(self, name: str, patch: StoragePatch) -> None:
+        self.name = name
+        self.patch = patch
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        rec = pending.storage(inv, self.name)
+        if rec is None:
+            raise NotFound(f"no storage named {self.name!r}", "name")
+        patch, unset = self.patch, msgspec.UNSET
+        changes: dict[str, Any] = {}
+        if patch.capacity is not unset:
+            changes["capacity"] = validate.byte_size(patch.capacity, "capacity")
+        if patch.phase is not unset:
+            changes["phase"] = model.PHASE[patch.phase]
+        if patch.attributes is not unset:
+            merged = dict(rec.attributes)
+            for key, value in patch.attributes.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            changes["attributes"] = merged
+        if patch.config is not unset:
+            changes["config"] = {**rec.config, **patch.config}
+        if patch.status is not unset and patch.status != rec.status:
+            if patch.status == "retired":
+                last = inv.last_copies_on(rec.id)
+                if last:
+                    raise Conflict(f"storage {rec.name!r} holds the last complete copy of {last} "
+                                   f"live item(s): drain it first", "status", last_copies=last)
+            changes["status"] = patch.status
+        new = rec._replace(**changes)
+        pending.storages[rec.id] = new
+
+        def apply(inv: Inventory):
+            return inv.update_storage(new)
+
+        op = UpsertRows("storage", STORAGE_COLUMNS, ("id",), [storage_db_row(new)])
+        return Prepared([op], apply, [("storage", new)])
+
+
+# --------------------------------------------------------------------------- tokens
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AddToken(Write):
+    """Create an API token; the secret is in the result only, the inventory keeps its hash."""
+
+    def __init__(self, spec: TokenSpec) -> None:
+        self.spec = spec
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        spec = self.spec
+        name = validate.storage_name(spec.name, "name")
+        if name in inv.tokens or ("token", name) in pending.objects:
+            raise Conflict(f"a token named {name!r} exists already", "name")
+        expires = None if spec.expires_at is None else validate.time_value(spec.expires_at,
+                                                                           "expires_at")
+        secret = "dlm_" + secrets.token_urlsafe(32)
+        token = Token(name, spec.role, token_hash(secret), model.now(), expires)
+        pending.objects[("token", name)] = token
+
+        def apply(inv: Inventory) -> tuple[Token, str]:
+            inv.put_object(token)
+            return token, secret
+
+        # Tokens stay out of the change feed: their hashes are nobody else's business.
+        return Prepared([upsert([token])], apply, [])
+
+
+class DeleteToken(Write):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        if self.name not in inv.tokens:
+            raise NotFound(f"no token named {self.name!r}", "name")
+        name = self.name
+
+        def apply(inv: Inventory) -> None:
+            inv.remove_token(name)
+
+        return Prepared([DeleteRows("token", ("name",), [(name,)])], apply, [])
+
+
+# --------------------------------------------------------------------------- copy requests
+
+class AddRequest(Write):
+    def __init__(self, spec: RequestSpec, requester: str | None) -> None:
+        self.spec = spec
+        self.requester = requester
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        spec = self.spec
+        row = None
+        try:
+            oid = model.parse_uuid(spec.item)
+        except ValueError:
+            row = inv.row_of_name(spec.item)
+        else:
+            row = inv.row_of_oid(oid)
+        if row is None:
+            raise NotFound(f"no item {spec.item!r} (give an oid or an item name)", "item")
+        if inv.i_state[row] in (model.EXPIRED, model.DELETED):
+            raise Conflict(f"{inv.i_name[row]!r} is {model.ITEM_STATES[inv.i_state[row]]}",
+                           "item")
+        storage = _accepting_storage(inv, pending, spec.storage, "storage")
+        pin = None if spec.pin_until is None else validate.time_value(spec.pin_until,
+                                                                      "pin_until")
+        now = model.now()
+        request = CopyRequest(pending.next_id("copy_request", inv.requests), inv.i_oid[row],
+                              storage.id, "pending", pin, now, now, self.requester, spec.comment)
+
+        def apply(inv: Inventory) -> CopyRequest:
+            inv.put_object(request)
+            return request
+
+        return Prepared([upsert([request])], apply, [("request", request)])
+
+
+class CancelRequest(Write):
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        request = inv.requests.get(self.request_id)
+        if request is None:
+            raise NotFound(f"no copy request {self.request_id}", "id")
+        if request.state != "pending":
+            raise Conflict(f"copy request {self.request_id} is {request.state}", "id")
+        new = dataclasses.replace(request, state="cancelled", updated=model.now())
+
+        def apply(inv: Inventory) -> CopyRequest:
+            inv.put_object(new)
+            return new
+
+        return Prepared([upsert([new])], apply, [("request", new)])

@@ -22,4 +22,24 @@ class InsertReplicas:
     records: list[ReplicaRecord]
 
 
-DbOp = InsertStorage | InsertItems | InsertReplicas
+
+
+@dataclass(slots=True, frozen=True)
+class UpsertRows:
+    """Insert rows, or replace the existing ones with the same ``key``: how every change to an
+    existing record is written (records are whole; both databases support the upsert)."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    rows: list[tuple]
+
+
+@dataclass(slots=True, frozen=True)
+class DeleteRows:
+    table: str
+    key: tuple[str, ...]
+    rows: list[tuple]
+
+
+DbOp = InsertStorage | InsertItems | InsertReplicas | UpsertRows | DeleteRows

@@ -1,0 +1,74 @@
+"""SQL for the generic operations (upserts and deletes by key), one function per database.
+
+The store-specific modules keep the bulk paths (COPY, executemany of inserts); everything that
+changes an existing row goes through here, so both databases run the same statements.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from inventory.objects import TABLES
+from inventory.store.ops import DeleteRows, UpsertRows
+
+
+def _names(columns: tuple[str, ...]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+def upsert_sql(op: UpsertRows, placeholder) -> str:
+    values = ", ".join(placeholder(i) for i in range(1, len(op.columns) + 1))
+    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in op.columns if c not in op.key)
+    conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    return (f'INSERT INTO "{op.table}" ({_names(op.columns)}) VALUES ({values}) '
+            f"ON CONFLICT ({_names(op.key)}) {conflict}")
+
+
+def delete_sql(op: DeleteRows, placeholder) -> str:
+    where = " AND ".join(f'"{c}" = {placeholder(i)}' for i, c in enumerate(op.key, 1))
+    return f'DELETE FROM "{op.table}" WHERE {where}'
+
+
+def apply_sqlite(conn: sqlite3.Connection, op: Any) -> None:
+    match op:
+        case UpsertRows():
+            conn.executemany(upsert_sql(op, lambda i: "?"), op.rows)
+        case DeleteRows():
+            conn.executemany(delete_sql(op, lambda i: "?"), op.rows)
+        case _:
+            raise TypeError(f"unknown database operation {op!r}")
+
+
+async def apply_postgres(conn: Any, op: Any) -> None:
+    match op:
+        case UpsertRows():
+            await conn.executemany(upsert_sql(op, lambda i: f"${i}"), op.rows)
+        case DeleteRows():
+            await conn.executemany(delete_sql(op, lambda i: f"${i}"), op.rows)
+        case _:
+            raise TypeError(f"unknown database operation {op!r}")
+
+
+def upsert(objects: list, uuid_out=None) -> UpsertRows:
+    """The UpsertRows writing these objects (all of one ``objects.Row`` class)."""
+    cls = type(objects[0])
+    rows = [o.db_row() if uuid_out is None else o.db_row(uuid_out) for o in objects]
+    return UpsertRows(cls.table, cls.columns(), cls.key, rows)
+
+
+def load_sqlite_rows(conn: sqlite3.Connection, inventory: Any, uuid_in) -> None:
+    """Load the small tables (tokens, requests, operations, cycles) into memory."""
+    for cls in TABLES:
+        sql = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
+        inventory.load_objects(cls.from_db(row, uuid_in) for row in conn.execute(sql))
+
+
+async def load_postgres_rows(conn: Any, inventory: Any) -> None:
+    for cls in TABLES:
+        sql = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
+        inventory.load_objects(cls.from_db(row, _pg_uuid) for row in await conn.fetch(sql))
+
+
+def _pg_uuid(value: Any) -> int:
+    return value.int
