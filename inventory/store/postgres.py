@@ -10,6 +10,7 @@ import asyncpg
 import schema
 from inventory import model
 from inventory.inventory import Inventory
+from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
     REPLICA_COLUMNS,
@@ -106,6 +107,7 @@ class PostgresStore(Store):
                 inv.add_storage(storage_from_db(tuple(row)))
             await self._load_items(conn, inv)
             await self._load_replicas(conn, inv)
+            await generic.load_postgres_rows(conn, inv)
 
     async def _load_items(self, conn: asyncpg.Connection, inv: Inventory) -> None:
         # Items without a parent first, then members in creation order (a parent always exists
@@ -157,4 +159,4 @@ async def _apply(conn: asyncpg.Connection, op: DbOp) -> None:
                 *storage_db_row(record),
             )
         case _:
-            raise TypeError(f"unknown database operation {op!r}")
+            await generic.apply_postgres(conn, op)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import schema
 from inventory import model
 from inventory.inventory import Inventory
+from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
     REPLICA_COLUMNS,
@@ -133,6 +134,7 @@ class SQLiteStore(Store):
         cur = conn.execute(f"SELECT {_q(REPLICA_COLUMNS[1:])} FROM replica ORDER BY rowid")
         while rows := cur.fetchmany(_FETCH):
             inv.add_replicas(replica_records(rows, _uuid_in))
+        generic.load_sqlite_rows(conn, inv, _uuid_in)
 
     # ------------------------------------------------------------------ commit
 
@@ -169,7 +171,7 @@ def _apply(conn: sqlite3.Connection, op: DbOp) -> None:
         case InsertStorage(record):
             conn.execute(_INSERT_STORAGE, storage_db_row(record))
         case _:
-            raise TypeError(f"unknown database operation {op!r}")
+            generic.apply_sqlite(conn, op)
 
 
 def _split_sql(script: str) -> list[str]:
