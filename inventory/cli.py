@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Modules contributing subcommands, in the order their help is listed.
 COMMAND_MODULES: tuple[str, ...] = (
     "inventory.serve_cli",
+    "policies.cli",
 )
 
 

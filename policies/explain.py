@@ -46,6 +46,7 @@ class ItemExplanation:
     placement: Placement | None = None
     wanted_copies: int | None = None
     placement_checks: list[Check] = field(default_factory=list)
+    has_detox: bool = True
 
 
 def _check(what: str, condition: Condition, item, replica, storage, now) -> Check:
@@ -57,7 +58,8 @@ def explain(policy: Policy, item: ItemView,
             replicas: Sequence[tuple[ReplicaView, StorageView]], now: float) -> ItemExplanation:
     """Explain every replica of ``item`` under ``policy`` at time ``now``."""
     part = policy.partition.subpartition(item, None, now)
-    out = ItemExplanation(item, part.name if part is not None else None, [])
+    out = ItemExplanation(item, part.name if part is not None else None, [],
+                          has_detox=policy.detox is not None)
     detox = policy.detox
     for replica, storage in replicas:
         entry = ReplicaExplanation(replica, storage, None)
@@ -140,6 +142,9 @@ def render(result: ItemExplanation, now: float, oid: str = "") -> list[str]:
         lines.append(f"replica on {storage.name} ({replica.state}, "
                      f"{format_value('replica.size', replica.size)}, storage {storage.status}, "
                      f"occupancy {format_value('storage.occupancy', storage.occupancy)})")
+        if not result.has_detox:
+            lines.append("  the policy has no detox section: never deleted by it")
+            continue
         if entry.decision is None:
             lines.append("  not handled by Detox: the storage is outside 'on' / the partition")
             for check in entry.checks:

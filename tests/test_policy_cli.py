@@ -292,3 +292,13 @@ def test_explain_unreachable_server(capsys: pytest.CaptureFixture) -> None:
     assert status == 2
     assert err.startswith(f"dlm: error: cannot reach the server at http://127.0.0.1:{port}")
     assert "Traceback" not in err
+
+
+def test_explain_without_detox_section() -> None:
+    from policies import load_policy_text
+    from policies.cli import explain_json
+
+    policy = load_policy_text('partition "P" {}\ndealer { phase SOLID copies 2 }', "p.policy")
+    lines = explain_json(policy, ITEM, STORAGES, NOW)
+    assert lines.count("  the policy has no detox section: never deleted by it") == 2
+    assert any("decided by line 2 \"phase SOLID\": 2 copies" in line for line in lines)
