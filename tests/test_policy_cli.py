@@ -34,7 +34,7 @@ STORAGES = [
      "used": 10**14, "free": 9 * 10**14, "replica_count": 3},
 ]
 ITEM = {
-    "oid": OID, "item_name": "/store/data/Run2024/AOD/1.root", "item_version": 2,
+    "oid": OID, "item_name": "store/data/Run2024/AOD/1.root", "item_version": 2,
     "item_type": "file", "parent_oid": PARENT_OID, "size": 10**10, "checksum": "0a1b2c3d",
     "checksum_method": "adler32", "metadata": {"custodial": False},
     "target_phase": "SOLID", "current_phase": "SOLID", "state": "READY",
@@ -118,7 +118,7 @@ def test_item_views_from_fixture_json() -> None:
     remote = item_views(ITEM, STORAGES, NOW, partition=policy.partition, parent_name="run2024")
     item = remote.view
     assert (item.name, item.version, item.type, item.state) == (
-        "/store/data/Run2024/AOD/1.root", 2, "file", "READY")
+        "store/data/Run2024/AOD/1.root", 2, "file", "READY")
     assert (item.phase, item.target_phase, item.size, item.copies) == ("SOLID", "SOLID",
                                                                         10**10, 2)
     assert item.created == parse_date("2024-01-01") and item.expire_at is None
@@ -233,7 +233,7 @@ def test_explain_by_name(server: FakeServer, capsys: pytest.CaptureFixture,
                        ITEM["item_name"]])
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert out.splitlines()[0] == f"item /store/data/Run2024/AOD/1.root v2 ({OID})"
+    assert out.splitlines()[0] == f"item store/data/Run2024/AOD/1.root v2 ({OID})"
     assert "  partition: AnalysisOps" in out
     # The CERN copy: old and cold, a deletion candidate; the storage is 95% full but holds 63%
     # of the partition's 1.5 PB quota there, and occupancy follows the quota: not triggered.
@@ -249,7 +249,7 @@ def test_explain_by_name(server: FakeServer, capsys: pytest.CaptureFixture,
     assert "effect: kept (protected)" in fnal
     assert 'decided by line 41 "AOD for analysis": 3 copies' in out
     paths = [(p, q) for p, q, _ in server.requests]
-    assert paths[0] == ("/v1/items", "name=/store/data/Run2024/AOD/1.root")
+    assert paths[0] == ("/v1/items", "name=store/data/Run2024/AOD/1.root")
     assert ("/v1/storages", "") in paths and (f"/v1/items/{PARENT_OID}", "") in paths
     assert {auth for _, _, auth in server.requests} == {"Bearer s3cret"}
 

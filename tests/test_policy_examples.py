@@ -39,7 +39,7 @@ def aod(**kw) -> ItemView:
     base = dict(group="analysis", created=NOW - 400 * DAY, access_count=0, popularity=0.1,
                 copies=2, size=10**10)
     base.update(kw)
-    return ItemView("/store/data/Run2024/AOD/1.root", **base)
+    return ItemView("store/data/Run2024/AOD/1.root", **base)
 
 
 def test_physics_watermarks(physics) -> None:
@@ -62,7 +62,7 @@ def test_physics_rules(physics) -> None:
     assert decide(aod(last_access=NOW - DAY), old, s, NOW).label == "recently read"
     assert decide(aod(popularity=7.0), old, s, NOW).label == "popular"
     assert decide(aod(created=NOW - 10 * DAY), old, s, NOW).label == "candidate"
-    user = ItemView("/store/user/x", group="analysis")
+    user = ItemView("store/user/x", group="analysis")
     assert decide(user, old, s, NOW).index == -2   # outside the partition
     assert physics.partition.subpartition(aod()).name == "AnalysisOps"
 
