@@ -15,6 +15,11 @@ from collections.abc import Sequence
 # Modules contributing subcommands, in the order their help is listed.
 COMMAND_MODULES: tuple[str, ...] = (
     "inventory.serve_cli",
+    "inventory.cli_storage",
+    "inventory.cli_inject",
+    "inventory.cli_items",
+    "inventory.cli_ops",
+    "inventory.cli_token",
     "policies.cli",
 )
 

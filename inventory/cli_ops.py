@@ -1,0 +1,136 @@
+"""``dlm copy``, ``dlm requests``, ``dlm ops``, ``dlm history``: ask for copies, and see what the
+file operations and the Detox/Dealer/Consistency cycles did."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Any
+
+from inventory.cli import CLIError
+from inventory.cli_common import (
+    USAGE_ERROR,
+    add_parser,
+    cell,
+    client_command,
+    human_time,
+    print_fields,
+    print_json,
+    print_json_list,
+    print_table,
+    wants_json,
+)
+from inventory.client import SyncClient
+
+REQUEST_STATES = ("pending", "done", "failed", "cancelled")
+OPERATION_STATES = ("queued", "running", "done", "failed", "cancelled")
+OPERATION_KINDS = ("copy", "delete")
+CYCLE_KINDS = ("detox", "dealer", "consistency")
+
+
+def add_commands(subparsers: Any) -> None:
+    p = add_parser(subparsers, "copy",
+                   help="ask for a copy of an item (or a container's members) on a storage")
+    p.add_argument("item", metavar="ITEM", help="an oid or an item name")
+    p.add_argument("storage", metavar="STORAGE")
+    p.add_argument("--pin-until", metavar="TIME",
+                   help="keep the copy there until this ISO-8601 time")
+    p.add_argument("--comment", help="why, for the operators")
+    p.set_defaults(func=client_command(copy))
+
+    p = add_parser(subparsers, "requests", help="list copy requests, or cancel one",
+                   description="List copy requests (`dlm requests`), or cancel one "
+                               "(`dlm requests cancel ID`).")
+    p.add_argument("--state", choices=REQUEST_STATES)
+    p.add_argument("--storage")
+    p.set_defaults(func=client_command(list_requests))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    cancel = add_parser(actions, "cancel", help="cancel a pending copy request")
+    cancel.add_argument("id", metavar="ID")
+    cancel.set_defaults(func=client_command(cancel_request))
+
+    p = add_parser(subparsers, "ops", help="list copy and delete operations")
+    p.add_argument("--state", choices=OPERATION_STATES)
+    p.add_argument("--kind", choices=OPERATION_KINDS)
+    p.add_argument("--storage", help="operations from or to this storage")
+    p.add_argument("--limit", type=int, help="at most this many (default: all)")
+    p.set_defaults(func=client_command(ops))
+
+    p = add_parser(subparsers, "history",
+                   help="Detox, Dealer and Consistency cycles, or one cycle in full")
+    p.add_argument("id", nargs="?", metavar="ID", help="show this cycle with its policy")
+    p.add_argument("--kind", choices=CYCLE_KINDS)
+    p.set_defaults(func=client_command(history))
+
+
+def copy(args: argparse.Namespace, client: SyncClient) -> None:
+    request = client.add_request(args.item, args.storage, pin_until=args.pin_until,
+                                 comment=args.comment)
+    if wants_json(args):
+        print_json(request)
+        return
+    pinned = f", pinned until {human_time(request['pin_until'])}" if request.get("pin_until") \
+        else ""
+    print(f"request {request['id']}: {request['item_name']} to {request['storage']}, "
+          f"{request['state']}{pinned}")
+
+
+def list_requests(args: argparse.Namespace, client: SyncClient) -> None:
+    requests = client.requests(state=args.state, storage=args.storage)
+    if wants_json(args):
+        print_json(requests)
+        return
+    print_table(["ID", "ITEM", "STORAGE", "STATE", "PIN UNTIL", "REQUESTER", "CREATED",
+                 "COMMENT"],
+                ([r["id"], r["item_name"], r["storage"], r["state"], human_time(r["pin_until"]),
+                  r.get("requester"), human_time(r["created"]), r.get("comment")]
+                 for r in requests),
+                right=("ID",))
+
+
+def cancel_request(args: argparse.Namespace, client: SyncClient) -> None:
+    client.cancel_request(args.id)
+    if wants_json(args):
+        print_json({"id": args.id, "state": "cancelled"})
+        return
+    print(f"request {args.id} cancelled")
+
+
+def ops(args: argparse.Namespace, client: SyncClient) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit: expected a positive number", USAGE_ERROR)
+    operations = itertools.islice(
+        client.operations(state=args.state, kind=args.kind, storage=args.storage), args.limit)
+    if wants_json(args):
+        print_json_list(operations)
+        return
+    print_table(["ID", "KIND", "ITEM", "SOURCE", "TARGET", "ORIGIN", "STATE", "TRIES",
+                 "UPDATED", "LAST ERROR"],
+                ([o["id"], o["kind"], o["item_name"], o.get("source"), o.get("target"),
+                  o.get("origin"), o["state"], o.get("attempts"), human_time(o.get("updated")),
+                  o.get("last_error")] for o in operations),
+                right=("ID", "TRIES"))
+
+
+def history(args: argparse.Namespace, client: SyncClient) -> None:
+    if args.id is not None:
+        cycle = client.cycle(args.id)
+        if wants_json(args):
+            print_json(cycle)
+            return
+        print_fields([("id", cycle["id"]), ("kind", cycle["kind"]),
+                      ("started", human_time(cycle.get("started"))),
+                      ("ended", human_time(cycle.get("ended"))),
+                      ("summary", cycle.get("summary"))])
+        if cycle.get("policy"):
+            print()
+            print(cycle["policy"].rstrip("\n"))
+        return
+    cycles = client.history(kind=args.kind)
+    if wants_json(args):
+        print_json(cycles)
+        return
+    print_table(["ID", "KIND", "STARTED", "ENDED", "SUMMARY"],
+                ([c["id"], c["kind"], human_time(c.get("started")), human_time(c.get("ended")),
+                  cell(c.get("summary"))] for c in cycles),
+                right=("ID",))
