@@ -32,6 +32,26 @@ _intern = sys.intern
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 
+def _literal_prefix(pattern: str) -> str:
+    """The part of a glob before its first wildcard (``[x]`` escapes count as the letter)."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c in "*?":
+            break
+        if c == "[":
+            end = pattern.find("]", i + 2)
+            if end == i + 2 and pattern[i + 1] != "!":
+                out.append(pattern[i + 1])
+                i = end + 1
+                continue
+            break
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def _time(value: float | None) -> float:
     return _NAN if value is None else value
 
@@ -412,7 +432,7 @@ class Inventory:
         if not any(c in pattern for c in "*?["):
             rows = [] if pattern not in self.latest_by_name else [self.latest_by_name[pattern]]
         else:
-            prefix = pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+            prefix = _literal_prefix(pattern)
             match = fnmatch.fnmatchcase
             rows = [
                 row for name, row in self.latest_by_name.items()

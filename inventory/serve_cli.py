@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -17,7 +17,10 @@ from aiohttp import web
 
 from inventory import logs
 from inventory.cli import CLIError
+from inventory.objects import ROLES, Token
 from inventory.server.app import ServerConfig, make_app
+from inventory.server.auth import is_loopback
+from inventory.server.state import STATE
 from inventory.store import SchemaError, StoreError, open_store
 
 log = logging.getLogger("dlm.serve")
@@ -25,7 +28,7 @@ log = logging.getLogger("dlm.serve")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
-CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level"}
+CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens"}
 
 
 @dataclass(slots=True)
@@ -35,6 +38,7 @@ class ServeSettings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     log_level: str = "info"
+    tokens: list[dict[str, Any]] = field(default_factory=list)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -80,7 +84,26 @@ def read_config(path: str) -> dict[str, Any]:
                        f"known: {', '.join(sorted(CONFIG_KEYS))}")
     if "port" in data and not isinstance(data["port"], int):
         raise CLIError(f"{path}: port: expected an integer")
+    config_tokens(data.get("tokens", []), path)  # fail now, not at start
     return data
+
+
+def config_tokens(entries: Any, path: str) -> list[Token]:
+    """Tokens listed in the config as ``{name, role, sha256}`` (the hash of the secret)."""
+    if not isinstance(entries, list):
+        raise CLIError(f"{path}: tokens: expected a list of {{name, role, sha256}}")
+    tokens = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: tokens[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "role", "sha256"}:
+            raise CLIError(f"{where}: expected exactly the keys name, role, sha256")
+        if entry["role"] not in ROLES:
+            raise CLIError(f"{where}: role: expected one of {', '.join(ROLES)}")
+        digest = str(entry["sha256"]).lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise CLIError(f"{where}: sha256: expected 64 hex digits (sha256 of the token)")
+        tokens.append(Token(str(entry["name"]), entry["role"], digest, 0.0, None))
+    return tokens
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -90,7 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
         store = open_store(settings.db, settings.data_dir)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    config = ServerConfig(store=store)
+    config = ServerConfig(store=store, loopback=is_loopback(settings.host),
+                          tokens=config_tokens(settings.tokens, "config"))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
@@ -114,11 +138,19 @@ async def serve(config: ServerConfig, host: str, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
+        inventory = app[STATE].inventory
+        if not inventory.tokens and not config.loopback:
+            raise CLIError(
+                f"refusing to listen on {host} with no API token: anyone could change the "
+                f"inventory. Create one first (`dlm token create --role operator` against a "
+                f"server on 127.0.0.1) or list token hashes under `tokens:` in the config")
         site = web.TCPSite(runner, host, port)
         await site.start()
         url = f"http://{host}:{port}"
-        print(f"dlm inventory server ready at {url} (db: {config.store.describe()})",
-              file=sys.stdout, flush=True)
+        auth = ("open: no token exists, so every request from this host is an operator; "
+                "`dlm token create` ends this" if not inventory.tokens else "tokens required")
+        print(f"dlm inventory server ready at {url} (db: {config.store.describe()}; "
+              f"auth: {auth})", file=sys.stdout, flush=True)
         log.info("listening", extra={"url": url, "db": config.store.describe()})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

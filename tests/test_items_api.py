@@ -74,7 +74,7 @@ async def test_bulk_inject_assigns_versions_and_survives_restart(server):
     latest = [i async for i in server.client.find_items("run/0001")]
     assert [i["item_version"] for i in latest] == [2]
     every = [i async for i in server.client.find_items("run/0001", version="all")]
-    assert [i["item_version"] for i in every] == [2, 1]
+    assert [i["item_version"] for i in every] == [1, 2]  # registration order
     v1 = [i async for i in server.client.find_items("run/0001", version=1)]
     assert v1[0]["size"] == 1
 

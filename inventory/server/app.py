@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
+from inventory.objects import Token
 from inventory.scheduler import Scheduler
-from inventory.server import routes_core, routes_feed
+from inventory.server import routes_admin, routes_core, routes_feed, routes_items
+from inventory.server.auth import authenticate
 from inventory.server.middleware import errors_as_json
 from inventory.server.state import STATE, ServerState
 from inventory.store import Store
@@ -29,12 +31,15 @@ class ServerConfig:
     store: Store
     feed_max_changes: int = 1_000_000
     max_body: int = MAX_BODY
+    loopback: bool = True  # listening on a loopback address only: open mode allowed
+    tokens: list[Token] = field(default_factory=list)  # from the config file, not stored
 
 
 def make_app(config: ServerConfig) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=config.max_body)
-    app.add_routes(routes_core.routes)
-    app.add_routes(routes_feed.routes)
+    app = web.Application(middlewares=[errors_as_json, authenticate],
+                          client_max_size=config.max_body)
+    for module in (routes_core, routes_items, routes_admin, routes_feed):
+        app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = config.store
@@ -45,6 +50,7 @@ def make_app(config: ServerConfig) -> web.Application:
             started = time.perf_counter()
             await store.load(inventory)
             load_seconds = time.perf_counter() - started
+            inventory.load_objects(config.tokens)
             log.info("inventory loaded", extra={
                 "items": inventory.counts.items, "replicas": inventory.counts.replicas,
                 "storages": len(inventory.storages), "version": inventory.version,
@@ -54,7 +60,7 @@ def make_app(config: ServerConfig) -> web.Application:
             scheduler = Scheduler(inventory, store, feed)
             await scheduler.start()
             app[STATE] = ServerState(inventory, store, feed, scheduler, schema_version,
-                                     load_seconds=load_seconds)
+                                     open_mode=config.loopback, load_seconds=load_seconds)
             try:
                 yield
             finally:

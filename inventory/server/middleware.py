@@ -23,7 +23,10 @@ async def errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     except DLMError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.message)
-        return respond(request, exc.to_json(), status=exc.status)
+        response = respond(request, exc.to_json(), status=exc.status)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="dlm"'
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

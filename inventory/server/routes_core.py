@@ -1,25 +1,25 @@
-"""Health, storages and items: the REST endpoints of the inventory core."""
+"""Health and storages."""
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 
 from aiohttp import web
 
-from inventory import model, validate
-from inventory.errors import BadRequest, NotFound
-from inventory.server.bodies import decode, query_int, respond
+from inventory import model
+from inventory.errors import NotFound
+from inventory.server.auth import PUBLIC, requires
+from inventory.server.bodies import decode, respond
 from inventory.server.state import state_of
-from inventory.server.views import item_json, storage_json
-from inventory.specs import ItemSpec, StorageSpec
-from inventory.writes import AddItems, AddStorage
+from inventory.server.views import storage_json
+from inventory.specs import StoragePatch, StorageSpec
+from inventory.writes import AddStorage, UpdateStorage
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/v1/health")
+@requires(PUBLIC)
 async def health(request: web.Request) -> web.Response:
     state = state_of(request)
     inv = state.inventory
@@ -35,12 +35,14 @@ async def health(request: web.Request) -> web.Response:
                "schema_version": state.schema_version},
         "uptime": round(time.time() - state.started, 3),
         "load_seconds": round(state.load_seconds, 3),
+        "auth": "open" if state.open_mode and not inv.tokens else "tokens",
     })
 
 
 # ------------------------------------------------------------------------------- storages
 
 @routes.post("/v1/storages")
+@requires("operator")
 async def add_storage(request: web.Request) -> web.Response:
     spec = await decode(request, StorageSpec)
     storage = await state_of(request).scheduler.write(AddStorage(spec))
@@ -63,92 +65,11 @@ async def show_storage(request: web.Request) -> web.Response:
     return respond(request, storage_json(storage))
 
 
-# ------------------------------------------------------------------------------- items
-
-@routes.post("/v1/items")
-async def add_items(request: web.Request) -> web.Response:
-    body = await decode(request, ItemSpec | list[ItemSpec], root="items")
-    single = isinstance(body, ItemSpec)
-    write = AddItems([body] if single else body, batch=not single)
-    records = await state_of(request).scheduler.write(write)
-    inv = state_of(request).inventory
-    if single:
-        return respond(request, item_json(inv, inv.by_oid[records[0].oid]), status=201)
-    fmt = model.format_uuid
-    return respond(request, {
-        "count": len(records),
-        "items": [{"oid": fmt(r.oid), "item_name": r.item_name, "item_version": r.item_version}
-                  for r in records],
-    }, status=201)
-
-
-@routes.get("/v1/items/{oid}")
-async def show_item(request: web.Request) -> web.Response:
-    oid = validate.uuid_value(request.match_info["oid"], "oid")
-    inv = state_of(request).inventory
-    row = inv.row_of_oid(oid)
-    if row is None:
-        raise NotFound(f"no item with oid {request.match_info['oid']}", "oid")
-    return respond(request, item_json(inv, row))
-
-
-@routes.get("/v1/items")
-async def find_items(request: web.Request) -> web.Response:
-    """Items by name (exact or glob), latest version unless ``version`` is a number or ``all``."""
-    inv = state_of(request).inventory
-    query = request.query
-    name = query.get("name")
-    if not name:
-        raise BadRequest("required (an item name or a glob such as 'run42/*')", "name")
-    limit = query_int(request, "limit", 100, 1, 10_000)
-    version_text = query.get("version", "latest")
-    state_text = query.get("state")
-    state = None
-    if state_text is not None:
-        if state_text not in model.ITEM_STATE:
-            raise BadRequest(f"expected one of {', '.join(model.ITEM_STATES)}", "state")
-        state = model.ITEM_STATE[state_text]
-    after = decode_cursor(query.get("cursor"))
-    if version_text == "latest":
-        rows = inv.rows_matching_name(name)
-    elif version_text == "all":
-        rows = inv.rows_matching_name(name, latest_only=False)
-    else:
-        try:
-            version = int(version_text)
-        except ValueError:
-            raise BadRequest("expected 'latest', 'all' or a version number", "version") from None
-        rows = (r for r in (inv.row_of_name(inv.i_name[x], version)
-                            for x in inv.rows_matching_name(name)) if r is not None)
-    # Results come in (name, newest version first) order; the cursor is the last key returned.
-    out: list[dict] = []
-    next_cursor = None
-    last: tuple[str, int] = ("", 0)
-    for row in rows:
-        key = (inv.i_name[row], -inv.i_version[row])
-        if after is not None and key <= after:
-            continue
-        if state is not None and inv.i_state[row] != state:
-            continue
-        if len(out) == limit:
-            next_cursor = encode_cursor(last)
-            break
-        out.append(item_json(inv, row))
-        last = key
-    return respond(request, {"items": out, "cursor": next_cursor})
-
-
-def encode_cursor(key: tuple[str, int]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
-
-
-def decode_cursor(text: str | None) -> tuple[str, int] | None:
-    if text is None:
-        return None
-    try:
-        name, neg_version = json.loads(base64.urlsafe_b64decode(text.encode()))
-        if isinstance(name, str) and isinstance(neg_version, int):
-            return name, neg_version
-    except (ValueError, TypeError):
-        pass
-    raise BadRequest("not a cursor returned by this endpoint", "cursor")
+@routes.patch("/v1/storages/{name}")
+@requires("operator")
+async def change_storage(request: web.Request) -> web.Response:
+    patch = await decode(request, StoragePatch)
+    write = UpdateStorage(request.match_info["name"], patch)
+    await state_of(request).scheduler.write(write)
+    storage = state_of(request).inventory.storage_by_name[request.match_info["name"]]
+    return respond(request, storage_json(storage))

@@ -20,6 +20,7 @@ class ServerState:
     feed: ChangeFeed
     scheduler: Scheduler
     schema_version: int
+    open_mode: bool = False  # no token needed while none exists (loopback servers only)
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 

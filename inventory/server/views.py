@@ -57,7 +57,7 @@ def default_uri(storage: Storage, item_name: str) -> str:
 
 
 def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, Any]:
-    size = inv.i_size[row]
+    size = inv.container_size(row) if inv.i_type[row] == model.CONTAINER else inv.i_size[row]
     parent = inv.i_parent[row]
     out = {
         "oid": _fmt(inv.i_oid[row]),

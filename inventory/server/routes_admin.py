@@ -1,0 +1,187 @@
+"""Tokens, copy requests, operations and cycle history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from inventory import model
+from inventory.errors import BadRequest, NotFound
+from inventory.inventory import Inventory
+from inventory.objects import (
+    CYCLE_KINDS,
+    OPERATION_KINDS,
+    OPERATION_STATES,
+    REQUEST_STATES,
+    CopyRequest,
+    Cycle,
+    Operation,
+    Token,
+)
+from inventory.server.auth import requester, requires
+from inventory.server.bodies import decode, query_int, respond
+from inventory.server.state import state_of
+from inventory.specs import RequestSpec, TokenSpec
+from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken
+
+routes = web.RouteTableDef()
+_time = model.format_time
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is not None and value not in allowed:
+        raise BadRequest(f"expected one of {', '.join(allowed)}", name)
+    return value
+
+
+def _storage_id(request: web.Request, inv: Inventory) -> int | None:
+    name = request.query.get("storage")
+    if name is None:
+        return None
+    storage = inv.storage_by_name.get(name)
+    if storage is None:
+        raise BadRequest(f"no storage named {name!r}", "storage")
+    return storage.id
+
+
+def _int_path(request: web.Request, name: str) -> int:
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise BadRequest(f"expected an integer, got {request.match_info[name]!r}", name) \
+            from None
+
+
+# ------------------------------------------------------------------------------- tokens
+
+def token_json(token: Token) -> dict[str, Any]:
+    return {"name": token.name, "role": token.role, "created": _time(token.created),
+            "expires_at": _time(token.expires_at)}
+
+
+@routes.post("/v1/tokens")
+@requires("operator")
+async def add_token(request: web.Request) -> web.Response:
+    spec = await decode(request, TokenSpec)
+    token, secret = await state_of(request).scheduler.write(AddToken(spec))
+    return respond(request, {**token_json(token), "token": secret}, status=201)
+
+
+@routes.get("/v1/tokens")
+@requires("operator")
+async def list_tokens(request: web.Request) -> web.Response:
+    tokens = sorted(state_of(request).inventory.tokens.values(), key=lambda t: t.name)
+    return respond(request, {"tokens": [token_json(t) for t in tokens]})
+
+
+@routes.delete("/v1/tokens/{name}")
+@requires("operator")
+async def delete_token(request: web.Request) -> web.Response:
+    await state_of(request).scheduler.write(DeleteToken(request.match_info["name"]))
+    return web.Response(status=204)
+
+
+# ------------------------------------------------------------------------------- requests
+
+def request_json(inv: Inventory, req: CopyRequest) -> dict[str, Any]:
+    row = inv.row_of_oid(req.oid)
+    return {
+        "id": req.id, "oid": model.format_uuid(req.oid),
+        "item_name": None if row is None else inv.i_name[row],
+        "storage": inv.storages[req.storage_id].name, "state": req.state,
+        "pin_until": _time(req.pin_until), "created": _time(req.created),
+        "updated": _time(req.updated), "requester": req.requester, "comment": req.comment,
+    }
+
+
+@routes.post("/v1/requests")
+@requires("producer")
+async def add_request(request: web.Request) -> web.Response:
+    spec = await decode(request, RequestSpec)
+    req = await state_of(request).scheduler.write(AddRequest(spec, requester(request)))
+    return respond(request, request_json(state_of(request).inventory, req), status=201)
+
+
+@routes.get("/v1/requests")
+async def list_requests(request: web.Request) -> web.Response:
+    inv = state_of(request).inventory
+    state = _choice(request, "state", REQUEST_STATES)
+    storage_id = _storage_id(request, inv)
+    found = [r for r in sorted(inv.requests.values(), key=lambda r: r.id)
+             if (state is None or r.state == state)
+             and (storage_id is None or r.storage_id == storage_id)]
+    return respond(request, {"requests": [request_json(inv, r) for r in found]})
+
+
+@routes.delete("/v1/requests/{id}")
+@requires("producer")
+async def cancel_request(request: web.Request) -> web.Response:
+    req = await state_of(request).scheduler.write(CancelRequest(_int_path(request, "id")))
+    return respond(request, request_json(state_of(request).inventory, req))
+
+
+# ------------------------------------------------------------------------------- operations
+
+def operation_json(inv: Inventory, op: Operation) -> dict[str, Any]:
+    row = inv.row_of_oid(op.oid)
+    return {
+        "id": op.id, "kind": op.kind, "oid": model.format_uuid(op.oid),
+        "item_name": None if row is None else inv.i_name[row],
+        "source": None if op.source_id is None else inv.storages[op.source_id].name,
+        "target": inv.storages[op.target_id].name, "origin": op.origin, "state": op.state,
+        "attempts": op.attempts, "last_error": op.last_error,
+        "created": _time(op.created), "updated": _time(op.updated),
+    }
+
+
+@routes.get("/v1/operations")
+async def list_operations(request: web.Request) -> web.Response:
+    inv = state_of(request).inventory
+    state = _choice(request, "state", OPERATION_STATES)
+    kind = _choice(request, "kind", OPERATION_KINDS)
+    storage_id = _storage_id(request, inv)
+    limit = query_int(request, "limit", 100, 1, 10_000)
+    after = query_int(request, "after", 0, 0, 2**62)
+    found = []
+    for op in sorted(inv.operations.values(), key=lambda o: o.id):
+        if op.id <= after or (state and op.state != state) or (kind and op.kind != kind):
+            continue
+        if storage_id is not None and storage_id not in (op.source_id, op.target_id):
+            continue
+        found.append(op)
+        if len(found) > limit:
+            break
+    more = len(found) > limit
+    found = found[:limit]
+    return respond(request, {"operations": [operation_json(inv, o) for o in found],
+                             "cursor": str(found[-1].id) if more else None})
+
+
+# ------------------------------------------------------------------------------- history
+
+def cycle_json(cycle: Cycle, *, policy: bool = False) -> dict[str, Any]:
+    out = {"id": cycle.id, "kind": cycle.kind, "started": _time(cycle.started),
+           "ended": _time(cycle.ended), "summary": cycle.summary}
+    if policy:
+        out["policy"] = cycle.policy
+    return out
+
+
+@routes.get("/v1/history")
+async def list_cycles(request: web.Request) -> web.Response:
+    inv = state_of(request).inventory
+    kind = _choice(request, "kind", CYCLE_KINDS)
+    limit = query_int(request, "limit", 100, 1, 10_000)
+    cycles = [c for c in sorted(inv.cycles.values(), key=lambda c: -c.id)
+              if kind is None or c.kind == kind][:limit]
+    return respond(request, {"cycles": [cycle_json(c) for c in cycles]})
+
+
+@routes.get("/v1/history/{id}")
+async def show_cycle(request: web.Request) -> web.Response:
+    cycle = state_of(request).inventory.cycles.get(_int_path(request, "id"))
+    if cycle is None:
+        raise NotFound(f"no cycle {request.match_info['id']}", "id")
+    return respond(request, cycle_json(cycle, policy=True))
