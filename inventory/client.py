@@ -137,9 +137,12 @@ class Client:
             page = await self.request("GET", path, params=params)
             for entry in page[key]:
                 yield entry
-            if not page.get("cursor"):
+            cursor = page.get("cursor")
+            if not cursor:
                 return
-            params["cursor"] = page["cursor"]
+            if cursor == params.get("cursor"):  # a server ignoring it would loop forever
+                raise errors.DLMError(f"GET {path} answered the same cursor twice")
+            params["cursor"] = cursor
 
     # ------------------------------------------------------------------ health
 
@@ -259,8 +262,9 @@ class Client:
         return (await self.request("GET", "/v1/requests",
                                    params=query_params(state=state, storage=storage)))["requests"]
 
-    async def cancel_request(self, request_id: int | str) -> None:
-        await self.request("DELETE", f"/v1/requests/{_seg(str(request_id))}")
+    async def cancel_request(self, request_id: int | str) -> dict[str, Any] | None:
+        """Cancel a copy request; the request as it now is, if the server sends it."""
+        return await self.request("DELETE", f"/v1/requests/{_seg(str(request_id))}")
 
     # ------------------------------------------------------------------ operations and history
 
