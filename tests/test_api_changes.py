@@ -71,7 +71,7 @@ async def test_bulk_patch_is_all_or_nothing(server):
     made = await c.add_items([{"item_name": f"b/{i}"} for i in range(3)])
     patches = [{"oid": m["oid"], "metadata": {"i": n}} for n, m in enumerate(made)]
     assert (await c.request("PATCH", "/v1/items", json=patches))["count"] == 3
-    bad = patches + [{"oid": "00000000-0000-4000-8000-000000000000", "size": 1}]
+    bad = [*patches, {"oid": "00000000-0000-4000-8000-000000000000", "size": 1}]
     bad[0] = {"oid": made[0]["oid"], "metadata": {"changed": True}}
     with pytest.raises(errors.NotFound) as info:
         await c.request("PATCH", "/v1/items", json=bad)
