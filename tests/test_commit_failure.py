@@ -178,8 +178,6 @@ async def test_constraint_violation_in_a_group_fails_only_its_write(server: InPr
     assert (await server.client.health())["version"] == after["version"]
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler: a refused single-write commit answers "
-                   "'the database refused the change (a constraint)' without naming it")
 async def test_constraint_violation_of_a_lone_write_names_the_constraint(server: InProcessServer):
     await server.client.add_storage(**STORAGE)
     await insert_behind_the_back(server.db_url, "ghost", 1)
@@ -189,8 +187,7 @@ async def test_constraint_violation_of_a_lone_write_names_the_constraint(server:
     error = assert_error(status, body, 409, "conflict")
     same_memory(await server.client.health(), before)
     assert [i async for i in server.client.find_items("ghost")] == []
-    # The one piece that fails today: the message should say which constraint refused it, as
-    # it does when the same write was part of a larger group.
+    # The message says which constraint refused it, as when the write was part of a group.
     assert "item_name" in error["message"], error
 
 
