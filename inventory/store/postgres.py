@@ -19,9 +19,9 @@ from inventory.store.base import (
     StoreConflict,
     StoreUnavailable,
     check_schema_version,
-    collector_paused,
     item_db_row,
     item_records,
+    loading,
     replica_db_row,
     replica_records,
     storage_db_row,
@@ -34,7 +34,7 @@ def _q(names: Sequence[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-_FETCH = 50_000
+_FETCH = 10_000  # rows per fetch: small batches leave fewer holes in the heap
 _uuid_int = attrgetter("int")  # asyncpg's UUID to the int the inventory keys on
 _ITEM_QUERIES = (
     f"SELECT {_q(ITEM_COLUMNS)} FROM data_item WHERE parent_oid IS NULL",
@@ -96,7 +96,7 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ load
 
     async def load(self, inv: Inventory) -> None:
-        with collector_paused():
+        with loading():
             await self._load(inv)
 
     async def _load(self, inv: Inventory) -> None:
@@ -105,22 +105,25 @@ class PostgresStore(Store):
             inv.version = await conn.fetchval("SELECT version FROM inventory_state")
             for row in await conn.fetch(f"SELECT {_q(STORAGE_COLUMNS)} FROM storage ORDER BY id"):
                 inv.add_storage(storage_from_db(tuple(row)))
-            await self._load_items(conn, inv)
-            await self._load_replicas(conn, inv)
+            shared: dict = {}  # equal strings of the load made one object
+            await self._load_items(conn, inv, shared)
+            await self._load_replicas(conn, inv, shared)
             await generic.load_postgres_rows(conn, inv)
 
-    async def _load_items(self, conn: asyncpg.Connection, inv: Inventory) -> None:
+    async def _load_items(self, conn: asyncpg.Connection, inv: Inventory,
+                          shared: dict | None = None) -> None:
         # Items without a parent first, then members in creation order (a parent always exists
         # before its members), so that no sort of the whole table is needed.
         for query in _ITEM_QUERIES:
             cursor = await conn.cursor(query)
             while rows := await cursor.fetch(_FETCH):
-                inv.add_items(item_records(rows, _uuid_int))
+                inv.add_items(item_records(rows, _uuid_int, shared))
 
-    async def _load_replicas(self, conn: asyncpg.Connection, inv: Inventory) -> None:
+    async def _load_replicas(self, conn: asyncpg.Connection, inv: Inventory,
+                             shared: dict | None = None) -> None:
         cursor = await conn.cursor(f"SELECT {_q(REPLICA_COLUMNS[1:])} FROM replica")
         while rows := await cursor.fetch(_FETCH):
-            inv.add_replicas(replica_records(rows, _uuid_int))
+            inv.add_replicas(replica_records(rows, _uuid_int, shared))
 
     # ------------------------------------------------------------------ commit
 
