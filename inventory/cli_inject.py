@@ -305,6 +305,9 @@ def bulk_inject(client: SyncClient, records: Iterable[Record], defaults: dict[st
         if bar.total is not None and bar.n != bar.total:
             bar.total = bar.n  # blank lines and multi-line CSV cells made the estimate high
             bar.refresh()
+    except BaseException:
+        bar.leave = False  # erase it, so the error is the one line left on the terminal
+        raise
     finally:
         bar.close()
 
