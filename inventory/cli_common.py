@@ -85,7 +85,11 @@ def read_config(path: Path, required: bool) -> dict[str, str]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise CLIError(f"{path}: not valid YAML: {exc}", USAGE_ERROR) from None
+        # PyYAML's own text spans several lines with a caret drawing; keep one line.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise CLIError(f"{where}: not valid YAML: {problem}", USAGE_ERROR) from None
     if not isinstance(data, dict):
         raise CLIError(f"{path}: expected a mapping with url and token", USAGE_ERROR)
     unknown = sorted(set(data) - CONFIG_KEYS)

@@ -7,6 +7,7 @@ The secret is printed once, by ``create``, alone on stdout so that
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from typing import Any
 
@@ -33,7 +34,7 @@ def add_commands(subparsers: Any) -> None:
 
     p = add_parser(actions, "create", help="make a token and print it, once")
     p.add_argument("--role", required=True, choices=ROLES)
-    p.add_argument("--name", help="a name to list and remove it by (default: the server's)")
+    p.add_argument("--name", help="a name to list and remove it by (default: ROLE-xxxxxx)")
     p.add_argument("--expires-at", metavar="TIME", help="ISO-8601 time (default: never)")
     p.set_defaults(func=client_command(create))
 
@@ -46,7 +47,10 @@ def add_commands(subparsers: Any) -> None:
 
 
 def create(args: argparse.Namespace, client: SyncClient) -> None:
-    made = client.add_token(args.role, name=args.name, expires_at=args.expires_at)
+    # A name is how a token is listed and revoked, so one is always sent: the role and a random
+    # suffix when none is given (two unnamed tokens of one role must not collide).
+    name = args.name or f"{args.role}-{secrets.token_hex(3)}"
+    made = client.add_token(args.role, name=name, expires_at=args.expires_at)
     if wants_json(args):
         print_json(made)
         return

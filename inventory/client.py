@@ -237,8 +237,10 @@ class Client:
     async def add_token(self, role: str, name: str | None = None,
                         expires_at: str | None = None) -> dict[str, Any]:
         """A new bearer token; its secret is in ``["token"]`` of this answer only."""
-        return await self.request("POST", "/v1/tokens",
-                                  json={"name": name, "role": role, "expires_at": expires_at})
+        spec: dict[str, Any] = {"role": role, "expires_at": expires_at}
+        if name is not None:
+            spec["name"] = name
+        return await self.request("POST", "/v1/tokens", json=spec)
 
     async def list_tokens(self) -> list[dict[str, Any]]:
         return (await self.request("GET", "/v1/tokens"))["tokens"]
