@@ -1,0 +1,43 @@
+"""Build the backend for a registered storage from its ``kind``, ``root`` and ``config``.
+
+This is the only place that knows which class serves which kind, so the engine and the REST
+layer (which can call it to validate a storage before registering it) stay kind-agnostic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from inventory.storage.base import Backend
+from inventory.storage.errors import ConfigError
+from inventory.storage.posix import PosixBackend
+from inventory.storage.s3 import S3Backend
+
+_POSIX_KEYS = {"fsync": bool, "threads": int, "chunk_size": int, "copy_method": str}
+
+
+def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:
+    if not os.path.isabs(root):
+        raise ConfigError(f"posix root must be an absolute directory path, not {root!r}")
+    for key, value in config.items():
+        kind = _POSIX_KEYS.get(key)
+        if kind is None:
+            raise ConfigError(f"unknown posix config key {key!r}; allowed: {sorted(_POSIX_KEYS)}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"posix config {key!r} must be {kind.__name__}")
+    try:
+        return PosixBackend(root, **config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def backend_for(kind: str, root: str, config: Mapping[str, Any] | None = None) -> Backend:
+    """A new backend for the storage; the caller owns it and must ``await backend.close()``."""
+    config = config or {}
+    if kind == "posix":
+        return _posix(root, config)
+    if kind == "s3":
+        return S3Backend.from_storage(root, config)
+    raise ConfigError(f"unknown storage kind {kind!r}; expected 'posix' or 's3'")

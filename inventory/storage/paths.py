@@ -1,0 +1,75 @@
+"""Item names to storage paths, safely.
+
+An item name is relative and ``/``-separated, like an S3 key: it must not be able to name
+anything outside the storage root. Rather than resolve and compare afterwards (which a symlink
+or a ``..`` in the right place defeats), a name is checked segment by segment before it is
+joined: no empty, ``.`` or ``..`` segments, no leading ``/``, no NUL or control characters, no
+backslashes (a separator elsewhere), and no segment in the ``.dlm-`` namespace that backends use
+for temporary files. Spaces and any printable Unicode are fine.
+"""
+
+from __future__ import annotations
+
+from inventory.storage.errors import InvalidPath
+
+RESERVED_PREFIX = ".dlm-"
+MAX_NAME_BYTES = 1024  # the S3 key limit; POSIX limits each segment to 255 bytes
+MAX_SEGMENT_BYTES = 255
+
+
+def _bad_char(name: str) -> str | None:
+    for ch in name:
+        if ch < " " or ch == "\x7f" or ch == "\\":
+            return ch
+    return None
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a safe relative item path, else raise ``InvalidPath``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidPath("item path is empty", path=str(name))
+    if name.startswith("/"):
+        raise InvalidPath("item path must be relative (starts with '/')", path=name)
+    if (ch := _bad_char(name)) is not None:
+        raise InvalidPath(f"item path contains a forbidden character {ch!r}", path=name)
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPath("item path is not valid Unicode", path=name) from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise InvalidPath(f"item path is longer than {MAX_NAME_BYTES} bytes", path=name)
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidPath(f"item path has an empty, '.' or '..' segment: {segment!r}",
+                              path=name)
+        if segment.startswith(RESERVED_PREFIX):
+            raise InvalidPath(f"segments starting with {RESERVED_PREFIX!r} are reserved",
+                              path=name)
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise InvalidPath(f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes",
+                              path=name)
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe listing prefix ('' lists everything).
+
+    A prefix is a string prefix of item paths (S3 semantics): ``"run1/"`` or ``"run1/file-0"``.
+    Every complete segment follows the item-name rules; a partial last segment may be anything
+    printable.
+    """
+    if prefix == "":
+        return prefix
+    head, _, _last = prefix.rpartition("/")
+    if prefix.startswith("/") or _bad_char(prefix) is not None:
+        raise InvalidPath("listing prefix must be relative and printable", path=prefix)
+    if head:
+        check_name(head)
+    if _last in (".", ".."):
+        raise InvalidPath("listing prefix ends in '.' or '..'", path=prefix)
+    return prefix
+
+
+def join_key(prefix: str, name: str) -> str:
+    """The S3 key of ``name`` under a bucket prefix ('' or 'a/b')."""
+    return f"{prefix}/{check_name(name)}" if prefix else check_name(name)

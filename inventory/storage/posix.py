@@ -1,0 +1,499 @@
+"""POSIX directory storage: objects are regular files under a root directory.
+
+Every system call runs in the backend's own thread pool, so a slow disk or a hung NFS mount
+never blocks the event loop, and blocking ``fsync`` calls cannot starve other users of the
+default executor.
+
+A write goes to ``.dlm-<random>.part`` in the target's directory, is fsynced, renamed over the
+target (atomic on POSIX) and the directory is fsynced: a reader sees the old object or the whole
+new one, and after a crash either the rename is durable or only a temporary file remains, which
+``list`` hides and ``purge_partial`` removes. The adler32 computed while writing is kept in the
+``user.dlm.adler32`` xattr together with the size and mtime it belongs to, so ``stat`` can give
+the checksum cheaply and ignores it once the file was changed behind our back.
+
+POSIX to POSIX copies take the kernel path: per chunk, ``pread`` into a reused buffer feeds
+adler32 (the page it reads is the one the copy needs, so the disk is read once) and
+``copy_file_range`` moves the same range inside the kernel, falling back to ``sendfile`` and then
+to writing the buffer. ``benchmarks/bench_copy.py`` measures this against a read+write loop
+(``copy_method="read"``); see docs/copy-benchmark.md for why "kernel" is the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import stat as stat_mod
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from itertools import islice
+from typing import Any, Literal, TypeVar
+
+from inventory.storage.base import (
+    Backend,
+    Entry,
+    ObjectInfo,
+    Reader,
+    Space,
+    WriteResult,
+    check_expected,
+)
+from inventory.storage.checksum import Adler32
+from inventory.storage.errors import (
+    InvalidPath,
+    NotFound,
+    PathConflict,
+    PermissionDenied,
+    SizeMismatch,
+    StorageError,
+    StorageFull,
+    Unreachable,
+)
+from inventory.storage.paths import RESERVED_PREFIX, check_name, check_prefix
+
+T = TypeVar("T")
+CopyMethod = Literal["kernel", "read"]
+
+XATTR = "user.dlm.adler32"
+TEMP_SUFFIX = ".part"
+DEFAULT_CHUNK = 8 << 20
+_LIST_BATCH = 1000
+
+_ERRNO_CLASS: dict[int, type[StorageError]] = {
+    errno.ENOENT: NotFound,
+    errno.ENOSPC: StorageFull, errno.EDQUOT: StorageFull, errno.EFBIG: StorageFull,
+    errno.EACCES: PermissionDenied, errno.EPERM: PermissionDenied,
+    errno.EROFS: PermissionDenied,
+    errno.ENOTDIR: PathConflict, errno.EEXIST: PathConflict, errno.EISDIR: PathConflict,
+    errno.ENOTEMPTY: PathConflict,
+    errno.ESTALE: Unreachable, errno.ETIMEDOUT: Unreachable, errno.ENOTCONN: Unreachable,
+    errno.EHOSTDOWN: Unreachable, errno.ENODEV: Unreachable,
+}
+
+
+class _Stopped(Exception):
+    """The awaiting task was cancelled; the copying thread stops at the next chunk."""
+
+
+class _Temp:
+    """A temporary file being written: closed and unlinked by ``discard`` unless committed."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path: str | None = path
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            with suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(RESERVED_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _recorded_checksum(fd: int, st: os.stat_result) -> str | None:
+    """The checksum our write recorded, if the file still has that size and mtime."""
+    try:
+        value = os.getxattr(fd, XATTR).decode()
+    except OSError:
+        return None
+    parts = value.split()
+    if len(parts) == 3 and parts[1] == str(st.st_size) and parts[2] == str(st.st_mtime_ns):
+        return parts[0]
+    return None
+
+
+class PosixBackend(Backend):
+    """Objects as files under ``root``.
+
+    ``fsync=False`` skips fsync (only for scratch storages whose contents may be lost in a
+    crash); ``threads`` bounds concurrent system calls; ``chunk_size`` is the unit of reads,
+    checksum updates and kernel copies.
+    """
+
+    kind = "posix"
+
+    def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = DEFAULT_CHUNK,
+                 fsync: bool = True, threads: int = 8,
+                 copy_method: CopyMethod = "kernel") -> None:
+        if copy_method not in ("kernel", "read"):
+            raise ValueError(f"copy_method must be 'kernel' or 'read', not {copy_method!r}")
+        self.root = os.path.abspath(os.fspath(root))
+        self._real_root = os.path.realpath(self.root)
+        self.chunk_size = chunk_size
+        self.fsync = fsync
+        self.copy_method: CopyMethod = copy_method
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dlm-posix")
+
+    def __repr__(self) -> str:
+        return f"PosixBackend({self.root!r})"
+
+    # --- paths and errors -----------------------------------------------------------------
+
+    def _full(self, path: str) -> str:
+        return f"{self.root}/{check_name(path)}"
+
+    def _check_inside(self, full: str, path: str) -> None:
+        """Refuse a path that a symlink inside the root redirects outside it."""
+        real = os.path.realpath(full)
+        if real != self._real_root and not real.startswith(self._real_root + "/"):
+            raise InvalidPath(f"path resolves outside the storage root ({real})", path=path)
+
+    def _translate(self, exc: OSError, path: str | None) -> StorageError:
+        cls = _ERRNO_CLASS.get(exc.errno or 0, StorageError)
+        if cls is NotFound and not os.path.isdir(self.root):
+            return Unreachable(f"storage root {self.root} is missing (not mounted?)", path=path)
+        where = f" ({path})" if path else ""
+        return cls(f"{exc.strerror or exc}{where} on {self.root}", path=path)
+
+    async def _run(self, path: str | None, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except OSError as exc:
+            raise self._translate(exc, path) from exc
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _open_source(self, path: str) -> tuple[int, ObjectInfo]:
+        full = self._full(path)
+        self._check_inside(full, path)
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise NotFound(f"{path} is not a regular file", path=path)
+            return fd, ObjectInfo(st.st_size, st.st_mtime, _recorded_checksum(fd, st))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _stat(self, path: str) -> ObjectInfo:
+        fd, info = self._open_source(path)
+        os.close(fd)
+        return info
+
+    async def stat(self, path: str) -> ObjectInfo:
+        return await self._run(path, self._stat, path)
+
+    @asynccontextmanager
+    async def open_read(self, path: str) -> AsyncIterator[Reader]:
+        fd, info = await self._run(path, self._open_source, path)
+        chunks = self._read_chunks(fd, path)
+        try:
+            yield Reader(info, chunks)
+        finally:
+            await chunks.aclose()
+            await self._run(path, os.close, fd)
+
+    async def _read_chunks(self, fd: int, path: str) -> AsyncIterator[bytes]:
+        """Chunks from ``fd`` with one read always in flight, so the disk works while the
+        consumer sends or writes the previous chunk."""
+        loop = asyncio.get_running_loop()
+        offset = 0
+        pending = loop.run_in_executor(self._pool, os.pread, fd, self.chunk_size, offset)
+        try:
+            while True:
+                try:
+                    data = await pending
+                except OSError as exc:
+                    raise self._translate(exc, path) from exc
+                if not data:
+                    return
+                offset += len(data)
+                pending = loop.run_in_executor(self._pool, os.pread, fd, self.chunk_size, offset)
+                yield data
+        finally:
+            # the fd is closed after this generator: the read in flight must be over by then
+            with suppress(BaseException):
+                await asyncio.wait([pending])
+                pending.exception()
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _make_parents(self, directory: str, path: str) -> None:
+        """Create missing directories down to ``directory``, fsyncing each new entry."""
+        missing: list[str] = []
+        current = directory
+        while not os.path.isdir(current):
+            if os.path.lexists(current):
+                raise PathConflict(f"{current} is in the way: not a directory", path=path)
+            missing.append(current)
+            current = os.path.dirname(current)
+        for created in reversed(missing):
+            try:
+                os.mkdir(created)
+            except FileExistsError:
+                if not os.path.isdir(created):
+                    raise
+                continue
+            if self.fsync:
+                self._fsync_dir(os.path.dirname(created))
+
+    @staticmethod
+    def _fsync_dir(directory: str) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _create_temp(self, path: str) -> tuple[_Temp, str]:
+        full = self._full(path)
+        directory = os.path.dirname(full)
+        self._check_inside(directory, path)
+        self._make_parents(directory, path)
+        if os.path.isdir(full):
+            raise PathConflict(f"{path} is a directory", path=path)
+        tmp = f"{directory}/{RESERVED_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return _Temp(fd, tmp), full
+
+    def _append(self, temp: _Temp, batch: list[bytes], summer: Adler32) -> None:
+        for chunk in batch:
+            summer.update(chunk)
+            _write_all(temp.fd, chunk)
+
+    def _commit(self, temp: _Temp, full: str, result: WriteResult, path: str) -> None:
+        """Check what the file system holds, record the checksum, make it durable, rename."""
+        st = os.fstat(temp.fd)
+        if st.st_size != result.size:
+            raise SizeMismatch(f"target holds {st.st_size} bytes, {result.size} were written",
+                               side="target", expected=result.size, actual=st.st_size,
+                               path=path)
+        with suppress(OSError):  # no user xattrs on this file system: stat has no checksum
+            os.setxattr(temp.fd, XATTR,
+                        f"{result.checksum} {st.st_size} {st.st_mtime_ns}".encode())
+        if self.fsync:
+            os.fsync(temp.fd)
+        os.close(temp.fd)
+        temp.fd = -1
+        assert temp.path is not None
+        os.rename(temp.path, full)
+        temp.path = None
+        if self.fsync:
+            self._fsync_dir(os.path.dirname(full))
+
+    async def _discard(self, temp: _Temp) -> None:
+        """Remove the temporary file even if the task is being cancelled."""
+        loop = asyncio.get_running_loop()
+        with suppress(BaseException):
+            await asyncio.shield(loop.run_in_executor(self._pool, temp.discard))
+
+    async def write(self, path: str, chunks: AsyncIterable[bytes], size_hint: int | None = None,
+                    *, expected_size: int | None = None,
+                    expected_checksum: str | None = None) -> WriteResult:
+        temp, full = await self._run(path, self._create_temp, path)
+        try:
+            summer = Adler32()
+            size = 0
+            batch: list[bytes] = []
+            batched = 0
+            async for chunk in chunks:
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= self.chunk_size:
+                    await self._run(path, self._append, temp, batch, summer)
+                    size, batch, batched = size + batched, [], 0
+            if batch:
+                await self._run(path, self._append, temp, batch, summer)
+                size += batched
+            result = WriteResult(size, summer.hexdigest())
+            check_expected(size, result.checksum, expected_size=expected_size,
+                           expected_checksum=expected_checksum, path=path)
+            await self._run(path, self._commit, temp, full, result, path)
+            return result
+        except BaseException:
+            await self._discard(temp)
+            raise
+
+    # --- the kernel fast path ----------------------------------------------------------------
+
+    async def copy_from(self, src: Backend, src_path: str, path: str, *,
+                        expected_size: int | None,
+                        expected_checksum: str | None) -> WriteResult | None:
+        if not isinstance(src, PosixBackend):
+            return None
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._pool, self._copy_file, src, src_path, path,
+                                   expected_size, expected_checksum, stop)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            stop.set()  # the thread cleans up its temporary file and ends
+            with suppress(BaseException):
+                await asyncio.wait([job])
+                job.exception()
+            raise
+
+    def _copy_file(self, src: PosixBackend, src_path: str, path: str,
+                   expected_size: int | None, expected_checksum: str | None,
+                   stop: threading.Event) -> WriteResult:
+        try:
+            fi, info = src._open_source(src_path)
+        except OSError as exc:
+            raise src._translate(exc, src_path) from exc
+        try:
+            # fail before creating anything when the source is already known to be wrong
+            check_expected(info.size, info.checksum, expected_size=expected_size,
+                           expected_checksum=expected_checksum, path=src_path)
+            try:
+                temp, full = self._create_temp(path)
+            except OSError as exc:
+                raise self._translate(exc, path) from exc
+            try:
+                result = self._copy_fd(fi, temp.fd, src_path, stop)
+                check_expected(result.size, result.checksum,
+                               expected_size=info.size if expected_size is None
+                               else expected_size,
+                               expected_checksum=expected_checksum, path=src_path)
+                self._commit(temp, full, result, path)
+                return result
+            except OSError as exc:
+                raise self._translate(exc, path) from exc
+            finally:
+                temp.discard()
+        finally:
+            os.close(fi)
+
+    def _copy_fd(self, fi: int, fo: int, src_path: str, stop: threading.Event) -> WriteResult:
+        """Copy ``fi`` to ``fo`` chunk by chunk, checksumming each chunk as it is copied."""
+        summer = Adler32()
+        buf = bytearray(self.chunk_size)
+        view = memoryview(buf)
+        kernel = self.copy_method == "kernel"
+        offset = 0
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            got = os.preadv(fi, [view], offset)
+            if got == 0:
+                break
+            summer.update(view[:got])
+            if kernel:
+                kernel = self._kernel_copy(fi, fo, offset, got, src_path)
+            if not kernel:
+                _write_all(fo, view[:got])
+            offset += got
+        return WriteResult(offset, summer.hexdigest())
+
+    @staticmethod
+    def _kernel_copy(fi: int, fo: int, offset: int, count: int, src_path: str) -> bool:
+        """Copy ``count`` bytes at ``offset`` in the kernel; False if the file systems do not
+        support it (nothing copied then, the caller writes the buffer)."""
+        done = 0
+        while done < count:
+            try:
+                n = os.copy_file_range(fi, fo, count - done, offset + done)
+            except OSError as exc:
+                if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP,
+                                             errno.EINVAL):
+                    raise
+                return False
+            if n == 0:
+                raise SizeMismatch("source shrank while being copied", side="source",
+                                   expected=offset + count, actual=offset + done,
+                                   path=src_path)
+            done += n
+        return True
+
+    # --- deleting, listing, space ---------------------------------------------------------------
+
+    def _delete(self, path: str) -> bool:
+        full = self._full(path)
+        self._check_inside(os.path.dirname(full), path)
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            if not os.path.isdir(self.root):
+                raise
+            return False
+        except IsADirectoryError:
+            raise PathConflict(f"{path} is a directory", path=path) from None
+        if self.fsync:
+            self._fsync_dir(os.path.dirname(full))
+        return True
+
+    async def delete(self, path: str) -> None:
+        await self._run(path, self._delete, path)
+
+    def _walk(self, directory: str, rel: str, prefix: str) -> Iterator[Entry]:
+        """Regular files under ``directory`` in S3 key order: a directory sorts as its name
+        plus '/', so 'a/b' comes after 'a-c' as it does in a bucket. Symlinks and temporary
+        files are skipped."""
+        try:
+            with os.scandir(directory) as it:
+                entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+                           for e in it]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        entries.sort(key=lambda pair: pair[0])
+        for key, entry in entries:
+            name = rel + key
+            if key.endswith("/"):
+                if name.startswith(prefix) or prefix.startswith(name):
+                    yield from self._walk(entry.path, name, prefix)
+            elif (name.startswith(prefix) and not _is_temp(entry.name)
+                  and entry.is_file(follow_symlinks=False)):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield Entry(name, st.st_size, st.st_mtime)
+
+    def _start_walk(self, prefix: str) -> Iterator[Entry]:
+        if not os.path.isdir(self.root):
+            raise Unreachable(f"storage root {self.root} is missing (not mounted?)")
+        base = prefix.rpartition("/")[0]
+        start = f"{self.root}/{base}" if base else self.root
+        self._check_inside(start, prefix)
+        return self._walk(start, f"{base}/" if base else "", prefix)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[Entry]:
+        check_prefix(prefix)
+        walk = await self._run(prefix, self._start_walk, prefix)
+        while batch := await self._run(prefix, lambda: list(islice(walk, _LIST_BATCH))):
+            for entry in batch:
+                yield entry
+
+    async def space(self) -> Space:
+        st = await self._run(None, os.statvfs, self.root)
+        return Space((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize)
+
+    def _purge(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        removed = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if _is_temp(name):
+                    full = os.path.join(directory, name)
+                    with suppress(FileNotFoundError):
+                        if os.lstat(full).st_mtime < cutoff:
+                            os.unlink(full)
+                            removed += 1
+        return removed
+
+    async def purge_partial(self, older_than: float) -> int:
+        return await self._run(None, self._purge, older_than)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
