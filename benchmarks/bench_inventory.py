@@ -1,0 +1,434 @@
+"""Inventory benchmark on PostgreSQL: load time, memory per item and replica, durable REST inject.
+
+    .venv/bin/python benchmarks/bench_inventory.py --items 1000000 --replicas 2
+
+Each number comes with a baseline measured in the same run on the same rows:
+
+- load: ``PostgresStore.load`` of N items and N*R replicas into a fresh ``Inventory`` (in a fresh
+  process), against raw asyncpg fetches of the same rows (the same queries, rows thrown away) and
+  a raw binary ``COPY ... TO STDOUT`` of the same rows;
+- memory: resident set size of that fresh process before and after the load, after
+  ``gc.collect()``: total MB, bytes per replica with the item costs included (the target), bytes
+  per item (a second process loads the items alone) and per replica on top of its item;
+- inject: ``dlm serve --db postgresql://...`` as a subprocess, a few concurrent clients POSTing
+  batches of items with one replica each (acknowledged only after the commit: durable), against
+  raw asyncpg ``copy_records_to_table`` of the same rows (items + replicas) into a fresh database
+  with the same schema.
+
+Targets (issue 2): load < 15 s; < 300 B per replica (item costs included); inject >= 30% of COPY.
+The databases it creates (``dlm_bench_*``) are dropped at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+
+import generate  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TARGET_LOAD_S = 15.0
+TARGET_BYTES_PER_REPLICA = 300
+TARGET_INJECT_RATIO = 0.30
+
+
+def rss() -> int:
+    """Resident set size of this process, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def url_of(admin_url: str, name: str) -> str:
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+# =========================================================================== child processes
+# Each measurement that needs a clean heap runs in its own interpreter: ``--child KIND URL``.
+
+async def child_load(url: str, items_only: bool) -> dict:
+    from inventory.inventory import Inventory
+    from inventory.store.base import loading, storage_from_db
+    from inventory.store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    await store.open()
+    inv = Inventory()
+    gc.collect()
+    before = rss()
+    started = time.perf_counter()
+    if items_only:  # what load() does, without the replicas: the per-item share of the memory
+        with loading():
+            async with store._pool.acquire() as conn, conn.transaction(readonly=True):
+                for row in await conn.fetch("SELECT * FROM storage ORDER BY id"):
+                    inv.add_storage(storage_from_db([row[c] for c in generate.STORAGE_COLUMNS]))
+                await store._load_items(conn, inv, {})
+    else:
+        await store.load(inv)
+    seconds = time.perf_counter() - started
+    gc.collect()
+    after = rss()
+    await store.close()
+    return {"seconds": seconds, "rss_before": before, "rss_after": after,
+            "items": inv.counts.items, "replicas": inv.counts.replicas,
+            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+async def child_fetch(url: str) -> dict:
+    """Raw asyncpg: the load's queries, fetched in the same batches, rows dropped."""
+    import asyncpg
+
+    from inventory.store import postgres
+
+    conn = await asyncpg.connect(url)
+    rows = 0
+    started = time.perf_counter()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        queries = [*postgres._ITEM_QUERIES,
+                   f"SELECT {postgres._q(generate.REPLICA_COLUMNS[1:])} FROM replica"]
+        for query in queries:
+            cursor = await conn.cursor(query)
+            while batch := await cursor.fetch(postgres._FETCH):
+                rows += len(batch)
+    seconds = time.perf_counter() - started
+    await conn.close()
+    return {"seconds": seconds, "rows": rows}
+
+
+async def child_copy_out(url: str) -> dict:
+    """Raw asyncpg binary COPY TO of the same rows, bytes dropped."""
+    import asyncpg
+
+    from inventory.store import postgres
+
+    conn = await asyncpg.connect(url)
+    size = 0
+
+    async def sink(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+
+    started = time.perf_counter()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.copy_from_query(f"SELECT {postgres._q(generate.ITEM_COLUMNS)} FROM data_item",
+                                   output=sink, format="binary")
+        await conn.copy_from_query(
+            f"SELECT {postgres._q(generate.REPLICA_COLUMNS[1:])} FROM replica",
+            output=sink, format="binary")
+    seconds = time.perf_counter() - started
+    await conn.close()
+    return {"seconds": seconds, "bytes": size}
+
+
+def run_child(kind: str, url: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, url], check=True,
+                         capture_output=True, text=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(kind: str, url: str) -> int:
+    import uvloop
+
+    jobs = {"load": lambda: child_load(url, False), "load-items": lambda: child_load(url, True),
+            "fetch": lambda: child_fetch(url), "copy-out": lambda: child_copy_out(url)}
+    result = uvloop.run(jobs[kind]())
+    print(json.dumps(result))
+    return 0
+
+
+# =========================================================================== inject
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dlm serve exited with {proc.returncode}:\n"
+                                   + log.read_text()[-3000:])
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url + "/v1/health") as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not healthy after {timeout} s")
+            await asyncio.sleep(0.05)
+
+
+async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int,
+                      workdir: Path) -> dict:
+    """Start ``dlm serve`` on ``db_url``, add the storages, POST every item; items/s."""
+    import aiohttp
+    import msgspec
+
+    port = free_port()
+    log = workdir / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inventory.cli", "serve", "--port", str(port), "--data-dir",
+             str(workdir / "data"), "--db", db_url, "--log-level", "warning"],
+            stdout=out, stderr=out, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(base, proc, log)
+        encode = msgspec.json.encode
+        bodies, chunk = [], []
+        for body in generate.item_specs(spec):
+            chunk.append(body)
+            if len(chunk) == batch:
+                bodies.append(encode(chunk))
+                chunk = []
+        if chunk:
+            bodies.append(encode(chunk))
+        async with aiohttp.ClientSession(base_url=base,
+                                         timeout=aiohttp.ClientTimeout(total=600)) as session:
+            from inventory import model
+            for s in generate.storages(spec):
+                async with session.post("/v1/storages", json={
+                        "name": s.name, "kind": s.kind, "root": s.root, "capacity": s.capacity,
+                        "phase": model.PHASES[s.phase], "attributes": s.attributes}) as resp:
+                    assert resp.status == 201, await resp.text()
+            queue = iter(bodies)
+            done = 0
+            latencies: list[float] = []
+
+            async def client() -> None:
+                nonlocal done
+                for body in queue:
+                    t0 = time.perf_counter()
+                    async with session.post("/v1/items", data=body,
+                                            headers={"Content-Type": "application/json"}) as r:
+                        answer = await r.read()
+                        if r.status != 201:
+                            raise RuntimeError(f"POST /v1/items: {r.status} {answer[:300]!r}")
+                    latencies.append(time.perf_counter() - t0)
+                    done += len(json.loads(answer)["items"])
+
+            cpu0 = cpu_seconds(proc.pid)
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(clients)))
+            seconds = time.perf_counter() - started
+            cpu = cpu_seconds(proc.pid) - cpu0
+            async with session.get("/v1/health") as resp:
+                health = await resp.json()
+        assert health["items"] == spec.items == done, (health, done)
+        latencies.sort()
+        return {"seconds": seconds, "items": done, "replicas": health["replicas"],
+                "server_cpu": cpu, "p50": latencies[len(latencies) // 2],
+                "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def raw_copy(db_url: str, spec: generate.Spec) -> dict:
+    """Raw asyncpg COPY of the same rows (items + their replica) into the same schema."""
+    import asyncpg
+
+    from inventory import model
+    from inventory.store.postgres import PostgresStore
+
+    store = PostgresStore(db_url)
+    await store.open()
+    await store.close()
+    out = model.format_uuid
+    storages = [generate.storage_db_row(s) for s in generate.storages(spec)]
+    chunks = [([generate.item_db_row(r, out) for r in items],
+               [generate.replica_db_row(r, out) for r in replicas])
+              for items, replicas in generate.records(spec)]
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.copy_records_to_table("storage", columns=generate.STORAGE_COLUMNS,
+                                         records=storages)
+        started = time.perf_counter()
+        async with conn.transaction():
+            for items, replicas in chunks:
+                await conn.copy_records_to_table("data_item", columns=generate.ITEM_COLUMNS,
+                                                 records=items)
+                await conn.copy_records_to_table("replica", columns=generate.REPLICA_COLUMNS,
+                                                 records=replicas)
+        seconds = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return {"seconds": seconds, "items": sum(len(i) for i, _ in chunks),
+            "rows": sum(len(i) + len(r) for i, r in chunks)}
+
+
+# =========================================================================== report
+
+def fmt_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                     + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="DLM inventory benchmark on PostgreSQL")
+    p.add_argument("--items", type=int, default=1_000_000, help="items for load and memory")
+    p.add_argument("--replicas", type=int, default=2, help="replicas per item")
+    p.add_argument("--storages", type=int, default=8)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--inject-items", type=int, default=200_000,
+                   help="items injected through REST (and by the raw COPY baseline)")
+    p.add_argument("--batch", type=int, default=2000, help="items per POST /v1/items")
+    p.add_argument("--clients", type=int, default=4, help="concurrent REST clients")
+    p.add_argument("--admin-url", default=os.environ.get(
+        "DLM_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument("--load-db", help="reuse this existing database (made by generate.py with the "
+                                     "same --items/--replicas/--storages/--seed) for the load")
+    p.add_argument("--skip", action="append", default=[], choices=["load", "inject"])
+    p.add_argument("--keep", action="store_true", help="do not drop the databases made")
+    p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument("--child", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child_main(*args.child)
+    return asyncio.run(bench(args))
+
+
+async def bench(args: argparse.Namespace) -> int:
+    tag = f"{os.getpid()}"
+    made: list[str] = []
+    results: dict = {"python": sys.version.split()[0], "cores": os.cpu_count()}
+    admin = args.admin_url
+    import asyncpg
+    conn = await asyncpg.connect(admin)
+    results["postgresql"] = await conn.fetchval("SHOW server_version")
+    await conn.close()
+    with open("/proc/meminfo") as f:
+        results["ram_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-"))
+    try:
+        if "load" not in args.skip:
+            spec = generate.Spec(items=args.items, replicas=args.replicas,
+                                 storages=args.storages, seed=args.seed)
+            if args.load_db:
+                load_url = url_of(admin, args.load_db)
+            else:
+                name = f"dlm_bench_load_{tag}"
+                load_url = await generate.create_database(admin, name)
+                made.append(name)
+                print(f"generating {spec.items} items x {spec.replicas} replicas ...",
+                      file=sys.stderr)
+                results["generate"] = await generate.write_postgres(load_url, spec)
+            print("loading (store.load, raw fetch, raw COPY TO) ...", file=sys.stderr)
+            results["load"] = run_child("load", load_url)
+            results["fetch"] = run_child("fetch", load_url)
+            results["copy_out"] = run_child("copy-out", load_url)
+            results["load_items"] = run_child("load-items", load_url)
+        if "inject" not in args.skip:
+            spec = generate.Spec(items=args.inject_items, replicas=1, storages=args.storages,
+                                 seed=args.seed + 1)
+            rest_name, copy_name = f"dlm_bench_rest_{tag}", f"dlm_bench_copy_{tag}"
+            rest_url = await generate.create_database(admin, rest_name)
+            made.append(rest_name)
+            copy_url = await generate.create_database(admin, copy_name)
+            made.append(copy_name)
+            print(f"raw COPY of {spec.items} items + replicas ...", file=sys.stderr)
+            results["copy_in"] = await raw_copy(copy_url, spec)
+            print(f"REST inject of {spec.items} items, batches of {args.batch}, "
+                  f"{args.clients} clients ...", file=sys.stderr)
+            results["inject"] = await rest_inject(rest_url, spec, args.batch, args.clients,
+                                                  workdir)
+            results["inject"].update(batch=args.batch, clients=args.clients)
+    finally:
+        if not args.keep:
+            for name in made:
+                await generate.drop_database(admin, name)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(r: dict, args: argparse.Namespace) -> None:
+    print(f"\nmachine: {r['cores']} cores, {r['ram_gib']} GiB RAM, CPython {r['python']}, "
+          f"PostgreSQL {r['postgresql']}\n")
+    rows = [("benchmark", "result", "baseline (same run)", "ratio", "target", "")]
+    if "load" in r:
+        ld, fe, co, li = r["load"], r["fetch"], r["copy_out"], r["load_items"]
+        n_items, n_reps = ld["items"], ld["replicas"]
+        total = ld["rss_after"] - ld["rss_before"]
+        item_bytes = (li["rss_after"] - li["rss_before"]) / li["items"]
+        per_replica = total / n_reps if n_reps else float("nan")
+        if "generate" in r:
+            g = r["generate"]
+            rows.append(("generate + COPY in (generate.py)",
+                         f"{g['seconds']:.1f} s", "", "", "", ""))
+        rows += [
+            (f"load {n_items:,} items + {n_reps:,} replicas",
+             f"{ld['seconds']:.2f} s ({(n_items + n_reps) / ld['seconds'] / 1e3:.0f}k rows/s)",
+             f"raw fetch {fe['seconds']:.2f} s", f"{ld['seconds'] / fe['seconds']:.2f}x",
+             f"< {TARGET_LOAD_S:.0f} s", verdict(ld["seconds"] < TARGET_LOAD_S)),
+            ("", "", f"raw binary COPY TO {co['seconds']:.2f} s",
+             f"{ld['seconds'] / co['seconds']:.2f}x", "", ""),
+            ("memory, total (RSS delta)", f"{total / 2**20:.0f} MB", "", "", "", ""),
+            ("bytes per replica, item costs included", f"{per_replica:.0f} B", "", "",
+             f"< {TARGET_BYTES_PER_REPLICA} B", verdict(per_replica < TARGET_BYTES_PER_REPLICA)),
+            ("bytes per item (items alone)", f"{item_bytes:.0f} B", "", "", "", ""),
+            ("bytes per replica on top of its item",
+             f"{(total - item_bytes * n_items) / n_reps:.0f} B", "", "", "", ""),
+            ("peak RSS of the loading process", f"{ld['maxrss'] / 2**20:.0f} MB", "", "", "", ""),
+        ]
+    if "inject" in r:
+        inj, cp = r["inject"], r["copy_in"]
+        rate, base = inj["items"] / inj["seconds"], cp["items"] / cp["seconds"]
+        rows += [
+            (f"durable REST inject, {inj['items']:,} items + 1 replica each",
+             f"{rate:,.0f} items/s ({inj['seconds']:.1f} s)",
+             f"raw COPY {base:,.0f} items/s ({cp['seconds']:.1f} s)", f"{rate / base:.0%}",
+             f">= {TARGET_INJECT_RATIO:.0%}", verdict(rate / base >= TARGET_INJECT_RATIO)),
+            (f"  POST latency ({inj['batch']} items/request, {inj['clients']} clients)",
+             f"p50 {inj['p50'] * 1e3:.0f} ms, p99 {inj['p99'] * 1e3:.0f} ms",
+             f"server CPU {inj['server_cpu']:.1f} s", "", "", ""),
+        ]
+    print(fmt_table(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
