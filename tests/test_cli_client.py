@@ -13,7 +13,7 @@ import pytest
 from inventory.cli import build_parser
 from inventory.cli_common import settings
 from inventory.client import ServerUnreachable, SyncClient
-from inventory.errors import BadRequest, NotFound
+from inventory.errors import BadRequest, DLMError, NotFound
 from tests.conftest import REPO, free_port
 
 pytest_plugins = ["tests.cli_fixtures"]
@@ -130,3 +130,41 @@ def test_the_dlm_process_against_dlm_serve(server_process, client_env, tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr == (f"dlm: error: cannot reach the DLM server at {server.url} "
                            "(is `dlm serve` running?)\n")
+
+
+def test_sync_client_covers_the_endpoints_the_commands_do_not(cli_server):
+    """patch_item(s), record_accesses, exists, item_storages, children: the client's own API,
+    which Detox, Dealer and Consistency use."""
+    cli_server.add_disk()
+    with SyncClient(cli_server.url, token="") as client:
+        box = client.add_item(item_name="box", item_type="container")
+        a = client.add_item(item_name="box/a", parent_oid=box["oid"], size=3)
+        b = client.add_item(item_name="box/b", parent_oid=box["oid"], size=4)
+        assert sorted(i["item_name"] for i in client.children(box["oid"])) == ["box/a", "box/b"]
+        assert client.item(box["oid"])["size"] == 7
+
+        assert client.exists("box/a") == {"exists": True, "ready": False, "oid": a["oid"]}
+        assert client.exists("nothing")["exists"] is False
+
+        done = client.patch_item(a["oid"], storage="disk1", metadata={"k": "v"})
+        assert done["state"] == "READY" and done["metadata"] == {"k": "v"}
+        assert client.item_storages(a["oid"]) == [
+            {"name": "disk1", "state": "complete", "uri": "/data/disk1/box/a"}]
+        assert client.exists("box/a", ready=True) == {"exists": True, "ready": True,
+                                                      "oid": a["oid"]}
+        with pytest.raises(DLMError) as exc:
+            client.patch_item(b["oid"], state="DELETED")
+        assert exc.value.status in (400, 409) and exc.value.field == "state"
+
+        assert client.patch_items([{"oid": a["oid"], "target_phase": "GAS"},
+                                   {"oid": b["oid"], "lifetime": 60}]) == 2
+        assert client.item(a["oid"])["target_phase"] == "GAS"
+        assert client.item(b["oid"])["expire_at"] is not None
+
+        assert client.record_accesses([{"oid": a["oid"], "count": 2},
+                                       {"oid": b["oid"], "count": 1}]) == 2
+        assert client.item(a["oid"])["access_count"] == 2
+        assert client.record_access(b["oid"], 4)["access_count"] == 5
+
+        assert list(client.operations(kind="copy")) == []
+        assert client.history(kind="dealer") == []

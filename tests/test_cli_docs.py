@@ -1,0 +1,42 @@
+"""docs/cli.md documents every client subcommand and every option it takes (datasette's
+tests/test_docs.py idea: the docs fail a test when they fall behind the code)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from inventory.cli import build_parser
+from tests.conftest import REPO
+
+DOCS = (REPO / "docs" / "cli.md").read_text()
+NOT_HERE = {"serve", "policy"}  # documented in the operator guide and the policy language page
+SHARED = {"-h", "--help", "--url", "--token", "--config", "--json"}  # in "Finding the server"
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if not prefix and name in NOT_HERE:
+                    continue
+                path = (*prefix, name)
+                if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions) \
+                        or name == "requests":
+                    yield path, sub
+                yield from subcommands(sub, path)
+
+
+COMMANDS = list(subcommands(build_parser()))
+
+
+@pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_subcommand_and_option_is_documented(path, parser):
+    assert re.search(rf"`dlm {' '.join(path)}\b", DOCS), f"dlm {' '.join(path)} not in cli.md"
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option not in SHARED:
+                assert f"`{option}" in DOCS or f" {option} " in DOCS or f"[{option}" in DOCS, \
+                    f"{option} of dlm {' '.join(path)} not in docs/cli.md"
