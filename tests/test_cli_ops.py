@@ -84,7 +84,8 @@ def test_ops_and_history_show_what_the_database_holds(dlm, cli_server, item, mon
         seed(cli_server.db_url, "operation", [
             {"id": i, "kind": "copy" if i % 2 else "delete", "oid": item["oid"],
              "source_id": 1, "target_id": 2, "origin": "dealer",
-             "state": "failed" if i == 3 else "queued", "attempts": 2 if i == 3 else 0,
+             # Finished states only: the server's file-operation workers leave them alone.
+             "state": "failed" if i == 3 else "done", "attempts": 2 if i == 3 else 1,
              "last_error": "checksum mismatch" if i == 3 else None,
              "created": now, "updated": now} for i in range(1, 251)])
         seed(cli_server.db_url, "cycle", [
