@@ -142,8 +142,11 @@ def client_command(fn: Command) -> Callable[[argparse.Namespace], int]:
             raise CLIError(exc.message, SERVER_ERROR) from None
         except DLMError as exc:
             raise CLIError(describe(exc), SERVER_ERROR) from None
-        except BrokenPipeError:  # `dlm ls | head`: the reader has seen enough
-            sys.stderr.close()
+        except BrokenPipeError:
+            # `dlm ls | head`: the reader has seen enough. Point stdout at /dev/null so the
+            # interpreter's last flush at exit does not print a complaint of its own.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
             return 0
         finally:
             client.close()

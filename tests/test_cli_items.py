@@ -148,3 +148,11 @@ def test_json_output_is_valid_json_for_every_read_command(dlm, cli_server):
     inject(dlm, "j/a", "--storage", "disk1", "--size", "1")
     for argv in (["ls"], ["show", "j/a"], ["storage", "ls"], ["storage", "show", "disk1"]):
         json.loads(dlm(*argv, "--json").out)
+
+
+def test_item_names_with_glob_characters_are_taken_literally(dlm):
+    odd = dlm.json("inject", "odd/a*[1]")
+    dlm("inject", "odd/a-other[1]")
+    assert dlm.json("show", "odd/a*[1]")["oid"] == odd["oid"]
+    assert dlm.json("access", "odd/a*[1]")["oid"] == odd["oid"]
+    assert dlm.error("show", "odd/*") == "no item named 'odd/*'"
