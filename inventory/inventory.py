@@ -57,6 +57,31 @@ def _time(value: float | None) -> float:
 
 
 @dataclass(slots=True)
+class Reliability:
+    """What the file operations engine measured on a storage since the server started:
+    Dealer prefers storages that copy successfully and fast (Dynamo's principle 8)."""
+
+    copies_ok: int = 0
+    copies_failed: int = 0
+    deletions_ok: int = 0
+    deletions_failed: int = 0
+    bytes_copied: int = 0
+    copy_seconds: float = 0.0
+    consecutive_failures: int = 0
+    unreachable_until: float = 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        done = self.copies_ok + self.copies_failed
+        return None if done == 0 else self.copies_ok / done
+
+    @property
+    def throughput(self) -> float | None:
+        """Bytes per second of successful copies written to the storage."""
+        return None if self.copy_seconds <= 0 else self.bytes_copied / self.copy_seconds
+
+
+@dataclass(slots=True)
 class Storage:
     """A storage volume. Few of them exist, so a plain object each is fine."""
 
@@ -74,6 +99,7 @@ class Storage:
     used: int = 0
     replica_count: int = 0
     head: int = NONE  # first replica row on this storage (doubly linked list)
+    reliability: Reliability = field(default_factory=lambda: Reliability())
 
     def record(self) -> StorageRecord:
         return StorageRecord(self.id, self.name, self.kind, self.root, self.capacity, self.phase,
@@ -521,6 +547,52 @@ class Inventory:
                 return row
         return None
 
+    def update_replica(self, row: int, rec: ReplicaRecord) -> None:
+        """Replace the mutable fields of a replica (state, size, checksum, uri, times)."""
+        storage = self.storages[self.r_storage[row]]
+        storage.used -= self._replica_bytes(row)
+        self.r_state[row] = rec.state
+        self.r_size[row] = -1 if rec.size is None else rec.size
+        self.r_verified[row] = _time(rec.last_verified)
+        for sparse, value in ((self.r_checksum, rec.checksum), (self.r_uri, rec.uri),
+                              (self.r_expire, rec.expire_at)):
+            if value is None:
+                sparse.pop(row, None)
+            else:
+                sparse[row] = value
+        storage.used += self._replica_bytes(row)
+
+    def remove_replica(self, row: int) -> None:
+        """Unlink a replica from its item and storage; its row stays empty (``r_item`` NONE)
+        until the next restart compacts the columns."""
+        item = self.r_item[row]
+        storage = self.storages[self.r_storage[row]]
+        storage.used -= self._replica_bytes(row)
+        storage.replica_count -= 1
+        nxt = self.r_next_in_item
+        if self.i_first_replica[item] == row:
+            self.i_first_replica[item] = nxt[row]
+        else:
+            prev = self.i_first_replica[item]
+            while nxt[prev] != row:
+                prev = nxt[prev]
+            nxt[prev] = nxt[row]
+        before, after = self.r_prev_on_storage[row], self.r_next_on_storage[row]
+        if before == NONE:
+            storage.head = after
+        else:
+            self.r_next_on_storage[before] = after
+        if after != NONE:
+            self.r_prev_on_storage[after] = before
+        for sparse in (self.r_checksum, self.r_uri, self.r_expire):
+            sparse.pop(row, None)
+        self.r_item[row] = NONE
+        self.counts.replicas -= 1
+
+    def _replica_bytes(self, row: int) -> int:
+        size = self.r_size[row]
+        return size if size >= 0 else max(self.i_size[self.r_item[row]], 0)
+
     def replica_record(self, row: int) -> ReplicaRecord:
         size = self.r_size[row]
         return ReplicaRecord(
@@ -543,5 +615,7 @@ class Inventory:
     def item_rows(self) -> range:
         return range(len(self.i_oid))
 
-    def replica_rows(self) -> range:
-        return range(len(self.r_item))
+    def replica_rows(self) -> Iterator[int]:
+        """Every replica row in use (removed replicas leave empty rows until a restart)."""
+        items = self.r_item
+        return (row for row in range(len(items)) if items[row] != NONE)

@@ -109,6 +109,7 @@ class Operation(Row):
     last_error: str | None
     created: float
     updated: float
+    not_before: float | None = None  # a retry waits until then
 
 
 @dataclass(slots=True)

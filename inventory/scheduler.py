@@ -178,8 +178,13 @@ class Scheduler:
 
     async def _commit(self, ready: list[tuple[Prepared, asyncio.Future]]) -> None:
         inv = self.inventory
-        version = inv.version + 1
         ops = [op for prepared, _ in ready for op in prepared.ops]
+        if not ops:  # nothing to make durable (a write that found nothing to do)
+            for prepared, future in ready:
+                if not future.done():
+                    future.set_result(prepared.apply(inv))
+            return
+        version = inv.version + 1
         started = time.perf_counter()
         try:
             await self.store.commit(ops, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from inventory import logs
 from inventory.cli import CLIError
+from inventory.fileops.engine import FileOpsLimits
 from inventory.objects import ROLES, Token
 from inventory.server.app import ServerConfig, make_app
 from inventory.server.auth import is_loopback
@@ -28,7 +30,7 @@ log = logging.getLogger("dlm.serve")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
-CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens"}
+CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops"}
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class ServeSettings:
     port: int = DEFAULT_PORT
     log_level: str = "info"
     tokens: list[dict[str, Any]] = field(default_factory=list)
+    fileops: dict[str, Any] = field(default_factory=dict)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -85,7 +88,22 @@ def read_config(path: str) -> dict[str, Any]:
     if "port" in data and not isinstance(data["port"], int):
         raise CLIError(f"{path}: port: expected an integer")
     config_tokens(data.get("tokens", []), path)  # fail now, not at start
+    fileops_limits(data.get("fileops", {}), path)
     return data
+
+
+def fileops_limits(entries: Any, path: str) -> FileOpsLimits:
+    """The ``fileops:`` settings (workers, per_storage, max_attempts, retry_base, ...)."""
+    known = {f.name: f.type for f in dataclasses.fields(FileOpsLimits)}
+    if not isinstance(entries, dict):
+        raise CLIError(f"{path}: fileops: expected a mapping of {', '.join(known)}")
+    for key, value in entries.items():
+        if key not in known:
+            raise CLIError(f"{path}: fileops: unknown setting {key!r}; known: "
+                           f"{', '.join(known)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise CLIError(f"{path}: fileops.{key}: expected a non-negative number")
+    return FileOpsLimits(**entries)
 
 
 def config_tokens(entries: Any, path: str) -> list[Token]:
@@ -114,7 +132,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     config = ServerConfig(store=store, loopback=is_loopback(settings.host),
-                          tokens=config_tokens(settings.tokens, "config"))
+                          tokens=config_tokens(settings.tokens, "config"),
+                          fileops=fileops_limits(settings.fileops, "config"))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

@@ -117,3 +117,12 @@ class RequestSpec(msgspec.Struct, forbid_unknown_fields=True):
     storage: str
     pin_until: str | None = None
     comment: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class OperationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """An operator's direct order to copy an item to, or delete it from, a storage."""
+
+    kind: Literal["copy", "delete"]
+    item: str
+    target: str
+    source: str | None = None

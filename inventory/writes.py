@@ -297,7 +297,7 @@ class UpdateItems(Write):
             inv.add_replicas(replicas)
             return items
 
-        ops: list[DbOp] = [_item_upsert(items)]
+        ops: list[DbOp] = [item_upsert(items)]
         if replicas:
             ops.append(InsertReplicas(replicas))
         changes: list[Change] = [("item", r) for r in items]
@@ -305,7 +305,7 @@ class UpdateItems(Write):
         return Prepared(ops, apply, changes, rows=len(items) + len(replicas))
 
 
-def _item_upsert(items: list[ItemRecord]) -> UpsertRows:
+def item_upsert(items: list[ItemRecord]) -> UpsertRows:
     out = model.format_uuid
     return UpsertRows("data_item", ITEM_COLUMNS, ("oid",), [item_db_row(r, out) for r in items])
 
@@ -398,7 +398,7 @@ class DeleteItem(Write):
             inv.update_items([new])
             return new
 
-        return Prepared([_item_upsert([new])], apply, [("item", new)])
+        return Prepared([item_upsert([new])], apply, [("item", new)])
 
 
 class RecordAccesses(Write):
@@ -434,7 +434,7 @@ class RecordAccesses(Write):
             inv.update_items(items)
             return items
 
-        return Prepared([_item_upsert(items)], apply, [("item", r) for r in items],
+        return Prepared([item_upsert(items)], apply, [("item", r) for r in items],
                         rows=len(items))
 
 

@@ -87,15 +87,17 @@ def db_url(request, tmp_path) -> str:
 class InProcessServer:
     """The real application on a loopback port, restartable against the same database."""
 
-    def __init__(self, db_url: str, data_dir: Path) -> None:
+    def __init__(self, db_url: str, data_dir: Path, **config: object) -> None:
         self.db_url = db_url
         self.data_dir = data_dir
+        self.config = config  # ServerConfig fields, e.g. fileops=FileOpsLimits(...)
         self._server: TestServer | None = None
         self.client: Client | None = None
 
     async def start(self) -> InProcessServer:
         store = open_store(self.db_url, str(self.data_dir))
-        self._server = TestServer(make_app(ServerConfig(store=store)), host="127.0.0.1")
+        self._server = TestServer(make_app(ServerConfig(store=store, **self.config)),
+                                  host="127.0.0.1")
         await self._server.start_server()
         self.client = Client(str(self._server.make_url("")), token="")
         return self

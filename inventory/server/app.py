@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from inventory.feed import ChangeFeed
+from inventory.fileops.engine import FileOpsEngine, FileOpsLimits
 from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.scheduler import Scheduler
-from inventory.server import routes_admin, routes_core, routes_feed, routes_items
+from inventory.server import routes_admin, routes_core, routes_feed, routes_items, routes_openapi
 from inventory.server.auth import authenticate
 from inventory.server.middleware import errors_as_json
 from inventory.server.state import STATE, ServerState
@@ -31,6 +32,7 @@ class ServerConfig:
     store: Store
     feed_max_changes: int = 1_000_000
     max_body: int = MAX_BODY
+    fileops: FileOpsLimits | None = field(default_factory=FileOpsLimits)  # None: no engine
     loopback: bool = True  # listening on a loopback address only: open mode allowed
     tokens: list[Token] = field(default_factory=list)  # from the config file, not stored
 
@@ -38,7 +40,7 @@ class ServerConfig:
 def make_app(config: ServerConfig) -> web.Application:
     app = web.Application(middlewares=[errors_as_json, authenticate],
                           client_max_size=config.max_body)
-    for module in (routes_core, routes_items, routes_admin, routes_feed):
+    for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi):
         app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -59,11 +61,17 @@ def make_app(config: ServerConfig) -> web.Application:
             feed = ChangeFeed(inventory.version, config.feed_max_changes)
             scheduler = Scheduler(inventory, store, feed)
             await scheduler.start()
+            engine = None if config.fileops is None else FileOpsEngine(scheduler, config.fileops)
             app[STATE] = ServerState(inventory, store, feed, scheduler, schema_version,
-                                     open_mode=config.loopback, load_seconds=load_seconds)
+                                     open_mode=config.loopback, load_seconds=load_seconds,
+                                     engine=engine)
             try:
+                if engine is not None:
+                    await engine.start()
                 yield
             finally:
+                if engine is not None:
+                    await engine.stop()
                 await scheduler.stop()
         finally:
             await store.close()

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from inventory import model
-from inventory.errors import BadRequest, NotFound
+from inventory.errors import BadRequest, DLMError, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import (
     CYCLE_KINDS,
@@ -22,8 +22,9 @@ from inventory.objects import (
 from inventory.server.auth import requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.state import state_of
-from inventory.specs import RequestSpec, TokenSpec
+from inventory.specs import OperationRequest, RequestSpec, TokenSpec
 from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken
+from inventory.writes_ops import CancelOperation, OperationSpec, QueueOperations
 
 routes = web.RouteTableDef()
 _time = model.format_time
@@ -157,6 +158,50 @@ async def list_operations(request: web.Request) -> web.Response:
     found = found[:limit]
     return respond(request, {"operations": [operation_json(inv, o) for o in found],
                              "cursor": str(found[-1].id) if more else None})
+
+
+@routes.post("/v1/operations")
+@requires("operator")
+async def queue_operation(request: web.Request) -> web.Response:
+    spec = await decode(request, OperationRequest)
+    state = state_of(request)
+    inv = state.inventory
+    row = _item_by_oid_or_name(inv, spec.item, "item")
+    target = inv.storage_by_name.get(spec.target)
+    if target is None:
+        raise BadRequest(f"no storage named {spec.target!r}", "target")
+    source_id = None
+    if spec.source is not None:
+        source = inv.storage_by_name.get(spec.source)
+        if source is None:
+            raise BadRequest(f"no storage named {spec.source!r}", "source")
+        source_id = source.id
+    try:
+        [op] = await state.scheduler.write(QueueOperations(
+            [OperationSpec(spec.kind, inv.i_oid[row], target.id, source_id)], origin="user"))
+    except DLMError as exc:
+        exc.field = exc.field.removeprefix("operations[0].") if exc.field else exc.field
+        raise
+    if state.engine is not None:
+        state.engine.wake()
+    return respond(request, operation_json(inv, op), status=201)
+
+
+@routes.delete("/v1/operations/{id}")
+@requires("operator")
+async def cancel_operation(request: web.Request) -> web.Response:
+    op = await state_of(request).scheduler.write(CancelOperation(_int_path(request, "id")))
+    return respond(request, operation_json(state_of(request).inventory, op))
+
+
+def _item_by_oid_or_name(inv: Inventory, text: str, field: str) -> int:
+    try:
+        row = inv.row_of_oid(model.parse_uuid(text))
+    except ValueError:
+        row = inv.row_of_name(text)
+    if row is None:
+        raise NotFound(f"no item {text!r} (give an oid or an item name)", field)
+    return row
 
 
 # ------------------------------------------------------------------------------- history

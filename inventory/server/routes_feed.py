@@ -22,6 +22,7 @@ from inventory.feed import (
     replica_wire,
     storage_wire,
 )
+from inventory.inventory import NONE
 from inventory.server.bodies import MSGPACK, query_int, respond
 from inventory.server.state import state_of
 
@@ -57,7 +58,9 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     record = inv.replica_record
     total = len(inv.r_item)
     for lo in range(0, total, CHUNK):
-        rows = [replica_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))]
+        items = inv.r_item
+        rows = [replica_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))
+                if items[r] != NONE]
         await response.write(pack(["replicas", rows]))
         await asyncio.sleep(0)
     try:

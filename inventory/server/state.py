@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ class ServerState:
     open_mode: bool = False  # no token needed while none exists (loopback servers only)
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    engine: Any = None  # the FileOpsEngine, when this server runs one
 
 
 STATE = web.AppKey("state", ServerState)

@@ -12,6 +12,7 @@ _fmt, _time = model.format_uuid, model.format_time
 
 def storage_json(storage: Storage) -> dict[str, Any]:
     capacity = storage.capacity
+    rel = storage.reliability
     return {
         "id": storage.id,
         "name": storage.name,
@@ -27,6 +28,12 @@ def storage_json(storage: Storage) -> dict[str, Any]:
         "attributes": storage.attributes,
         "config": {k: v for k, v in storage.config.items() if "secret" not in k.lower()},
         "created": _time(storage.created),
+        "reliability": {
+            "copies_ok": rel.copies_ok, "copies_failed": rel.copies_failed,
+            "deletions_ok": rel.deletions_ok, "deletions_failed": rel.deletions_failed,
+            "success_rate": rel.success_rate, "throughput": rel.throughput,
+            "unreachable_until": _time(rel.unreachable_until or None),
+        },
     }
 
 

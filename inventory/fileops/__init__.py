@@ -1,0 +1,1 @@
+"""The file operations engine: executes queued copies and deletions against the storages."""

@@ -1,0 +1,313 @@
+"""The file operations engine, running inside ``dlm serve``.
+
+It picks queued operations in order, within an overall limit and a per-storage limit, claims
+each through the scheduler (``StartOperation``: for a deletion this re-checks the last-copy rule
+inside the writer), runs it on the backends, and records the outcome through the scheduler as
+well. Nothing here mutates the inventory directly, so the durability contract of every other
+write holds for operations too: a server killed mid-copy restarts with the operation ``running``,
+queues it again (``RequeueInterrupted``) and copies from the start; a partial target is never
+visible, let alone registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from inventory import model
+from inventory.errors import DLMError
+from inventory.inventory import Inventory, Storage
+from inventory.objects import Operation
+from inventory.scheduler import Scheduler
+from inventory.storage import transfer
+from inventory.storage.base import Backend
+from inventory.storage.errors import IntegrityError, StorageError
+from inventory.storage.factory import backend_for
+from inventory.writes_ops import (
+    CompleteOperation,
+    FailOperation,
+    MarkReplica,
+    RequeueInterrupted,
+    StartOperation,
+)
+
+log = logging.getLogger("dlm.fileops")
+
+
+@dataclass(slots=True)
+class FileOpsLimits:
+    workers: int = 8  # operations running at once, overall
+    per_storage: int = 4  # running at once that touch one storage (as source or target)
+    max_attempts: int = 5
+    retry_base: float = 10.0  # seconds before the 2nd attempt, doubling after each failure
+    retry_max: float = 3600.0
+    unreachable_after: int = 3  # consecutive failures before a storage is left alone ...
+    unreachable_pause: float = 60.0  # ... for this long
+    poll: float = 1.0
+
+
+class Backends:
+    """One backend per storage, rebuilt when the storage's kind, root or config change."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[str, Backend]] = {}
+
+    def get(self, storage: Storage) -> Backend:
+        key = json.dumps([storage.kind, storage.root, storage.config], sort_keys=True)
+        held = self._open.get(storage.id)
+        if held is not None and held[0] == key:
+            return held[1]
+        backend = backend_for(storage.kind, storage.root, storage.config)
+        self._open[storage.id] = (key, backend)
+        return backend
+
+    async def close(self) -> None:
+        for _key, backend in self._open.values():
+            with contextlib.suppress(Exception):
+                await backend.close()
+        self._open.clear()
+
+
+def replica_path(storage: Storage, item_name: str, uri: str | None) -> str:
+    """The path of a copy relative to its storage root: the item name, unless the replica was
+    registered at a custom uri under the root."""
+    if uri is None:
+        return item_name
+    root = storage.root.rstrip("/")
+    prefix = f"s3://{root}/" if storage.kind == "s3" else f"{root}/"
+    if uri.startswith(prefix):
+        return uri[len(prefix):]
+    raise StorageError(f"uri {uri!r} is not under the storage root {storage.root!r}", path=uri)
+
+
+def _blame(exc: StorageError, source: Storage, target: Storage) -> Storage:
+    """Which storage a failed copy counts against: a missing object is the source's fault,
+    a full, read-only or conflicting target the target's; an unreachable one is the remote
+    (S3) side when only one side is remote."""
+    if exc.code == "not_found":
+        return source
+    if exc.code == "unreachable" and source.kind == "s3" and target.kind != "s3":
+        return source
+    return target
+
+
+class FileOpsEngine:
+    def __init__(self, scheduler: Scheduler, limits: FileOpsLimits | None = None) -> None:
+        self.scheduler = scheduler
+        self.limits = limits or FileOpsLimits()
+        self.backends = Backends()
+        self._busy: dict[int, int] = {}
+        self._running: dict[int, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.scheduler.inventory
+
+    async def start(self) -> None:
+        requeued = await self.scheduler.write(RequeueInterrupted())
+        if requeued:
+            log.info("operations interrupted by the last stop queued again",
+                     extra={"operations": requeued})
+        self._task = asyncio.create_task(self._loop(), name="dlm-fileops")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self.backends.close()
+
+    def wake(self) -> None:
+        """New operations were queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self._dispatch()
+            except Exception:
+                log.exception("file operations dispatch failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.limits.poll)
+
+    def _dispatch(self) -> None:
+        limits = self.limits
+        now = model.now()
+        inv = self.inventory
+        for op in sorted((o for o in inv.operations.values() if o.state == "queued"),
+                         key=lambda o: o.id):
+            if len(self._running) >= limits.workers:
+                return
+            if op.id in self._running or (op.not_before is not None and op.not_before > now):
+                continue
+            touched = self._storages_of(op)
+            if any(self._busy.get(s, 0) >= limits.per_storage for s in touched):
+                continue
+            if any(inv.storages[s].reliability.unreachable_until > now for s in touched):
+                continue
+            for s in touched:
+                self._busy[s] = self._busy.get(s, 0) + 1
+            task = asyncio.create_task(self._execute(op.id, touched), name=f"dlm-op-{op.id}")
+            self._running[op.id] = task
+
+    def _storages_of(self, op: Operation) -> set[int]:
+        touched = {op.target_id}
+        if op.kind == "copy":
+            source = self._choose_source(op)
+            if source is not None:
+                touched.add(source)
+        return touched
+
+    def _choose_source(self, op: Operation) -> int | None:
+        """The complete copy to read: the requested one, else the most reliable, least busy."""
+        inv = self.inventory
+        row = inv.row_of_oid(op.oid)
+        if row is None:
+            return None
+        now = model.now()
+        candidates = [inv.r_storage[r] for r in inv.replica_rows_of_item(row)
+                      if inv.r_state[r] == model.COMPLETE and inv.r_storage[r] != op.target_id]
+        if op.source_id is not None:
+            return op.source_id if op.source_id in candidates else None
+        usable = [s for s in candidates
+                  if inv.storages[s].reliability.unreachable_until <= now
+                  and inv.storages[s].status != "offline"]
+        if not usable:
+            return None
+
+        def rank(sid: int) -> tuple:
+            rel = inv.storages[sid].reliability
+            rate = rel.success_rate
+            return (-(1.0 if rate is None else rate), self._busy.get(sid, 0),
+                    -(rel.throughput or 0.0))
+
+        return min(usable, key=rank)
+
+    # ------------------------------------------------------------------ execution
+
+    async def _execute(self, op_id: int, touched: set[int]) -> None:
+        try:
+            try:
+                op = await self.scheduler.write(StartOperation(op_id))
+            except DLMError as exc:
+                # refused (e.g. the last-copy rule) or cancelled meanwhile: it ends here
+                with contextlib.suppress(DLMError):
+                    await self.scheduler.write(FailOperation(op_id, exc.message, retry_in=None))
+                log.warning("operation refused", extra={"operation": op_id,
+                                                        "reason": exc.message})
+                return
+            if op.kind == "copy":
+                await self._copy(op)
+            else:
+                await self._delete(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("operation %d crashed", op_id)
+            with contextlib.suppress(Exception):
+                await self.scheduler.write(FailOperation(op_id, "internal error; see the log",
+                                                         retry_in=None))
+        finally:
+            self._running.pop(op_id, None)
+            for s in touched:
+                self._busy[s] -= 1
+            self._wake.set()
+
+    async def _copy(self, op: Operation) -> None:
+        inv = self.inventory
+        row = inv.row_of_oid(op.oid)
+        name = inv.i_name[row]
+        size = inv.i_size[row]
+        checksum = inv.i_checksum.get(row)
+        method = inv.methods[inv.i_method[row]]
+        expected_checksum = checksum if method == model.DEFAULT_CHECKSUM_METHOD else None
+        source_id = self._choose_source(op)
+        if source_id is None:
+            earlier = inv.operations[op.id].last_error
+            await self._failed(op, "no complete copy is available to copy from"
+                               + (f" (previous attempt: {earlier})" if earlier else ""),
+                               None, retryable=False)
+            return
+        source, target = inv.storages[source_id], inv.storages[op.target_id]
+        started = time.monotonic()
+        try:
+            src_row = inv.replica_row(op.oid, source_id)
+            src_path = replica_path(source, name, inv.r_uri.get(src_row))
+            result = await transfer.copy(
+                self.backends.get(source), src_path, self.backends.get(target), name,
+                expected_size=None if size < 0 else size, expected_checksum=expected_checksum)
+        except IntegrityError as exc:
+            if exc.side == "source":
+                # the source copy is bad: never read it again, try another one
+                await self.scheduler.write(MarkReplica(op.oid, source_id, "corrupt"))
+                log.warning("source copy is corrupt", extra={
+                    "item": name, "storage": source.name, "reason": exc.message})
+            await self._failed(op, f"{exc.code}: {exc.message}", target, retryable=True)
+            return
+        except StorageError as exc:
+            blamed = _blame(exc, source, target)
+            await self._failed(op, f"{exc.code} on {blamed.name}: {exc.message}", blamed,
+                               retryable=exc.retryable)
+            return
+        rel = target.reliability
+        rel.copies_ok += 1
+        rel.consecutive_failures = 0
+        rel.bytes_copied += result.size
+        rel.copy_seconds += max(time.monotonic() - started, 1e-6)
+        await self.scheduler.write(CompleteOperation(op.id, size=result.size,
+                                                     checksum=result.checksum))
+        log.info("copied", extra={"item": name, "from": source.name, "to": target.name,
+                                  "bytes": result.size, "seconds": round(result.seconds, 3),
+                                  "origin": op.origin, "operation": op.id})
+
+    async def _delete(self, op: Operation) -> None:
+        inv = self.inventory
+        row = inv.row_of_oid(op.oid)
+        name = inv.i_name[row]
+        storage = inv.storages[op.target_id]
+        rrow = inv.replica_row(op.oid, op.target_id)
+        try:
+            path = replica_path(storage, name, None if rrow is None else inv.r_uri.get(rrow))
+            await self.backends.get(storage).delete(path)
+        except StorageError as exc:
+            storage.reliability.deletions_failed += 1
+            await self._failed(op, f"{exc.code}: {exc.message}", storage,
+                               retryable=exc.retryable)
+            return
+        storage.reliability.deletions_ok += 1
+        await self.scheduler.write(CompleteOperation(op.id))
+        log.info("deleted", extra={"item": name, "storage": storage.name, "origin": op.origin,
+                                   "operation": op.id})
+
+    async def _failed(self, op: Operation, error: str, blamed: Storage | None, *,
+                      retryable: bool = True) -> None:
+        limits = self.limits
+        if blamed is not None:
+            rel = blamed.reliability
+            if op.kind == "copy":
+                rel.copies_failed += 1
+            rel.consecutive_failures += 1
+            if rel.consecutive_failures >= limits.unreachable_after:
+                rel.unreachable_until = model.now() + limits.unreachable_pause
+                log.warning("storage left alone after repeated failures", extra={
+                    "storage": blamed.name, "seconds": limits.unreachable_pause})
+        current = self.inventory.operations.get(op.id, op)
+        retry_in = None
+        if retryable and current.attempts < limits.max_attempts:
+            retry_in = min(limits.retry_base * 2 ** (current.attempts - 1), limits.retry_max)
+        log.warning("operation failed", extra={
+            "operation": op.id, "kind": op.kind, "error": error, "attempt": current.attempts,
+            "retry_in": retry_in})
+        await self.scheduler.write(FailOperation(op.id, error, retry_in=retry_in))

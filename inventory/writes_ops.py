@@ -1,0 +1,361 @@
+"""Write transactions of copy and delete operations: queue, start, complete, fail, cancel.
+
+A queued copy creates the target replica in state ``pending`` (so projected occupancy counts it
+and nobody queues the same copy twice); a queued deletion puts the replica in ``deleting``. The
+last-copy rule is checked when a deletion is queued and again when it starts, inside the writer,
+counting only ``complete`` replicas that are not being deleted: two deletions of an item's two
+copies can never both start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inventory import model
+from inventory.errors import BadRequest, Conflict, NotFound
+from inventory.inventory import Inventory
+from inventory.objects import Operation
+from inventory.records import ItemRecord, ReplicaRecord
+from inventory.store.base import REPLICA_COLUMNS, replica_db_row
+from inventory.store.generic import upsert
+from inventory.store.ops import DbOp, DeleteRows, UpsertRows
+from inventory.writes import Change, Pending, Prepared, Write, item_upsert
+
+PENDING = model.REPLICA_STATE["pending"]
+COPYING = model.REPLICA_STATE["copying"]
+DELETING = model.REPLICA_STATE["deleting"]
+DELETED_REPLICA = model.REPLICA_STATE["deleted"]
+LIVE_STATES = {model.INITIALISED, model.READY, model.CORRUPTED}
+
+
+@dataclass(slots=True, frozen=True)
+class OperationSpec:
+    kind: str  # "copy" | "delete"
+    oid: int
+    target_id: int
+    source_id: int | None = None
+
+
+def _replica_upsert(records: Sequence[ReplicaRecord]) -> UpsertRows:
+    out = model.format_uuid
+    return UpsertRows("replica", REPLICA_COLUMNS, ("uid",),
+                      [replica_db_row(r, out) for r in records])
+
+
+def _replica_delete(oid: int, storage_id: int) -> DeleteRows:
+    return DeleteRows("replica", ("uid",), [(model.format_uuid(oid | storage_id),)])
+
+
+def deletion_refusal(inv: Inventory, oid: int, storage_id: int) -> str | None:
+    """Why the copy of ``oid`` on ``storage_id`` must not be deleted now, or None.
+
+    For an item that is not EXPIRED (or DELETED): never its last complete copy, and never a copy
+    whose removal drops the item's current phase below its target phase. Replicas already
+    being deleted do not count as copies.
+    """
+    row = inv.row_of_oid(oid)
+    if row is None or inv.i_state[row] not in LIVE_STATES:
+        return None
+    weight = 0
+    others = 0
+    for r in inv.replica_rows_of_item(row):
+        if inv.r_storage[r] == storage_id or inv.r_state[r] != model.COMPLETE:
+            continue
+        others += 1
+        weight += model.PHASE_WEIGHT[inv.storages[inv.r_storage[r]].phase]
+    if others == 0:
+        return f"it is the last complete copy of {inv.i_name[row]!r}"
+    remaining = model.phase_of_weights(weight)
+    if remaining < inv.i_target[row]:
+        return (f"{inv.i_name[row]!r} would drop to phase {model.PHASES[remaining]}, below its "
+                f"target {model.PHASES[inv.i_target[row]]}")
+    return None
+
+
+class QueueOperations(Write):
+    def __init__(self, specs: list[OperationSpec], origin: str) -> None:
+        self.specs = specs
+        self.origin = origin
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        now = model.now()
+        ops: list[Operation] = []
+        replicas: list[ReplicaRecord] = []
+        claimed: set[tuple[int, int]] = set()
+        for index, spec in enumerate(self.specs):
+            where = f"operations[{index}]."
+            row = inv.row_of_oid(spec.oid)
+            if row is None:
+                raise NotFound(f"no item with oid {model.format_uuid(spec.oid)}", where + "item")
+            target = inv.storages.get(spec.target_id)
+            if target is None:
+                raise BadRequest(f"no storage with id {spec.target_id}", where + "target")
+            key = (spec.oid, spec.target_id)
+            if key in claimed or key in pending.new_replicas:
+                raise Conflict("two operations on the same copy", where + "target")
+            claimed.add(key)
+            existing = inv.replica_row(spec.oid, spec.target_id)
+            if spec.kind == "copy":
+                replica = self._copy(inv, spec, row, target, existing, where, now)
+            elif spec.kind == "delete":
+                replica = self._delete(inv, spec, existing, target, where)
+            else:
+                raise BadRequest("expected copy or delete", where + "kind")
+            replicas.append(replica)
+            ops.append(Operation(pending.next_id("operation", inv.operations), spec.kind,
+                                 spec.oid, spec.source_id, spec.target_id, self.origin,
+                                 "queued", 0, None, now, now))
+        pending.new_replicas.update(claimed)
+
+        def apply(inv: Inventory) -> list[Operation]:
+            new = [r for r in replicas if inv.replica_row(r.oid, r.storage_id) is None]
+            inv.add_replicas(new)
+            for r in replicas:
+                rrow = inv.replica_row(r.oid, r.storage_id)
+                if r not in new:
+                    inv.update_replica(rrow, r)
+            for op in ops:
+                inv.put_object(op)
+            return ops
+
+        changes: list[Change] = [("replica", r) for r in replicas]
+        changes.extend(("operation", o) for o in ops)
+        db_ops: list[DbOp] = [_replica_upsert(replicas), upsert(ops)]
+        return Prepared(db_ops, apply, changes, rows=len(ops))
+
+    @staticmethod
+    def _copy(inv: Inventory, spec: OperationSpec, row: int, target, existing, where: str,
+              now: float) -> ReplicaRecord:
+        if inv.i_state[row] not in (model.READY, model.CORRUPTED):
+            raise Conflict(f"{inv.i_name[row]!r} is {model.ITEM_STATES[inv.i_state[row]]}: "
+                           f"only READY items are copied", where + "item")
+        if inv.i_type[row] == model.CONTAINER:
+            raise BadRequest("a container has no payload; copy its members", where + "item")
+        if target.status != "online":
+            raise Conflict(f"storage {target.name!r} is {target.status}", where + "target")
+        if existing is not None:
+            raise Conflict(f"{inv.i_name[row]!r} already has a "
+                           f"{model.REPLICA_STATES[inv.r_state[existing]]} replica on "
+                           f"{target.name!r}", where + "target")
+        sources = [r for r in inv.replica_rows_of_item(row) if inv.r_state[r] == model.COMPLETE]
+        if spec.source_id is not None:
+            if spec.source_id not in {inv.r_storage[r] for r in sources}:
+                raise Conflict("the source holds no complete copy", where + "source")
+        elif not sources:
+            raise Conflict(f"{inv.i_name[row]!r} has no complete copy to copy from",
+                           where + "item")
+        size = inv.i_size[row]
+        return ReplicaRecord(spec.oid, spec.target_id, None, PENDING,
+                             None if size < 0 else size, None, now, None, None)
+
+    @staticmethod
+    def _delete(inv: Inventory, spec: OperationSpec, existing, target,
+                where: str) -> ReplicaRecord:
+        if existing is None:
+            raise Conflict(f"no replica on {target.name!r} to delete", where + "target")
+        if inv.r_state[existing] in (PENDING, COPYING, DELETING):
+            raise Conflict(f"the replica on {target.name!r} is "
+                           f"{model.REPLICA_STATES[inv.r_state[existing]]}", where + "target")
+        refusal = deletion_refusal(inv, spec.oid, spec.target_id)
+        if refusal:
+            raise Conflict(f"refused: {refusal}", where + "target")
+        return inv.replica_record(existing)._replace(state=DELETING)
+
+
+def _operation(inv: Inventory, op_id: int, *states: str) -> Operation:
+    op = inv.operations.get(op_id)
+    if op is None:
+        raise NotFound(f"no operation {op_id}", "id")
+    if op.state not in states:
+        raise Conflict(f"operation {op_id} is {op.state}", "id")
+    return op
+
+
+def _with_replica_state(inv: Inventory, op: Operation, state: int, **fields
+                        ) -> ReplicaRecord | None:
+    row = inv.replica_row(op.oid, op.target_id)
+    if row is None:
+        return None
+    return inv.replica_record(row)._replace(state=state, **fields)
+
+
+def _finish(op: Operation, records: list[ReplicaRecord], removed: list[ReplicaRecord],
+            items: list[ItemRecord]) -> Prepared:
+    def apply(inv: Inventory) -> Operation:
+        for r in records:
+            inv.update_replica(inv.replica_row(r.oid, r.storage_id), r)
+        for r in removed:
+            inv.remove_replica(inv.replica_row(r.oid, r.storage_id))
+        inv.update_items(items)
+        inv.put_object(op)
+        return op
+
+    db_ops: list[DbOp] = [upsert([op])]
+    if records:
+        db_ops.append(_replica_upsert(records))
+    for r in removed:
+        db_ops.append(_replica_delete(r.oid, r.storage_id))
+    if items:
+        db_ops.append(item_upsert(items))
+    changes: list[Change] = [("replica", r) for r in records]
+    changes.extend(("replica", r._replace(state=DELETED_REPLICA)) for r in removed)
+    changes.extend(("item", r) for r in items)
+    changes.append(("operation", op))
+    return Prepared(db_ops, apply, changes)
+
+
+class StartOperation(Write):
+    """Claim a queued operation; for a deletion, the last-copy rule is checked once more."""
+
+    def __init__(self, op_id: int) -> None:
+        self.op_id = op_id
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        op = _operation(inv, self.op_id, "queued")
+        if op.kind == "delete":
+            refusal = deletion_refusal(inv, op.oid, op.target_id)
+            if refusal:
+                raise Conflict(f"refused: {refusal}", "id")
+        now = model.now()
+        new = dataclasses.replace(op, state="running", attempts=op.attempts + 1, updated=now,
+                                  not_before=None)
+        replica = _with_replica_state(inv, op, COPYING if op.kind == "copy" else DELETING)
+        return _finish(new, [] if replica is None else [replica], [], [])
+
+
+class CompleteOperation(Write):
+    """A copy arrived verified, or a payload is gone: make the inventory say so."""
+
+    def __init__(self, op_id: int, *, size: int | None = None, checksum: str | None = None
+                 ) -> None:
+        self.op_id = op_id
+        self.size = size
+        self.checksum = checksum
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        op = _operation(inv, self.op_id, "running")
+        now = model.now()
+        done = dataclasses.replace(op, state="done", updated=now, last_error=None)
+        if op.kind == "copy":
+            replica = _with_replica_state(inv, op, model.COMPLETE, size=self.size,
+                                          checksum=self.checksum, last_verified=now)
+            return _finish(done, [] if replica is None else [replica], [], [])
+        row = inv.replica_row(op.oid, op.target_id)
+        removed = [] if row is None else [inv.replica_record(row)]
+        items = []
+        item_row = inv.row_of_oid(op.oid)
+        if item_row is not None and inv.i_state[item_row] == model.EXPIRED:
+            left = [r for r in inv.replica_rows_of_item(item_row) if r != row]
+            if not left:  # the last payload of an expired item is gone
+                items.append(inv.item_record(item_row)._replace(state=model.DELETED))
+        return _finish(done, [], removed, items)
+
+
+class FailOperation(Write):
+    """An attempt failed: queue it again after ``retry_in`` seconds, or give up."""
+
+    def __init__(self, op_id: int, error: str, *, retry_in: float | None) -> None:
+        self.op_id = op_id
+        self.error = error
+        self.retry_in = retry_in
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        op = _operation(inv, self.op_id, "running", "queued")
+        now = model.now()
+        if self.retry_in is not None:
+            again = dataclasses.replace(op, state="queued", last_error=self.error,
+                                        updated=now, not_before=now + self.retry_in)
+            replica = _with_replica_state(inv, op, PENDING if op.kind == "copy" else DELETING)
+            return _finish(again, [] if replica is None else [replica], [], [])
+        failed = dataclasses.replace(op, state="failed", last_error=self.error, updated=now,
+                                     not_before=None)
+        return _finish(failed, *_undo(inv, op), [])
+
+
+def _undo(inv: Inventory, op: Operation) -> tuple[list[ReplicaRecord], list[ReplicaRecord]]:
+    """(replicas to restore, replicas to remove) when an operation ends without effect."""
+    row = inv.replica_row(op.oid, op.target_id)
+    if row is None:
+        return [], []
+    if op.kind == "copy":
+        return [], [inv.replica_record(row)]  # the copy never arrived
+    return [inv.replica_record(row)._replace(state=model.COMPLETE)], []  # still there
+
+
+class CancelOperation(Write):
+    def __init__(self, op_id: int) -> None:
+        self.op_id = op_id
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        op = _operation(inv, self.op_id, "queued")
+        cancelled = dataclasses.replace(op, state="cancelled", updated=model.now(),
+                                        not_before=None)
+        return _finish(cancelled, *_undo(inv, op), [])
+
+
+class RequeueInterrupted(Write):
+    """At start: operations left ``running`` by a stopped server are queued again.
+
+    Nothing partial was registered (targets are written under a temporary name and the replica
+    stays ``copying`` until verified), so trying again from the start is always safe.
+    """
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        now = model.now()
+        ops = [dataclasses.replace(op, state="queued", updated=now,
+                                   last_error="interrupted by a server restart")
+               for op in inv.operations.values() if op.state == "running"]
+        replicas = []
+        for op in ops:
+            replica = _with_replica_state(inv, op, PENDING if op.kind == "copy" else DELETING)
+            if replica is not None:
+                replicas.append(replica)
+
+        def apply(inv: Inventory) -> int:
+            for r in replicas:
+                inv.update_replica(inv.replica_row(r.oid, r.storage_id), r)
+            for op in ops:
+                inv.put_object(op)
+            return len(ops)
+
+        if not ops:
+            return Prepared([], apply, [])
+        db_ops: list[DbOp] = [upsert(ops)]
+        if replicas:
+            db_ops.append(_replica_upsert(replicas))
+        return Prepared(db_ops, apply, [("operation", o) for o in ops])
+
+
+class MarkReplica(Write):
+    """Record what a transfer or a check found about a copy (e.g. a corrupt source)."""
+
+    def __init__(self, oid: int, storage_id: int, state: str) -> None:
+        self.oid = oid
+        self.storage_id = storage_id
+        self.state = model.REPLICA_STATE[state]
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        row = inv.replica_row(self.oid, self.storage_id)
+        if row is None:
+            raise NotFound("no such replica", "uid")
+        replica = inv.replica_record(row)._replace(state=self.state)
+        items = []
+        item_row = inv.r_item[row]
+        if inv.i_state[item_row] == model.READY and not any(
+                inv.r_state[r] == model.COMPLETE for r in inv.replica_rows_of_item(item_row)
+                if r != row):
+            items.append(inv.item_record(item_row)._replace(state=model.CORRUPTED))
+
+        def apply(inv: Inventory) -> ReplicaRecord:
+            inv.update_replica(row, replica)
+            inv.update_items(items)
+            return replica
+
+        db_ops: list[DbOp] = [_replica_upsert([replica])]
+        if items:
+            db_ops.append(item_upsert(items))
+        changes: list[Change] = [("replica", replica)]
+        changes.extend(("item", r) for r in items)
+        return Prepared(db_ops, apply, changes)

@@ -1,0 +1,3 @@
+-- Version 3: when a failed operation may be tried again (retries with backoff).
+ALTER TABLE operation ADD COLUMN not_before real;
+CREATE INDEX operation_open ON operation (state) WHERE state IN ('queued', 'running');
