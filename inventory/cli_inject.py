@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import itertools
 import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
@@ -151,11 +150,13 @@ def check_storage(client: SyncClient, name: str) -> None:
 
 # ------------------------------------------------------------------------------ reading
 
-def open_source(source: str) -> TextIO:
+def open_source(source: str) -> BinaryIO:
+    """The file as bytes: lines are decoded one by one, so a byte that is not UTF-8 is reported
+    at its own line (a text stream decodes ahead in blocks and would blame an earlier one)."""
     if source == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+        return sys.stdin.buffer
     try:
-        return open(source, encoding="utf-8", newline="")
+        return open(source, "rb")
     except OSError as exc:
         raise CLIError(f"cannot read {source}: {exc.strerror}", USAGE_ERROR) from None
 
@@ -176,10 +177,10 @@ def count_records(source: str, start_line: int) -> int | None:
     return max(lines - max(start_line - 1, 0), 0)
 
 
-def read_records(stream: TextIO, source: str, fmt: str | None) -> Iterator[Record]:
+def read_records(stream: BinaryIO, source: str, fmt: str | None) -> Iterator[Record]:
     """Item specs with their line numbers, from JSON lines or CSV (told, or guessed from the
     suffix, else from the first non-blank character: ``{`` is JSON)."""
-    lines: Iterator[str] = iter(stream)
+    lines = decoded(stream, source)
     if fmt is None:
         suffix = Path(source).suffix.lower()
         if suffix == ".csv":
@@ -191,6 +192,16 @@ def read_records(stream: TextIO, source: str, fmt: str | None) -> Iterator[Recor
             fmt = "jsonl" if head and head[0].lstrip().startswith("{") else "csv"
             lines = itertools.chain(head, lines)
     return json_records(lines, source) if fmt == "jsonl" else csv_records(lines, source)
+
+
+def decoded(stream: Iterable[bytes], source: str) -> Iterator[str]:
+    """UTF-8 lines (a byte-order mark at the start, as spreadsheets write, is dropped)."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise CLIError(f"{source} line {number}: not UTF-8 text ({exc.reason} at byte "
+                           f"{exc.start + 1})", USAGE_ERROR) from None
 
 
 def json_records(lines: Iterable[str], source: str) -> Iterator[Record]:
@@ -213,6 +224,14 @@ def csv_records(lines: Iterable[str], source: str) -> Iterator[Record]:
     metadata entries; empty cells are left out; numbers and the metadata JSON are converted
     here, so a bad cell is reported with its line before anything is sent."""
     reader = csv.reader(lines)
+    try:
+        yield from _csv_rows(reader, source)
+    except csv.Error as exc:  # a NUL byte, an unclosed quote at the end, a huge field
+        raise CLIError(f"{source} line {reader.line_num}: not valid CSV: {exc}", USAGE_ERROR) \
+            from None
+
+
+def _csv_rows(reader: Any, source: str) -> Iterator[Record]:
     header = next(reader, None)
     if header is None:
         return

@@ -135,3 +135,20 @@ def test_bulk_usage_errors(dlm, tmp_path):
         "--batch-size: expected 1 to 10,000"
     assert dlm.error("inject", "x", "--from", path, status=2).startswith("give an ITEM_NAME")
     assert dlm.error("inject", "--from", path, "--uri", "/x", status=2).startswith("--uri")
+
+
+def test_bytes_that_are_not_utf8_are_reported_at_their_line(dlm, cli_server, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"item_name,size\nok/a,1\nb\xe9/b,2\n")
+    assert dlm.error("inject", "--from", str(path), status=2) == \
+        f"{path} line 3: not UTF-8 text (invalid continuation byte at byte 2)"
+    assert cli_server.api(lambda c: c.health())["items"] == 0
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf(dlm, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffitem_name,meta.note\r\nx/a,\"two\r\nlines\"\r\nx/b,é\r\n"
+                     .encode("utf-8"))
+    dlm("inject", "--from", str(path), "--no-progress")
+    assert dlm.json("show", "x/a")["metadata"] == {"note": "two\r\nlines"}
+    assert dlm.json("show", "x/b")["metadata"] == {"note": "é"}
