@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -88,3 +89,20 @@ class PgCluster:
             if self.data.exists() and self.running():
                 self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def throwaway_cluster() -> Iterator[PgCluster]:
+    """Body of a ``pg_cluster`` fixture: a started cluster of one test, always removed after.
+    Skips when PostgreSQL is not installed, fails under CI=true."""
+    from tests.conftest import free_port, missing_service
+
+    bindir = find_bindir()
+    if bindir is None:
+        missing_service("PostgreSQL server binaries (initdb, pg_ctl)")
+    cluster = PgCluster(bindir, free_port())
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -22,8 +22,8 @@ import pytest
 
 from inventory import model
 from inventory.client import Client
-from tests.conftest import InProcessServer, free_port, missing_service, wait_healthy
-from tests.pgcluster import PgCluster, find_bindir
+from tests.conftest import InProcessServer, wait_healthy
+from tests.pgcluster import PgCluster, throwaway_cluster
 
 STORAGE = {"name": "disk1", "kind": "posix", "root": "/data/disk1", "capacity": "1 PB",
            "phase": "GAS"}
@@ -126,9 +126,12 @@ class WriteLock:
         if self._sqlite is not None:
             self._sqlite.execute("ROLLBACK")
             self._sqlite.close()
-        if self._pg is not None and not self._pg.is_closed():
-            await self._pg.execute("ROLLBACK")
-            await self._pg.close()
+        if self._pg is not None:
+            try:  # the database may have been stopped meanwhile
+                await self._pg.execute("ROLLBACK")
+                await self._pg.close()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                self._pg.terminate()
 
 
 async def test_constraint_violation_in_a_group_fails_only_its_write(server: InProcessServer):
@@ -197,16 +200,7 @@ async def test_constraint_violation_of_a_lone_write_names_the_constraint(server:
 @pytest.fixture
 def pg_cluster() -> Iterator[PgCluster]:
     """A PostgreSQL cluster of this test alone, removed at the end whatever happened."""
-    bindir = find_bindir()
-    if bindir is None:
-        missing_service("PostgreSQL server binaries (initdb, pg_ctl)")
-    cluster = PgCluster(bindir, free_port())
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
+    yield from throwaway_cluster()
 
 
 @pytest.mark.slow
