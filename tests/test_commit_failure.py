@@ -5,7 +5,9 @@ readers keep being served (issue 2, acceptance; DESIGN.md "Durability and safety
   409 naming the constraint; the other writes of the same group commit still succeed;
 - PostgreSQL stopped under a running server: 503, reads answered meanwhile, writes work again
   once it is back, and what was written then survives a restart;
-- SQLite locked by another connection past the busy timeout: the same.
+- SQLite locked by another connection past the busy timeout: the same;
+- a commit whose answer is lost (COMMIT reached PostgreSQL, the connection broke before the
+  reply): whatever the server answers must be true, and its memory must equal the database.
 """
 
 from __future__ import annotations
