@@ -49,12 +49,26 @@ def add_commands(subparsers: Any) -> None:
     cancel.add_argument("id", metavar="ID")
     cancel.set_defaults(func=client_command(cancel_request))
 
-    p = add_parser(subparsers, "ops", help="list copy and delete operations")
+    p = add_parser(subparsers, "ops", help="list copy and delete operations, queue or cancel one",
+                   description="List file operations (`dlm ops`), queue one "
+                               "(`dlm ops queue copy|delete ITEM STORAGE`), or cancel a queued "
+                               "one (`dlm ops cancel ID`).")
     p.add_argument("--state", choices=OPERATION_STATES)
     p.add_argument("--kind", choices=OPERATION_KINDS)
     p.add_argument("--storage", help="operations from or to this storage")
     p.add_argument("--limit", type=int, help="at most this many (default: all)")
     p.set_defaults(func=client_command(ops))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    queue = add_parser(actions, "queue",
+                       help="copy an item to a storage, or delete it from one, now (operator)")
+    queue.add_argument("op_kind", metavar="KIND", choices=OPERATION_KINDS)
+    queue.add_argument("item", metavar="ITEM", help="an oid or an item name")
+    queue.add_argument("target", metavar="STORAGE", help="where to copy to, or delete from")
+    queue.add_argument("--source", help="the storage whose replica a copy reads")
+    queue.set_defaults(func=client_command(queue_operation))
+    cancel = add_parser(actions, "cancel", help="cancel a queued operation (operator)")
+    cancel.add_argument("id", metavar="ID")
+    cancel.set_defaults(func=client_command(cancel_operation))
 
     p = add_parser(subparsers, "history",
                    help="Detox, Dealer and Consistency cycles, or one cycle in full")
@@ -110,6 +124,24 @@ def ops(args: argparse.Namespace, client: SyncClient) -> None:
                   o.get("origin"), o["state"], o.get("attempts"), human_time(o.get("updated")),
                   o.get("last_error")] for o in operations),
                 right=("ID", "TRIES"))
+
+
+def queue_operation(args: argparse.Namespace, client: SyncClient) -> None:
+    op = client.add_operation(args.op_kind, args.item, args.target, source=args.source)
+    if wants_json(args):
+        print_json(op)
+        return
+    where = f"{op['source']} to {op['target']}" if op["kind"] == "copy" and op.get("source") \
+        else op["target"]
+    print(f"operation {op['id']}: {op['kind']} {op['item_name']} {where}, {op['state']}")
+
+
+def cancel_operation(args: argparse.Namespace, client: SyncClient) -> None:
+    op = client.cancel_operation(args.id)
+    if wants_json(args):
+        print_json(op)
+        return
+    print(f"operation {op['id']} {op['state']}")
 
 
 def history(args: argparse.Namespace, client: SyncClient) -> None:

@@ -276,6 +276,19 @@ class Client:
         async for op in self._pages("/v1/operations", "operations", query_params(**filters)):
             yield op
 
+    async def add_operation(self, kind: str, item: str, target: str,
+                            source: str | None = None) -> dict[str, Any]:
+        """Queue a copy of ``item`` (an oid or a name) to ``target``, or its deletion from
+        ``target``, at once (operator); ``source`` picks the replica a copy reads."""
+        spec = {"kind": kind, "item": item, "target": target}
+        if source is not None:
+            spec["source"] = source
+        return await self.request("POST", "/v1/operations", json=spec)
+
+    async def cancel_operation(self, op_id: int | str) -> dict[str, Any]:
+        """Cancel a queued operation; the operation as it now is."""
+        return await self.request("DELETE", f"/v1/operations/{_seg(str(op_id))}")
+
     async def history(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Detox, Dealer and Consistency cycles with their summaries."""
         return (await self.request("GET", "/v1/history",

@@ -30,13 +30,13 @@ T = TypeVar("T")
 class ThreadedServer:
     """The in-process server on its own event loop in a background thread."""
 
-    def __init__(self, db_url: str, data_dir: Path) -> None:
+    def __init__(self, db_url: str, data_dir: Path, **config: Any) -> None:
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="dlm-test-server")
         self._thread.start()
         self.db_url = db_url
-        self._server = InProcessServer(db_url, data_dir)
+        self._server = InProcessServer(db_url, data_dir, **config)
         self.call(self._server.start())
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -72,7 +72,10 @@ class ThreadedServer:
 
 @pytest.fixture
 def cli_server(tmp_path: Path) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(f"sqlite:{tmp_path / 'inventory.sqlite'}", tmp_path / "data")
+    # No file-operation engine: operations stay as the commands leave them, so the tests of
+    # `dlm ops` see exactly what they queued (the engine has its own tests).
+    server = ThreadedServer(f"sqlite:{tmp_path / 'inventory.sqlite'}", tmp_path / "data",
+                            fileops=None)
     try:
         yield server
     finally:

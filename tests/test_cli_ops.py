@@ -115,3 +115,23 @@ def test_ops_and_history_show_what_the_database_holds(dlm, cli_server, item, mon
     out = dlm("history", "1").out
     assert "summary  deleted=3, kept=7" in out and out.endswith("\npartition all: true\n")
     assert dlm.json("history", "1")["policy"] == "partition all: true\n"
+
+
+def test_ops_queue_and_cancel(dlm, cli_server, item):
+    out = dlm("ops", "queue", "copy", "obs/a", "tape1", "--source", "disk1").out
+    assert out.startswith("operation ") and out.rstrip().endswith(
+        "copy obs/a disk1 to tape1, queued")
+    assert dlm.error("ops", "queue", "delete", "obs/a", "disk1") == \
+        "target: refused: it is the last complete copy of 'obs/a'"
+    cli_server.add_disk("disk2")
+    two = dlm.json("inject", "obs/b", "--storage", "disk1", "--size", "1", "--target-phase", "GAS")
+    cli_server.api(lambda c: c.patch_item(two["oid"], storage="disk2"))
+    op = dlm.json("ops", "queue", "delete", two["oid"], "disk1")
+    assert (op["kind"], op["item_name"], op["target"], op["origin"], op["state"]) == \
+        ("delete", "obs/b", "disk1", "user", "queued")
+    assert [o["kind"] for o in dlm.json("ops", "--state", "queued")] == ["copy", "delete"]
+    assert dlm("ops", "cancel", str(op["id"])).out.strip() == f"operation {op['id']} cancelled"
+    assert [o["id"] for o in dlm.json("ops", "--state", "cancelled")] == [op["id"]]
+    assert dlm.error("ops", "cancel", str(op["id"])).startswith("id: ")  # no longer queued
+    assert dlm.error("ops", "queue", "copy", "obs/a", "nowhere").startswith("target: ")
+    assert dlm.error("ops", "queue", "copy", "obs/none", "tape1").startswith("item: ")
