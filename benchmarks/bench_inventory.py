@@ -186,6 +186,38 @@ async def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: flo
             await asyncio.sleep(0.05)
 
 
+async def serve_startup(db_url: str, workdir: Path) -> dict:
+    """``dlm serve`` on the loaded database: its own load time (/v1/health) and its RSS."""
+    import aiohttp
+
+    port = free_port()
+    log = workdir / "serve-startup.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inventory.cli", "serve", "--port", str(port), "--data-dir",
+             str(workdir / "data"), "--db", db_url, "--log-level", "warning"],
+            stdout=out, stderr=out, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        await wait_healthy(base, proc, log, timeout=300)
+        ready = time.perf_counter() - started
+        async with aiohttp.ClientSession() as session, session.get(base + "/v1/health") as resp:
+            health = await resp.json()
+        with open(f"/proc/{proc.pid}/statm") as f:
+            server_rss = int(f.read().split()[1]) * PAGE
+        return {"ready_seconds": ready, "load_seconds": health.get("load_seconds"),
+                "items": health.get("items"), "replicas": health.get("replicas"),
+                "rss": server_rss}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int,
                       workdir: Path) -> dict:
     """Start ``dlm serve`` on ``db_url``, add the storages, POST every item; items/s."""
@@ -360,6 +392,8 @@ async def bench(args: argparse.Namespace) -> int:
             results["fetch"] = run_child("fetch", load_url)
             results["copy_out"] = run_child("copy-out", load_url)
             results["load_items"] = run_child("load-items", load_url)
+            print("dlm serve on the loaded database ...", file=sys.stderr)
+            results["serve"] = await serve_startup(load_url, workdir)
         if "inject" not in args.skip:
             spec = generate.Spec(items=args.inject_items, replicas=1, storages=args.storages,
                                  seed=args.seed + 1)
@@ -415,6 +449,11 @@ def report(r: dict, args: argparse.Namespace) -> None:
              f"{(total - item_bytes * n_items) / n_reps:.0f} B", "", "", "", ""),
             ("peak RSS of the loading process", f"{ld['maxrss'] / 2**20:.0f} MB", "", "", "", ""),
         ]
+        if "serve" in r:
+            sv = r["serve"]
+            rows.append(("dlm serve on that database: load, RSS",
+                         f"{sv['load_seconds']:.2f} s, {sv['rss'] / 2**20:.0f} MB",
+                         f"ready after {sv['ready_seconds']:.1f} s", "", "", ""))
     if "inject" in r:
         inj, cp = r["inject"], r["copy_in"]
         rate, base = inj["items"] / inj["seconds"], cp["items"] / cp["seconds"]
