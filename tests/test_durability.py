@@ -92,7 +92,7 @@ def check_spec(item: dict[str, Any], spec: dict[str, Any]) -> None:
         assert item["item_version"] == spec["item_version"]
     assert item["state"] == "READY", item
     assert item["checksum_method"] == "adler32"
-    assert len(item["replicas"]) == 1, item
+    assert len(item["replicas"]) == 1, f"the item without its replica (not atomic): {item}"
     [replica] = item["replicas"]
     assert replica["oid"] == item["oid"]
     assert (replica["storage"], replica["state"], replica["size"], replica["checksum"]) == \
