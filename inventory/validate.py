@@ -54,12 +54,28 @@ def byte_size(value: int | str, field: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+# Times the server can write back as ISO-8601: years 1 to 9999. A time outside would be stored
+# and then fail every answer that shows it, so it is refused on the way in.
+MIN_TIME = -62135596800.0  # 0001-01-01T00:00:00Z
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def time_value(text: str, field: str) -> float:
     try:
-        return model.parse_time(text)
+        value = model.parse_time(text)
     except ValueError:
         raise BadRequest(f"expected an ISO-8601 time like '2026-12-31T00:00:00Z', got {text!r}",
                          field) from None
+    if not MIN_TIME <= value <= MAX_TIME:
+        raise BadRequest(f"must be between years 1 and 9999 UTC, got {text!r}", field)
+    return value
+
+
+def expiry_after(now: float, lifetime: float, field: str) -> float:
+    """The expiry ``lifetime`` seconds from ``now``, refused when past year 9999."""
+    if not now + lifetime <= MAX_TIME:  # also refuses inf and NaN from msgpack
+        raise BadRequest(f"a lifetime of {lifetime:g} seconds ends after year 9999", field)
+    return now + lifetime
 
 
 def uuid_value(text: str, field: str) -> int:

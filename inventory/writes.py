@@ -45,6 +45,7 @@ from inventory.store.ops import (
 )
 
 MAX_BATCH = 10_000
+MAX_VERSION = 2**31 - 1  # specs.Version's bound: item versions are a 32-bit column
 
 Change = tuple[str, Any]  # ("storage" | "item" | "replica", record)
 
@@ -177,6 +178,9 @@ class AddItems(Write):
             mine = claimed.setdefault(name, set())
             if version is None:
                 version = max(pending.latest_version(inv, name), max(mine, default=0)) + 1
+                if version > MAX_VERSION:  # would overflow the column after the commit
+                    raise Conflict(f"{name!r} has version {MAX_VERSION}, the last one: give "
+                                   f"a free item_version", where + "item_version")
             elif version in mine or pending.has_version(inv, name, version):
                 raise Conflict(f"{name!r} version {version} exists already",
                                where + "item_version")
@@ -194,7 +198,8 @@ class AddItems(Write):
                 raise BadRequest("give expire_at or lifetime, not both", where + "lifetime")
             expire_at = (validate.time_value(spec.expire_at, where + "expire_at")
                          if spec.expire_at is not None
-                         else None if spec.lifetime is None else now + spec.lifetime)
+                         else None if spec.lifetime is None
+                         else validate.expiry_after(now, spec.lifetime, where + "lifetime"))
             item_type = model.ITEM_TYPE[spec.item_type]
             method = spec.checksum_method
             if method is None and spec.checksum is not None:
@@ -322,7 +327,7 @@ def _patched(inv: Inventory, pending: Pending, rec: ItemRecord, patch: ItemPatch
         changes["expire_at"] = (None if patch.expire_at is None
                                 else validate.time_value(patch.expire_at, where + "expire_at"))
     if patch.lifetime is not unset:
-        changes["expire_at"] = now + patch.lifetime
+        changes["expire_at"] = validate.expiry_after(now, patch.lifetime, where + "lifetime")
     if patch.metadata is not unset:
         changes["metadata"] = patch.metadata or None
     if patch.size is not unset:
