@@ -144,7 +144,7 @@ async def list_operations(request: web.Request) -> web.Response:
     kind = _choice(request, "kind", OPERATION_KINDS)
     storage_id = _storage_id(request, inv)
     limit = query_int(request, "limit", 100, 1, 10_000)
-    after = query_int(request, "after", 0, 0, 2**62)
+    after = query_int(request, "cursor", 0, 0, 2**62)  # the last id of the previous page
     found = []
     for op in sorted(inv.operations.values(), key=lambda o: o.id):
         if op.id <= after or (state and op.state != state) or (kind and op.kind != kind):
