@@ -39,11 +39,12 @@ def part_size_for(settings: S3Settings, size_hint: int | None) -> int:
     return size
 
 
-async def _parts(chunks: AsyncIterable[bytes], part_size: int) -> AsyncIterator[bytes]:
-    """Regroup the stream into parts of at least ``part_size`` bytes (the last may be less).
+async def _parts(chunks: AsyncIterable[bytes], part_size: int) -> AsyncIterator[list[bytes]]:
+    """Regroup the stream into parts of at least ``part_size`` bytes (the last may be less),
+    each a list of chunks that ``_prepare`` joins in a worker thread.
 
-    Parts are joined from whole chunks rather than cut at exactly ``part_size``, so each byte is
-    copied once here; S3 only asks for a 5 MiB minimum, not equal parts.
+    Parts are made of whole chunks rather than cut at exactly ``part_size``, so each byte is
+    copied once; S3 only asks for a 5 MiB minimum, not equal parts.
     """
     pending: list[bytes] = []
     held = 0
@@ -51,16 +52,18 @@ async def _parts(chunks: AsyncIterable[bytes], part_size: int) -> AsyncIterator[
         pending.append(chunk)
         held += len(chunk)
         if held >= part_size:
-            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            yield pending
             pending, held = [], 0
     if held:
-        yield b"".join(pending)
+        yield pending
 
 
-def _digest(data: bytes, summer: Adler32, md5: bool) -> str | None:
-    """Update the running adler32 and give the part's Content-MD5 (in a worker thread)."""
+def _prepare(chunks: list[bytes], summer: Adler32, md5: bool) -> tuple[bytes, str | None]:
+    """Join a part, update the running adler32 and compute the part's Content-MD5: the
+    byte-crunching of an upload, done in a worker thread so the event loop never waits on it."""
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     summer.update(data)
-    return base64.b64encode(hashlib.md5(data).digest()).decode() if md5 else None
+    return data, (base64.b64encode(hashlib.md5(data).digest()).decode() if md5 else None)
 
 
 class Upload:
@@ -77,7 +80,7 @@ class Upload:
                   expected_size: int | None, expected_checksum: str | None) -> WriteResult:
         parts = _parts(chunks, part_size_for(self.settings, size_hint))
         try:
-            first = await anext(parts, b"")
+            first = await anext(parts, [])
             second = await anext(parts, None)
             if second is None:
                 return await self._put(first, expected_size, expected_checksum)
@@ -88,9 +91,10 @@ class Upload:
     def _md5_arg(self, md5: str | None) -> dict[str, str]:
         return {"ContentMD5": md5} if md5 else {}
 
-    async def _put(self, data: bytes, expected_size: int | None,
+    async def _put(self, chunks: list[bytes], expected_size: int | None,
                    expected_checksum: str | None) -> WriteResult:
-        md5 = await asyncio.to_thread(_digest, data, self.summer, self.settings.content_md5)
+        data, md5 = await asyncio.to_thread(_prepare, chunks, self.summer,
+                                            self.settings.content_md5)
         result = WriteResult(len(data), self.summer.hexdigest())
         check_expected(result.size, result.checksum, expected_size=expected_size,
                        expected_checksum=expected_checksum, path=self.path)
@@ -99,7 +103,8 @@ class Upload:
                                      **self._md5_arg(md5))
         return result
 
-    async def _multipart(self, first: bytes, second: bytes, rest: AsyncIterator[bytes],
+    async def _multipart(self, first: list[bytes], second: list[bytes],
+                         rest: AsyncIterator[list[bytes]],
                          expected_size: int | None,
                          expected_checksum: str | None) -> WriteResult:
         bucket = self.settings.bucket
@@ -120,7 +125,7 @@ class Upload:
             finally:
                 slots.release()
 
-        async def all_parts() -> AsyncIterator[bytes]:
+        async def all_parts() -> AsyncIterator[list[bytes]]:
             yield first
             yield second
             async for part in rest:
@@ -128,7 +133,7 @@ class Upload:
 
         try:
             size = 0
-            async for data in all_parts():
+            async for chunks in all_parts():
                 await slots.acquire()
                 for task in tasks:  # fail fast: a refused part ends the upload now
                     if task.done() and task.exception() is not None:
@@ -136,11 +141,11 @@ class Upload:
                 if len(tasks) >= MAX_PARTS:
                     raise StorageError(f"more than {MAX_PARTS} parts; raise part_size",
                                        path=self.path)
-                md5 = await asyncio.to_thread(_digest, data, self.summer,
-                                              self.settings.content_md5)
+                data, md5 = await asyncio.to_thread(_prepare, chunks, self.summer,
+                                                    self.settings.content_md5)
                 size += len(data)
                 tasks.append(asyncio.create_task(send(len(tasks) + 1, data, md5)))
-                del data
+                del data, chunks
             await asyncio.gather(*tasks)
             result = WriteResult(size, self.summer.hexdigest())
             check_expected(size, result.checksum, expected_size=expected_size,
