@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from inventory.errors import Conflict, DLMError, Unavailable
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
-from inventory.store import Store, StoreConflict, StoreError
+from inventory.store import Store, StoreConflict, StoreError, StoreInDoubt
 from inventory.writes import Pending, Prepared, Write
 
 log = logging.getLogger("dlm.scheduler")
@@ -80,6 +80,7 @@ class WriterStats:
     failed_commits: int = 0
     last_group_size: int = 0
     commit_seconds: float = 0.0
+    in_doubt: bool = False  # a commit's outcome is unknown until the database answers
 
 
 class Scheduler:
@@ -176,6 +177,9 @@ class Scheduler:
                 future.set_exception(exc)
         return ready
 
+    async def _committed_after_all(self, version: int, exc: StoreError) -> bool:
+        return await _resolve_in_doubt(self.store, version, exc, self.stats)
+
     async def _commit(self, ready: list[tuple[Prepared, asyncio.Future]]) -> None:
         inv = self.inventory
         ops = [op for prepared, _ in ready for op in prepared.ops]
@@ -188,6 +192,10 @@ class Scheduler:
         started = time.perf_counter()
         try:
             await self.store.commit(ops, version)
+        except StoreInDoubt as exc:
+            self.stats.failed_commits += 1
+            if not await self._committed_after_all(version, exc):
+                raise
         except StoreError:
             self.stats.failed_commits += 1
             raise
@@ -207,6 +215,36 @@ class Scheduler:
         for (_prepared, future), result in zip(ready, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+async def _resolve_in_doubt(store: Store, version: int, exc: StoreError,
+                            stats: WriterStats) -> bool:
+    """Did the commit of ``version`` happen? Its answer was lost (the connection broke during
+    COMMIT, say); the database knows. Ask until it answers: the writer waits meanwhile, so
+    memory never runs ahead of or behind the database."""
+    delay = 0.05
+    warned = False
+    while True:
+        try:
+            found = await store.committed_version()
+        except StoreError:
+            if not warned:
+                log.error("commit outcome unknown, asking the database until it answers",
+                          extra={"version": version, "error": str(exc)})
+                warned = True
+            stats.in_doubt = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        stats.in_doubt = False
+        if found == version:
+            log.warning("commit reported failed but was durable; applying it",
+                        extra={"version": version, "error": str(exc)})
+            return True
+        if found == version - 1:
+            return False
+        raise RuntimeError(f"the database is at inventory version {found}, memory at "
+                           f"{version - 1}: another writer changed it")
 
 
 def raise_into(ready: list[tuple[Prepared, asyncio.Future]], exc: DLMError) -> None:

@@ -380,9 +380,6 @@ class CommitCutter:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="scheduler/postgres store: a commit whose answer is lost "
-                   "is reported as failed (503, memory unchanged) although it is durable; "
-                   "memory then disagrees with the database until a restart")
 async def test_in_doubt_commit_leaves_memory_equal_to_the_database(pg_url, server_process):
     head, _, database = pg_url.rpartition("/")
     host_port = head.rpartition("@")[2]

@@ -11,7 +11,7 @@ from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
 from inventory.scheduler import RWLock, Scheduler
 from inventory.specs import ItemSpec, StorageSpec
-from inventory.store import StoreUnavailable
+from inventory.store import StoreInDoubt, StoreUnavailable
 from inventory.store.sqlite import SQLiteStore
 from inventory.writes import AddItems, AddStorage
 
@@ -20,6 +20,8 @@ class FlakyStore(SQLiteStore):
     """A real SQLite store whose next commits can be made to fail, to test the writer's side."""
 
     fail_next = 0
+    lose_answer_next = 0  # commit, then claim the outcome is unknown
+    unreachable_checks = 0  # committed_version fails this many times first
     commits = 0
 
     async def commit(self, ops, version):
@@ -28,6 +30,15 @@ class FlakyStore(SQLiteStore):
             self.fail_next -= 1
             raise StoreUnavailable("disk on fire")
         await super().commit(ops, version)
+        if self.lose_answer_next:
+            self.lose_answer_next -= 1
+            raise StoreInDoubt("connection lost during COMMIT")
+
+    async def committed_version(self):
+        if self.unreachable_checks:
+            self.unreachable_checks -= 1
+            raise StoreUnavailable("still down")
+        return await super().committed_version()
 
 
 @pytest.fixture
@@ -121,3 +132,15 @@ async def test_rwlock_readers_share_and_a_waiting_writer_goes_first():
         assert order == []
     await asyncio.gather(w, r)
     assert order == ["writer", "late reader"]
+
+
+async def test_a_commit_whose_answer_was_lost_is_resolved_from_the_database(scheduler):
+    scheduler.store.lose_answer_next = 1
+    scheduler.store.unreachable_checks = 3  # the database answers only on the 4th try
+    result = await scheduler.write(one("in-doubt"))
+    assert result[0].item_name == "in-doubt"  # it was durable, so it is acknowledged
+    inv = scheduler.inventory
+    assert inv.row_of_name("in-doubt") is not None and inv.version == 1
+    assert not scheduler.stats.in_doubt
+    await scheduler.write(one("next"))
+    assert inv.version == 2

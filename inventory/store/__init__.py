@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import os
 
-from inventory.store.base import SchemaError, Store, StoreConflict, StoreError, StoreUnavailable
+from inventory.store.base import (
+    SchemaError,
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreInDoubt,
+    StoreUnavailable,
+)
 
-__all__ = ["SchemaError", "Store", "StoreConflict", "StoreError", "StoreUnavailable", "open_store"]
+__all__ = ["SchemaError", "Store", "StoreConflict", "StoreError", "StoreInDoubt",
+           "StoreUnavailable", "open_store"]
 
 
 def open_store(db_url: str | None, data_dir: str) -> Store:

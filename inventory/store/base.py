@@ -33,6 +33,10 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or failed: the client may retry later (HTTP 503)."""
 
 
+class StoreInDoubt(StoreUnavailable):
+    """The connection broke while COMMIT was under way: the transaction may have happened."""
+
+
 class StoreConflict(StoreError):
     """The database refused the transaction on a constraint (HTTP 409)."""
 
@@ -68,6 +72,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def committed_version(self) -> int:
+        """The inventory version the database holds now: after a commit whose answer was lost,
+        it says whether that commit happened (every commit stores its version)."""
 
     def describe(self) -> str:
         return self.backend

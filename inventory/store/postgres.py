@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from operator import attrgetter
 
@@ -17,6 +18,7 @@ from inventory.store.base import (
     STORAGE_COLUMNS,
     Store,
     StoreConflict,
+    StoreInDoubt,
     StoreUnavailable,
     check_schema_version,
     item_db_row,
@@ -93,6 +95,13 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn:
             return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
 
+    async def committed_version(self) -> int:
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                return await conn.fetchval("SELECT version FROM inventory_state", timeout=10)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+
     # ------------------------------------------------------------------ load
 
     async def load(self, inv: Inventory) -> None:
@@ -131,15 +140,28 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreUnavailable("the database is closed")
         try:
-            async with self._pool.acquire(timeout=30) as conn, conn.transaction():
-                for op in ops:
-                    await _apply(conn, op)
-                await conn.execute("UPDATE inventory_state SET version = $1", version)
+            async with self._pool.acquire(timeout=30) as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    for op in ops:
+                        await _apply(conn, op)
+                    await conn.execute("UPDATE inventory_state SET version = $1", version)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                    # COMMIT was sent; whether it happened only the database knows now
+                    raise StoreInDoubt(f"postgresql: connection lost during COMMIT: {exc}") \
+                        from exc
+        except StoreInDoubt:
+            raise
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreConflict(f"database constraint: {exc}") from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
-        except asyncpg.PostgresError as exc:
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
 
 

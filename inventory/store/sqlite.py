@@ -108,6 +108,15 @@ class SQLiteStore(Store):
     async def schema_version(self) -> int:
         return await self._run(self._schema_version)
 
+    async def committed_version(self) -> int:
+        def read() -> int:
+            try:
+                return self._conn.execute("SELECT version FROM inventory_state").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+        return await self._run(read)
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._run(self._conn.close)
