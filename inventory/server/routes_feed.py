@@ -39,6 +39,9 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     start = inv.version
     response = web.StreamResponse(headers={"Content-Type": MSGPACK, "X-DLM-Version": str(start)})
     await response.prepare(request)
+    if request.method == "HEAD":  # aiohttp sends what is written even here: the stream would
+        await response.write_eof()  # land on the keep-alive connection as a bogus next answer
+        return response
     pack = msgpack.Packer(use_bin_type=True).pack
     await response.write(pack({
         "format": SNAPSHOT_FORMAT,
