@@ -74,7 +74,7 @@ async def child_load(url: str, items_only: bool) -> dict:
     inv = Inventory()
     gc.collect()
     before = rss()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if items_only:  # what load() does, without the replicas: the per-item share of the memory
         with loading():
             async with store._pool.acquire() as conn, conn.transaction(readonly=True):
@@ -83,11 +83,11 @@ async def child_load(url: str, items_only: bool) -> dict:
                 await store._load_items(conn, inv, {})
     else:
         await store.load(inv)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     gc.collect()
     after = rss()
     await store.close()
-    return {"seconds": seconds, "rss_before": before, "rss_after": after,
+    return {"seconds": seconds, "cpu": cpu, "rss_before": before, "rss_after": after,
             "items": inv.counts.items, "replicas": inv.counts.replicas,
             "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -100,7 +100,7 @@ async def child_fetch(url: str) -> dict:
 
     conn = await asyncpg.connect(url)
     rows = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         queries = [*postgres._ITEM_QUERIES,
                    f"SELECT {postgres._q(generate.REPLICA_COLUMNS[1:])} FROM replica"]
@@ -108,9 +108,9 @@ async def child_fetch(url: str) -> dict:
             cursor = await conn.cursor(query)
             while batch := await cursor.fetch(postgres._FETCH):
                 rows += len(batch)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     await conn.close()
-    return {"seconds": seconds, "rows": rows}
+    return {"seconds": seconds, "cpu": cpu, "rows": rows}
 
 
 async def child_copy_out(url: str) -> dict:
@@ -352,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         "DLM_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--load-db", help="reuse this existing database (made by generate.py with the "
                                      "same --items/--replicas/--storages/--seed) for the load")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the load and its baselines this many times, keep the fastest")
     p.add_argument("--skip", action="append", default=[], choices=["load", "inject"])
     p.add_argument("--keep", action="store_true", help="do not drop the databases made")
     p.add_argument("--json", help="also write the raw results to this file")
@@ -371,6 +373,7 @@ async def bench(args: argparse.Namespace) -> int:
     conn = await asyncpg.connect(admin)
     results["postgresql"] = await conn.fetchval("SHOW server_version")
     await conn.close()
+    results["loadavg"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     with open("/proc/meminfo") as f:
         results["ram_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
     workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-"))
@@ -388,9 +391,10 @@ async def bench(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 results["generate"] = await generate.write_postgres(load_url, spec)
             print("loading (store.load, raw fetch, raw COPY TO) ...", file=sys.stderr)
-            results["load"] = run_child("load", load_url)
-            results["fetch"] = run_child("fetch", load_url)
-            results["copy_out"] = run_child("copy-out", load_url)
+            # The fastest of --repeat runs of each: the one least disturbed by other processes.
+            for key, kind in (("load", "load"), ("fetch", "fetch"), ("copy_out", "copy-out")):
+                results[key] = min((run_child(kind, load_url) for _ in range(args.repeat)),
+                                   key=lambda r: r["seconds"])
             results["load_items"] = run_child("load-items", load_url)
             print("dlm serve on the loaded database ...", file=sys.stderr)
             results["serve"] = await serve_startup(load_url, workdir)
@@ -422,7 +426,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 def report(r: dict, args: argparse.Namespace) -> None:
     print(f"\nmachine: {r['cores']} cores, {r['ram_gib']} GiB RAM, CPython {r['python']}, "
-          f"PostgreSQL {r['postgresql']}\n")
+          f"PostgreSQL {r['postgresql']}; load average {r['loadavg']} at the start\n")
     rows = [("benchmark", "result", "baseline (same run)", "ratio", "target", "")]
     if "load" in r:
         ld, fe, co, li = r["load"], r["fetch"], r["copy_out"], r["load_items"]
@@ -441,6 +445,8 @@ def report(r: dict, args: argparse.Namespace) -> None:
              f"< {TARGET_LOAD_S:.0f} s", verdict(ld["seconds"] < TARGET_LOAD_S)),
             ("", "", f"raw binary COPY TO {co['seconds']:.2f} s",
              f"{ld['seconds'] / co['seconds']:.2f}x", "", ""),
+            ("  CPU time of the loading process", f"{ld['cpu']:.2f} s",
+             f"raw fetch {fe['cpu']:.2f} s", f"{ld['cpu'] / fe['cpu']:.2f}x", "", ""),
             ("memory, total (RSS delta)", f"{total / 2**20:.0f} MB", "", "", "", ""),
             ("bytes per replica, item costs included", f"{per_replica:.0f} B", "", "",
              f"< {TARGET_BYTES_PER_REPLICA} B", verdict(per_replica < TARGET_BYTES_PER_REPLICA)),
