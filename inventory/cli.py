@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inventory.cli_ops",
     "inventory.cli_token",
     "policies.cli",
+    "detox.cli",
 )
 
 

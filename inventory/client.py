@@ -129,6 +129,23 @@ class Client:
                                     f"({exc or type(exc).__name__}); a write may or may not "
                                     f"have been applied", self.url) from None
 
+    async def post_msgpack(self, path: str, body: Any) -> Any:
+        """POST a msgpack body (large or binary payloads, such as a Detox plan); JSON answer."""
+        data = msgpack.packb(body, use_bin_type=True)
+        try:
+            async with self._session.post(self.url + path, data=data, headers={
+                    "Content-Type": "application/msgpack"}) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+                if resp.status >= 400:
+                    raise _error_from(resp.status, answer)
+                return answer
+        except aiohttp.ClientConnectionError:
+            raise ServerUnreachable(f"cannot reach the DLM server at {self.url}",
+                                    self.url) from None
+
     async def _pages(self, path: str, key: str,
                      params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
         """Every entry of a cursor-paginated list, fetching the next page only when needed."""

@@ -126,3 +126,18 @@ class OperationRequest(msgspec.Struct, forbid_unknown_fields=True):
     item: str
     target: str
     source: str | None = None
+
+
+class DetoxPlanIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A Detox cycle's plan, sent by the Detox process to be applied as one write."""
+
+    policy_name: str
+    policy_file: str
+    policy_text: str
+    policy_sha256: str
+    snapshot_version: Annotated[int, msgspec.Meta(ge=0)]
+    started: float
+    expirations: list[str]
+    deletions: list[tuple[str, int, str, int]]  # oid, storage id, rule label, rule line
+    summary: dict[str, Any]
+    decisions: bytes  # zlib-compressed msgpack: {"columns": [...], "rows": [...]}

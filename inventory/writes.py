@@ -68,6 +68,7 @@ class Pending:
     storage_ids: set[int] = field(default_factory=set)
     items: dict[int, ItemRecord] = field(default_factory=dict)
     new_replicas: set[tuple[int, int]] = field(default_factory=set)
+    deleting: set[tuple[int, int]] = field(default_factory=set)  # (oid, storage id)
     storages: dict[int, StorageRecord] = field(default_factory=dict)
     objects: dict[tuple[str, Any], Any] = field(default_factory=dict)  # (table, key) -> object
     max_ids: dict[str, int] = field(default_factory=dict)

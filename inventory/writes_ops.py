@@ -10,7 +10,7 @@ copies can never both start.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from inventory import model
@@ -38,7 +38,7 @@ class OperationSpec:
     source_id: int | None = None
 
 
-def _replica_upsert(records: Sequence[ReplicaRecord]) -> UpsertRows:
+def replica_upsert(records: Sequence[ReplicaRecord]) -> UpsertRows:
     out = model.format_uuid
     return UpsertRows("replica", REPLICA_COLUMNS, ("uid",),
                       [replica_db_row(r, out) for r in records])
@@ -48,12 +48,14 @@ def _replica_delete(oid: int, storage_id: int) -> DeleteRows:
     return DeleteRows("replica", ("uid",), [(model.format_uuid(oid | storage_id),)])
 
 
-def deletion_refusal(inv: Inventory, oid: int, storage_id: int) -> str | None:
+def deletion_refusal(inv: Inventory, oid: int, storage_id: int,
+                     excluding: Collection[tuple[int, int]] = ()) -> str | None:
     """Why the copy of ``oid`` on ``storage_id`` must not be deleted now, or None.
 
     For an item that is not EXPIRED (or DELETED): never its last complete copy, and never a copy
     whose removal drops the item's current phase below its target phase. Replicas already
-    being deleted do not count as copies.
+    being deleted, and those in ``excluding`` (deletions planned in the same write), do not
+    count as copies.
     """
     row = inv.row_of_oid(oid)
     if row is None or inv.i_state[row] not in LIVE_STATES:
@@ -61,7 +63,8 @@ def deletion_refusal(inv: Inventory, oid: int, storage_id: int) -> str | None:
     weight = 0
     others = 0
     for r in inv.replica_rows_of_item(row):
-        if inv.r_storage[r] == storage_id or inv.r_state[r] != model.COMPLETE:
+        if inv.r_storage[r] == storage_id or inv.r_state[r] != model.COMPLETE \
+                or (oid, inv.r_storage[r]) in excluding:
             continue
         others += 1
         weight += model.PHASE_WEIGHT[inv.storages[inv.r_storage[r]].phase]
@@ -84,6 +87,7 @@ class QueueOperations(Write):
         ops: list[Operation] = []
         replicas: list[ReplicaRecord] = []
         claimed: set[tuple[int, int]] = set()
+        deleting: set[tuple[int, int]] = set(pending.deleting)
         for index, spec in enumerate(self.specs):
             where = f"operations[{index}]."
             row = inv.row_of_oid(spec.oid)
@@ -100,7 +104,8 @@ class QueueOperations(Write):
             if spec.kind == "copy":
                 replica = self._copy(inv, spec, row, target, existing, where, now)
             elif spec.kind == "delete":
-                replica = self._delete(inv, spec, existing, target, where)
+                replica = self._delete(inv, spec, existing, target, where, deleting)
+                deleting.add(key)
             else:
                 raise BadRequest("expected copy or delete", where + "kind")
             replicas.append(replica)
@@ -108,6 +113,7 @@ class QueueOperations(Write):
                                  spec.oid, spec.source_id, spec.target_id, self.origin,
                                  "queued", 0, None, now, now))
         pending.new_replicas.update(claimed)
+        pending.deleting.update(deleting)
 
         def apply(inv: Inventory) -> list[Operation]:
             new = [r for r in replicas if inv.replica_row(r.oid, r.storage_id) is None]
@@ -122,7 +128,7 @@ class QueueOperations(Write):
 
         changes: list[Change] = [("replica", r) for r in replicas]
         changes.extend(("operation", o) for o in ops)
-        db_ops: list[DbOp] = [_replica_upsert(replicas), upsert(ops)]
+        db_ops: list[DbOp] = [replica_upsert(replicas), upsert(ops)]
         return Prepared(db_ops, apply, changes, rows=len(ops))
 
     @staticmethod
@@ -151,14 +157,14 @@ class QueueOperations(Write):
                              None if size < 0 else size, None, now, None, None)
 
     @staticmethod
-    def _delete(inv: Inventory, spec: OperationSpec, existing, target,
-                where: str) -> ReplicaRecord:
+    def _delete(inv: Inventory, spec: OperationSpec, existing, target, where: str,
+                deleting: Collection[tuple[int, int]]) -> ReplicaRecord:
         if existing is None:
             raise Conflict(f"no replica on {target.name!r} to delete", where + "target")
         if inv.r_state[existing] in (PENDING, COPYING, DELETING):
             raise Conflict(f"the replica on {target.name!r} is "
                            f"{model.REPLICA_STATES[inv.r_state[existing]]}", where + "target")
-        refusal = deletion_refusal(inv, spec.oid, spec.target_id)
+        refusal = deletion_refusal(inv, spec.oid, spec.target_id, deleting)
         if refusal:
             raise Conflict(f"refused: {refusal}", where + "target")
         return inv.replica_record(existing)._replace(state=DELETING)
@@ -194,7 +200,7 @@ def _finish(op: Operation, records: list[ReplicaRecord], removed: list[ReplicaRe
 
     db_ops: list[DbOp] = [upsert([op])]
     if records:
-        db_ops.append(_replica_upsert(records))
+        db_ops.append(replica_upsert(records))
     for r in removed:
         db_ops.append(_replica_delete(r.oid, r.storage_id))
     if items:
@@ -324,7 +330,7 @@ class RequeueInterrupted(Write):
             return Prepared([], apply, [])
         db_ops: list[DbOp] = [upsert(ops)]
         if replicas:
-            db_ops.append(_replica_upsert(replicas))
+            db_ops.append(replica_upsert(replicas))
         return Prepared(db_ops, apply, [("operation", o) for o in ops])
 
 
@@ -353,7 +359,7 @@ class MarkReplica(Write):
             inv.update_items(items)
             return replica
 
-        db_ops: list[DbOp] = [_replica_upsert([replica])]
+        db_ops: list[DbOp] = [replica_upsert([replica])]
         if items:
             db_ops.append(item_upsert(items))
         changes: list[Change] = [("replica", replica)]

@@ -18,7 +18,7 @@ from .errors import Diagnostic, PolicyError, did_you_mean, one_of
 from .schema import ANY as ANY_TYPE
 from .schema import ATTRIBUTES, OBJECTS, PHASES, Kind, Type
 from .schema import NULL as NULL_TYPE
-from .units import parse_date, parse_number, unit_factor, unit_kind
+from .units import parse_date, parse_number, scaled, unit_factor, unit_kind
 
 MAX_DEPTH = 32   # nesting of not / and / or / parentheses in one condition
 
@@ -390,7 +390,7 @@ class Checker:
             if kind != want:
                 raise self.error(lit.span, f"{setting.name} {text}: wrong kind of value", text,
                                  _SETTING_WORDS[want])
-            value = number * unit_factor(lit.unit) if lit.unit else number
+            value = scaled(number, lit.unit) if lit.unit else number
             if value <= 0:
                 raise self.error(lit.span, f"{setting.name} must be positive", text,
                                  _SETTING_WORDS[want])
@@ -624,7 +624,7 @@ class Checker:
         value = self._number(lit)
         unit = unit_kind(lit.unit) if lit.unit else "number"
         if unit != "number":
-            value = value * unit_factor(lit.unit)
+            value = scaled(value, lit.unit)
             if unit == "size" and isinstance(value, float) and value.is_integer():
                 value = int(value)
         if kind is Kind.ANY:

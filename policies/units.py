@@ -48,6 +48,15 @@ def unit_factor(unit: str) -> float:
     return SIZE_UNITS.get(unit) or DURATION_UNITS[unit]
 
 
+def scaled(value: float, unit: str) -> float:
+    """``value`` in base units. Percentages divide by 100 rather than multiply by 0.01, so that
+    70% is exactly 0.7 (70 * 0.01 is 0.7000000000000001, and `occupancy < 70%` would then hold
+    at 70.0%)."""
+    if unit == PERCENT:
+        return value / 100
+    return value * unit_factor(unit)
+
+
 def parse_number(text: str) -> int | float:
     """Value of a NUMBER token (``1_000``, ``2.5``, ``1e3``); ValueError when not finite."""
     clean = text.replace("_", "")

@@ -438,3 +438,15 @@ def test_schema_names_match_the_inventory_model() -> None:
     assert schema.REPLICA_STATES == model.REPLICA_STATES
     assert schema.STORAGE_KINDS == model.STORAGE_KINDS
     assert schema.STORAGE_STATUSES == model.STORAGE_STATUSES
+
+
+def test_percentages_are_exact_at_the_boundary():
+    """70% is 0.7 exactly: `occupancy < 70%` must not hold at 70.0% (70 * 0.01 != 0.7)."""
+    from policies import StorageView, load_policy_text
+
+    policy = load_policy_text('partition "p" { }\ndetox {\n when storage.occupancy > 90%\n'
+                              ' until storage.occupancy < 70%\n default dismiss\n}\n', "t")
+    at = StorageView.build("d", capacity=1000, used=700)
+    below = StorageView.build("d", capacity=1000, used=699)
+    assert not policy.detox.satisfied(at) and policy.detox.satisfied(below)
+    assert not policy.detox.triggered(StorageView.build("d", capacity=100, used=90))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
+import msgpack
 from aiohttp import web
 
 from inventory import model
@@ -22,8 +24,9 @@ from inventory.objects import (
 from inventory.server.auth import requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.state import state_of
-from inventory.specs import OperationRequest, RequestSpec, TokenSpec
+from inventory.specs import DetoxPlanIn, OperationRequest, RequestSpec, TokenSpec
 from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken
+from inventory.writes_cycles import ApplyDetoxPlan
 from inventory.writes_ops import CancelOperation, OperationSpec, QueueOperations
 
 routes = web.RouteTableDef()
@@ -222,6 +225,54 @@ async def list_cycles(request: web.Request) -> web.Response:
     cycles = [c for c in sorted(inv.cycles.values(), key=lambda c: -c.id)
               if kind is None or c.kind == kind][:limit]
     return respond(request, {"cycles": [cycle_json(c) for c in cycles]})
+
+
+@routes.post("/v1/cycles/detox")
+@requires("operator")
+async def apply_detox_plan(request: web.Request) -> web.Response:
+    """Detox sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
+    plan = await decode(request, DetoxPlanIn)
+    state = state_of(request)
+    cycle = await state.scheduler.write(ApplyDetoxPlan(plan))
+    if state.engine is not None:
+        state.engine.wake()
+    return respond(request, cycle_json(cycle), status=201)
+
+
+@routes.get("/v1/history/{id}/decisions")
+async def cycle_decisions(request: web.Request) -> web.Response:
+    """Every decision of a cycle, filtered by storage, rule (label) and outcome."""
+    state = state_of(request)
+    cycle = state.inventory.cycles.get(_int_path(request, "id"))
+    if cycle is None:
+        raise NotFound(f"no cycle {request.match_info['id']}", "id")
+    blob = await state.store.cycle_decisions(cycle.id)
+    columns, rows = ([], []) if blob is None else _decode_decisions(blob)
+    limit = query_int(request, "limit", 1000, 1, 100_000)
+    offset = query_int(request, "cursor", 0, 0, 2**62)
+    wanted = {k: request.query[k] for k in ("storage", "rule", "outcome") if k in request.query}
+    inv = state.inventory
+    out = []
+    next_cursor = None
+    for index in range(offset, len(rows)):
+        record = dict(zip(columns, rows[index], strict=True))
+        storage = inv.storages.get(record.get("storage_id"))
+        record["storage"] = None if storage is None else storage.name
+        if any(record.get(k) != v for k, v in wanted.items()):
+            continue
+        if len(out) == limit:
+            next_cursor = str(index)
+            break
+        out.append(record)
+    return respond(request, {"decisions": out, "cursor": next_cursor})
+
+
+def _decode_decisions(blob: bytes) -> tuple[list[str], list[list[Any]]]:
+    try:
+        data = msgpack.unpackb(zlib.decompress(blob), raw=False)
+        return list(data["columns"]), data["rows"]
+    except (zlib.error, ValueError, KeyError, TypeError, msgpack.UnpackException):
+        return [], []
 
 
 @routes.get("/v1/history/{id}")

@@ -78,6 +78,10 @@ class Store(abc.ABC):
         """The inventory version the database holds now: after a commit whose answer was lost,
         it says whether that commit happened (every commit stores its version)."""
 
+    @abc.abstractmethod
+    async def cycle_decisions(self, cycle_id: int) -> bytes | None:
+        """The compressed decisions of a cycle (kept out of memory: they can be large)."""
+
     def describe(self) -> str:
         return self.backend
 

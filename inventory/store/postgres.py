@@ -95,6 +95,11 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn:
             return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
 
+    async def cycle_decisions(self, cycle_id: int) -> bytes | None:
+        async with self._pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT decisions FROM cycle_report WHERE cycle_id = $1", cycle_id)
+
     async def committed_version(self) -> int:
         try:
             async with self._pool.acquire(timeout=10) as conn:

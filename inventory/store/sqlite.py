@@ -108,6 +108,14 @@ class SQLiteStore(Store):
     async def schema_version(self) -> int:
         return await self._run(self._schema_version)
 
+    async def cycle_decisions(self, cycle_id: int) -> bytes | None:
+        def read() -> bytes | None:
+            row = self._conn.execute("SELECT decisions FROM cycle_report WHERE cycle_id = ?",
+                                     (cycle_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(read)
+
     async def committed_version(self) -> int:
         def read() -> int:
             try:

@@ -1,0 +1,108 @@
+"""One Detox cycle as a process does it: snapshot in, plan computed, plan sent, report out.
+
+The only I/O is here (the server's snapshot and the plan's POST); the decision is
+``detox.planner.plan_cycle``. A dry run stops before the POST and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from detox.planner import DetoxPlan, plan_cycle
+from inventory import model
+from inventory.client import Client
+from policies import Policy
+
+DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
+
+
+@dataclass(slots=True)
+class CycleResult:
+    plan: DetoxPlan
+    snapshot_version: int
+    seconds: dict[str, float]
+    applied: dict[str, Any] | None  # the server's answer (None for a dry run)
+
+
+def encode_decisions(plan: DetoxPlan) -> bytes:
+    body = {"columns": DECISION_COLUMNS, "rows": [list(d) for d in plan.decisions]}
+    return zlib.compress(msgpack.packb(body, use_bin_type=True), 6)
+
+
+async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,
+                    now: float | None = None) -> CycleResult:
+    started = time.time()
+    t0 = time.perf_counter()
+    snap = await client.snapshot()
+    t1 = time.perf_counter()
+    plan = plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
+                      started if now is None else now)
+    t2 = time.perf_counter()
+    applied = None
+    if not dry_run:
+        body = {
+            "policy_name": policy.partition.name,
+            "policy_file": policy.file,
+            "policy_text": policy_text,
+            "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
+            "snapshot_version": snap.version,
+            "started": started,
+            "expirations": plan.expirations,
+            "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
+            "summary": plan.summary(),
+            "decisions": encode_decisions(plan),
+        }
+        applied = await client.post_msgpack("/v1/cycles/detox", body)
+    t3 = time.perf_counter()
+    return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
+                                            "apply": t3 - t2}, applied)
+
+
+def format_report(result: CycleResult, *, dry_run: bool) -> str:
+    """The cycle as an operator reads it: per storage before/after, what went, what blocked."""
+    plan = result.plan
+    summary = plan.summary()
+    lines = [
+        f"Detox {'dry run' if dry_run else 'cycle'} at {model.format_time(plan.now)} "
+        f"(snapshot version {result.snapshot_version}): {summary['deletions']} deletions, "
+        f"{_bytes(summary['deleted_bytes'])}, {summary['expirations']} items expired",
+        "",
+        f"{'storage':<20} {'triggered':>9} {'before':>8} {'after':>8} {'deleted':>10}  status",
+    ]
+    for s in plan.storages:
+        status = "ok" if s.satisfied else "STILL OVER: protected by " + ", ".join(
+            f"{label} ({_bytes(b)})" for label, b in
+            sorted(s.protected_bytes.items(), key=lambda kv: -kv[1])[:3])
+        lines.append(f"{s.name:<20} {'yes' if s.triggered else 'no':>9} "
+                     f"{s.occupancy_before:>7.1%} {s.occupancy_after:>7.1%} "
+                     f"{_bytes(s.deleted_bytes):>10}  {status}")
+    lines.append("")
+    lines.append("decisions by rule:")
+    for key, entry in sorted(summary["by_rule"].items(), key=lambda kv: -kv[1]["bytes"]):
+        lines.append(f"  {key:<50} {entry['replicas']:>9} replicas {_bytes(entry['bytes']):>10}")
+    if result.applied is not None:
+        applied = result.applied["summary"]
+        dropped = applied.get("dropped", {})
+        lines.append("")
+        lines.append(f"applied as cycle {result.applied['id']}: "
+                     f"{applied['applied']['deletions']} deletions queued, "
+                     f"{applied['applied']['expirations']} expirations; dropped because the "
+                     f"inventory changed: {dropped.get('changed', 0)}, by the safety re-check: "
+                     f"{dropped.get('safety', 0)}")
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
+    lines.append(f"timing: {timing}")
+    return "\n".join(lines)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"

@@ -1,0 +1,5 @@
+-- Version 4: every decision of a cycle, compressed (zlib'd msgpack columns), one row per cycle.
+CREATE TABLE cycle_report (
+    cycle_id  bigint PRIMARY KEY REFERENCES cycle (id),
+    decisions bytea NOT NULL
+);
