@@ -16,10 +16,10 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 from inventory import model
 from inventory.errors import DLMError
+from inventory.fileops.limits import FileOpsLimits
 from inventory.inventory import Inventory, Storage
 from inventory.objects import Operation
 from inventory.scheduler import Scheduler
@@ -36,18 +36,6 @@ from inventory.writes_ops import (
 )
 
 log = logging.getLogger("dlm.fileops")
-
-
-@dataclass(slots=True)
-class FileOpsLimits:
-    workers: int = 8  # operations running at once, overall
-    per_storage: int = 4  # running at once that touch one storage (as source or target)
-    max_attempts: int = 5
-    retry_base: float = 10.0  # seconds before the 2nd attempt, doubling after each failure
-    retry_max: float = 3600.0
-    unreachable_after: int = 3  # consecutive failures before a storage is left alone ...
-    unreachable_pause: float = 60.0  # ... for this long
-    poll: float = 1.0
 
 
 class Backends:
