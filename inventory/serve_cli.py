@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import yaml
 from inventory.cli import CLIError
 from inventory.fileops.limits import FileOpsLimits
 from inventory.objects import ROLES, Token
+from inventory.schedule import Job, Schedule, ScheduleError, internal_token, parse_schedule
 
 # The server itself (aiohttp, the stores, the storage backends) is imported when `dlm serve`
 # runs, not when the CLI starts: every other `dlm` command starts faster for it.
@@ -30,7 +32,7 @@ log = logging.getLogger("dlm.serve")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
-CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops"}
+CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule"}
 
 
 @dataclass(slots=True)
@@ -42,6 +44,7 @@ class ServeSettings:
     log_level: str = "info"
     tokens: list[dict[str, Any]] = field(default_factory=list)
     fileops: dict[str, Any] = field(default_factory=dict)
+    schedule: list[Any] = field(default_factory=list)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -89,6 +92,10 @@ def read_config(path: str) -> dict[str, Any]:
         raise CLIError(f"{path}: port: expected an integer")
     config_tokens(data.get("tokens", []), path)  # fail now, not at start
     fileops_limits(data.get("fileops", {}), path)
+    try:
+        parse_schedule(data.get("schedule"), path)
+    except ScheduleError as exc:
+        raise CLIError(str(exc)) from None
     return data
 
 
@@ -146,7 +153,8 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(serve(config, settings.host, settings.port))
+        runner(serve(config, settings.host, settings.port,
+                     parse_schedule(settings.schedule, "config")))
     except SchemaError as exc:
         raise CLIError(str(exc)) from None
     except StoreError as exc:
@@ -157,7 +165,8 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(config: ServerConfig, host: str, port: int) -> None:
+async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | None = None
+                ) -> None:
     from aiohttp import web
 
     from inventory.server.app import make_app
@@ -181,6 +190,15 @@ async def serve(config: ServerConfig, host: str, port: int) -> None:
         print(f"dlm inventory server ready at {url} (db: {config.store.describe()}; "
               f"auth: {auth})", file=sys.stdout, flush=True)
         log.info("listening", extra={"url": url, "db": config.store.describe()})
+        schedule = None
+        if jobs:
+            token = internal_token()
+            app[STATE].internal_token_hash = hashlib.sha256(token.encode()).hexdigest()
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            schedule = Schedule(jobs, f"http://{local}:{port}", token)
+            schedule.start()
+            log.info("schedule started", extra={"jobs": [f"{j.kind} {j.policy} every "
+                                                         f"{j.every:g}s" for j in jobs]})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,5 +206,7 @@ async def serve(config: ServerConfig, host: str, port: int) -> None:
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping")
+        if schedule is not None:
+            await schedule.stop()
     finally:
         await runner.cleanup()

@@ -62,7 +62,11 @@ async def authenticate(request: web.Request, handler: Callable) -> web.StreamRes
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("this needs a token: send 'Authorization: Bearer TOKEN'",
                            "Authorization")
-    token = inv.token_by_hash.get(hashlib.sha256(secret.strip().encode()).hexdigest())
+    digest = hashlib.sha256(secret.strip().encode()).hexdigest()
+    if state.internal_token_hash and digest == state.internal_token_hash:
+        request[IDENTITY] = ("scheduler", "operator")  # the server's own scheduled cycles
+        return await handler(request)
+    token = inv.token_by_hash.get(digest)
     if token is None:
         raise Unauthorized("unknown token", "Authorization")
     if token.expires_at is not None and token.expires_at <= model.now():

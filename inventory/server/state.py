@@ -25,6 +25,7 @@ class ServerState:
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     engine: Any = None  # the FileOpsEngine, when this server runs one
+    internal_token_hash: str | None = None  # of the token the server's scheduled cycles use
 
 
 STATE = web.AppKey("state", ServerState)
