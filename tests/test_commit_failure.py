@@ -325,13 +325,22 @@ async def test_sqlite_locked_past_busy_timeout_refuses_writes_and_keeps_serving_
 
 
 class CommitCutter:
-    """A TCP proxy in front of PostgreSQL. Once ``armed``, it forwards the next COMMIT, waits
-    for PostgreSQL to answer that it committed, and then cuts the connection instead of passing
-    the answer on: the transaction is durable, but its client cannot know (an "in-doubt" commit,
-    what a network failure or a crash of PostgreSQL at the wrong moment produces)."""
+    """A TCP proxy in front of PostgreSQL that breaks one connection around a COMMIT.
 
-    def __init__(self, host: str, port: int) -> None:
+    Once ``armed`` it forwards the next COMMIT and then, with ``where``:
+    - ``"before-answer"``: waits for PostgreSQL to answer that it committed and cuts the
+      connection instead of passing the answer on: the transaction is durable but its client
+      cannot know (an "in-doubt" commit, what a network failure or a crash of PostgreSQL at the
+      wrong moment produces);
+    - ``"after-answer"``: passes the answer on, and cuts the connection at the client's next
+      message on it (asyncpg's pool resets a connection it is given back: a crash a moment
+      after the commit).
+    """
+
+    def __init__(self, host: str, port: int, where: str) -> None:
+        assert where in ("before-answer", "after-answer")
         self.target = (host, port)
+        self.where = where
         self.armed = False
         self.fired = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -351,28 +360,33 @@ class CommitCutter:
     async def _handle(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(*self.target)
-        cutting = asyncio.Event()
+        committing = asyncio.Event()  # this connection sent the COMMIT to break around
+
+        def cut() -> None:
+            self.fired.set()
+            client_w.transport.abort()
+            server_w.close()
 
         async def upstream() -> None:
             while data := await client_r.read(65536):
+                if committing.is_set() and self.where == "after-answer":
+                    return cut()  # the first message after the committed transaction
                 if self.armed and b"COMMIT" in data:
                     self.armed = False
-                    cutting.set()
+                    committing.set()
                 server_w.write(data)
                 await server_w.drain()
             server_w.close()
 
         async def downstream() -> None:
             while data := await server_r.read(65536):
-                if cutting.is_set():
+                if committing.is_set() and self.where == "before-answer":
                     if b"COMMIT" in data:  # CommandComplete: the transaction is durable
-                        self.fired.set()
-                        break
+                        return cut()
                     continue
                 client_w.write(data)
                 await client_w.drain()
             client_w.transport.abort()
-            server_w.close()
 
         tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
         self._tasks.update(tasks)
@@ -380,11 +394,19 @@ class CommitCutter:
 
 
 @pytest.mark.postgres
-async def test_in_doubt_commit_leaves_memory_equal_to_the_database(pg_url, server_process):
+@pytest.mark.parametrize("where", [
+    "before-answer",
+    pytest.param("after-answer", marks=pytest.mark.xfail(strict=True, reason=(
+        "PostgresStore.commit: an error while the pool resets the connection after a "
+        "successful COMMIT (the release in `async with pool.acquire()`) is reported as "
+        "StoreUnavailable: the client gets 503 and memory misses a committed write"))),
+])
+async def test_in_doubt_commit_leaves_memory_equal_to_the_database(pg_url, server_process,
+                                                                   where):
     head, _, database = pg_url.rpartition("/")
     host_port = head.rpartition("@")[2]
     host, _, port = host_port.partition(":")
-    cutter = CommitCutter(host, int(port or 5432))
+    cutter = CommitCutter(host, int(port or 5432), where)
     proxy_port = await cutter.start()
     try:
         db_url = f"{head.rpartition('@')[0]}@127.0.0.1:{proxy_port}/{database}"
@@ -397,7 +419,7 @@ async def test_in_doubt_commit_leaves_memory_equal_to_the_database(pg_url, serve
         async with aiohttp.ClientSession() as session:
             cutter.armed = True
             status, body = await post(session, srv.url, item("in-doubt"))
-            assert cutter.fired.is_set(), "the proxy did not cut a COMMIT"
+            assert cutter.fired.is_set(), "the proxy did not cut the connection"
             # The database is reachable again at once: the next write goes through.
             later_status, _ = await post(session, srv.url, item("later"))
             assert later_status == 201
