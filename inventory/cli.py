@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inventory.cli_token",
     "policies.cli",
     "detox.cli",
+    "dealer.cli",
 )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("dlm.schedule")
-KINDS = ("detox",)
+KINDS = ("detox", "dealer")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -141,3 +141,18 @@ class DetoxPlanIn(msgspec.Struct, forbid_unknown_fields=True):
     deletions: list[tuple[str, int, str, int]]  # oid, storage id, rule label, rule line
     summary: dict[str, Any]
     decisions: bytes  # zlib-compressed msgpack: {"columns": [...], "rows": [...]}
+
+
+class DealerPlanIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A Dealer cycle's plan, sent by the Dealer process to be applied as one write."""
+
+    policy_name: str
+    policy_file: str
+    policy_text: str
+    policy_sha256: str
+    snapshot_version: Annotated[int, msgspec.Meta(ge=0)]
+    started: float
+    copies: list[tuple[str, int, int | None, str, int]]  # oid, target, source, reason, line
+    requests_done: list[int]
+    summary: dict[str, Any]
+    decisions: bytes

@@ -9,20 +9,47 @@ deletion of the same plan as done. Everything else is dropped and counted, never
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from inventory import model, validate
-from inventory.errors import BadRequest
+from inventory.errors import BadRequest, DLMError
 from inventory.inventory import Inventory
-from inventory.objects import Cycle, Operation
+from inventory.objects import CopyRequest, Cycle, Operation
 from inventory.records import ItemRecord, ReplicaRecord
-from inventory.specs import DetoxPlanIn
+from inventory.specs import DealerPlanIn, DetoxPlanIn
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
 from inventory.writes import Change, Pending, Prepared, Write, item_upsert
-from inventory.writes_ops import DELETING, deletion_refusal, replica_upsert
+from inventory.writes_ops import (
+    DELETING,
+    OperationSpec,
+    QueueOperations,
+    deletion_refusal,
+    replica_upsert,
+)
 
 SETTLED = {model.COMPLETE, model.REPLICA_STATE["corrupt"], model.REPLICA_STATE["missing"]}
+
+
+def _check_hash(plan: DetoxPlanIn | DealerPlanIn) -> None:
+    if hashlib.sha256(plan.policy_text.encode()).hexdigest() != plan.policy_sha256:
+        raise BadRequest("policy_sha256 is not the hash of policy_text", "policy_sha256")
+
+
+def _cycle(kind: str, plan: DetoxPlanIn | DealerPlanIn, inv: Inventory, pending: Pending,
+           summary: dict, now: float) -> tuple[Cycle, list[DbOp]]:
+    """The cycle record and its compressed decisions (the cycle row first: the report refers
+    to it)."""
+    summary = {**plan.summary, **summary,
+               "policy": {"name": plan.policy_name, "file": plan.policy_file,
+                          "sha256": plan.policy_sha256},
+               "snapshot_version": plan.snapshot_version}
+    cycle = Cycle(pending.next_id("cycle", inv.cycles), kind, plan.started, now,
+                  plan.policy_text, summary)
+    return cycle, [upsert([cycle]),
+                   UpsertRows("cycle_report", ("cycle_id", "decisions"), ("cycle_id",),
+                              [(cycle.id, plan.decisions)])]
 
 
 class ApplyDetoxPlan(Write):
@@ -31,8 +58,7 @@ class ApplyDetoxPlan(Write):
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         plan = self.plan
-        if hashlib.sha256(plan.policy_text.encode()).hexdigest() != plan.policy_sha256:
-            raise BadRequest("policy_sha256 is not the hash of policy_text", "policy_sha256")
+        _check_hash(plan)
         now = model.now()
         items: dict[int, ItemRecord] = {}
         dropped = {"not_due": 0, "changed": 0, "safety": 0}
@@ -67,17 +93,10 @@ class ApplyDetoxPlan(Write):
                                  None, now, now))
         pending.deleting.update(deleting)
         pending.items.update(items)
-        summary = dict(plan.summary)
-        summary.update({
-            "policy": {"name": plan.policy_name, "file": plan.policy_file,
-                       "sha256": plan.policy_sha256},
-            "snapshot_version": plan.snapshot_version,
+        cycle, db_ops = _cycle("detox", plan, inv, pending, {
             "applied": {"expirations": len(items), "deletions": len(ops),
                         "deleted_bytes": sum(r.size or 0 for r in replicas)},
-            "dropped": dropped,
-        })
-        cycle = Cycle(pending.next_id("cycle", inv.cycles), "detox", plan.started, now,
-                      plan.policy_text, summary)
+            "dropped": dropped}, now)
         expired = list(items.values())
 
         def apply(inv: Inventory) -> Cycle:
@@ -89,9 +108,6 @@ class ApplyDetoxPlan(Write):
             inv.put_object(cycle)
             return cycle
 
-        db_ops: list[DbOp] = [upsert([cycle])]
-        db_ops.append(UpsertRows("cycle_report", ("cycle_id", "decisions"), ("cycle_id",),
-                                 [(cycle.id, plan.decisions)]))
         if expired:
             db_ops.append(item_upsert(expired))
         if replicas:
@@ -103,3 +119,77 @@ class ApplyDetoxPlan(Write):
         changes.extend(("operation", o) for o in ops)
         changes.append(("cycle", cycle))
         return Prepared(db_ops, apply, changes, rows=len(ops) + len(expired))
+
+
+class ApplyDealerPlan(Write):
+    """Queue a Dealer cycle's copies that still make sense, and close satisfied requests."""
+
+    def __init__(self, plan: DealerPlanIn) -> None:
+        self.plan = plan
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        plan = self.plan
+        _check_hash(plan)
+        now = model.now()
+        dropped = {"changed": 0}
+        claimed: set[tuple[int, int]] = set()
+        replicas: list[ReplicaRecord] = []
+        ops: list[Operation] = []
+        for index, (text, target_id, source_id, reason, _line) in enumerate(plan.copies):
+            oid = validate.uuid_value(text, f"copies[{index}]")
+            row = inv.row_of_oid(oid)
+            target = inv.storages.get(target_id)
+            key = (oid, target_id)
+            if row is None or target is None or key in claimed or key in pending.new_replicas:
+                dropped["changed"] += 1
+                continue
+            spec = OperationSpec("copy", oid, target_id, source_id)
+            try:
+                replica = QueueOperations.copy_replica(
+                    inv, spec, row, target, inv.replica_row(oid, target_id), "", now)
+            except DLMError:
+                dropped["changed"] += 1  # the inventory moved since the snapshot
+                continue
+            claimed.add(key)
+            replicas.append(replica)
+            origin = "user" if reason.startswith("request") else "dealer"
+            ops.append(Operation(pending.next_id("operation", inv.operations), "copy", oid,
+                                 source_id, target_id, origin, "queued", 0, None, now, now))
+        pending.new_replicas.update(claimed)
+        done = []
+        for request_id in plan.requests_done:
+            request = inv.requests.get(request_id)
+            if request is not None and request.state == "pending" and _satisfied(inv, request):
+                done.append(dataclasses.replace(request, state="done", updated=now))
+        cycle, db_ops = _cycle("dealer", plan, inv, pending, {
+            "applied": {"copies": len(ops), "bytes": sum(r.size or 0 for r in replicas),
+                        "requests_done": len(done)},
+            "dropped": dropped}, now)
+
+        def apply(inv: Inventory) -> Cycle:
+            inv.add_replicas(replicas)
+            for obj in (*ops, *done, cycle):
+                inv.put_object(obj)
+            return cycle
+
+        if replicas:
+            db_ops.append(replica_upsert(replicas))
+        if ops:
+            db_ops.append(upsert(ops))
+        if done:
+            db_ops.append(upsert(done))
+        changes: list[Change] = [("replica", r) for r in replicas]
+        changes.extend(("operation", o) for o in ops)
+        changes.extend(("request", r) for r in done)
+        changes.append(("cycle", cycle))
+        return Prepared(db_ops, apply, changes, rows=len(ops))
+
+
+def _satisfied(inv: Inventory, request: CopyRequest) -> bool:
+    """Every file the request covers has a complete copy on its storage."""
+    row = inv.row_of_oid(request.oid)
+    if row is None:
+        return False
+    rows = inv.child_rows(row) if inv.i_type[row] == model.CONTAINER else [row]
+    return all(any(inv.r_storage[r] == request.storage_id and inv.r_state[r] == model.COMPLETE
+                   for r in inv.replica_rows_of_item(x)) for x in rows)

@@ -102,7 +102,7 @@ class QueueOperations(Write):
             claimed.add(key)
             existing = inv.replica_row(spec.oid, spec.target_id)
             if spec.kind == "copy":
-                replica = self._copy(inv, spec, row, target, existing, where, now)
+                replica = self.copy_replica(inv, spec, row, target, existing, where, now)
             elif spec.kind == "delete":
                 replica = self._delete(inv, spec, existing, target, where, deleting)
                 deleting.add(key)
@@ -132,8 +132,9 @@ class QueueOperations(Write):
         return Prepared(db_ops, apply, changes, rows=len(ops))
 
     @staticmethod
-    def _copy(inv: Inventory, spec: OperationSpec, row: int, target, existing, where: str,
-              now: float) -> ReplicaRecord:
+    def copy_replica(inv: Inventory, spec: OperationSpec, row: int, target, existing,
+                     where: str, now: float) -> ReplicaRecord:
+        """The pending target replica of a copy, or a DLMError saying why it cannot be."""
         if inv.i_state[row] not in (model.READY, model.CORRUPTED):
             raise Conflict(f"{inv.i_name[row]!r} is {model.ITEM_STATES[inv.i_state[row]]}: "
                            f"only READY items are copied", where + "item")

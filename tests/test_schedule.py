@@ -45,7 +45,7 @@ async def test_the_server_runs_detox_on_its_schedule_even_with_tokens(tmp_path,
 @pytest.mark.parametrize(("content", "message"), [
     ("schedule: 5\n", "expected a list"),
     ("schedule:\n  - detox: /no/such.policy\n    every: 1h\n", "no policy file"),
-    ("schedule:\n  - dealer: x\n    every: 1h\n", "expected one of detox"),
+    ("schedule:\n  - consistency: x\n    every: 1h\n", "expected one of detox, dealer"),
     ("schedule:\n  - detox: {p}\n    every: often\n", "every: expected a duration"),
 ])
 def test_bad_schedule_config(tmp_path, content, message):

@@ -24,9 +24,9 @@ from inventory.objects import (
 from inventory.server.auth import requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.state import state_of
-from inventory.specs import DetoxPlanIn, OperationRequest, RequestSpec, TokenSpec
+from inventory.specs import DealerPlanIn, DetoxPlanIn, OperationRequest, RequestSpec, TokenSpec
 from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken
-from inventory.writes_cycles import ApplyDetoxPlan
+from inventory.writes_cycles import ApplyDealerPlan, ApplyDetoxPlan
 from inventory.writes_ops import CancelOperation, OperationSpec, QueueOperations
 
 routes = web.RouteTableDef()
@@ -234,6 +234,18 @@ async def apply_detox_plan(request: web.Request) -> web.Response:
     plan = await decode(request, DetoxPlanIn)
     state = state_of(request)
     cycle = await state.scheduler.write(ApplyDetoxPlan(plan))
+    if state.engine is not None:
+        state.engine.wake()
+    return respond(request, cycle_json(cycle), status=201)
+
+
+@routes.post("/v1/cycles/dealer")
+@requires("operator")
+async def apply_dealer_plan(request: web.Request) -> web.Response:
+    """Dealer sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
+    plan = await decode(request, DealerPlanIn)
+    state = state_of(request)
+    cycle = await state.scheduler.write(ApplyDealerPlan(plan))
     if state.engine is not None:
         state.engine.wake()
     return respond(request, cycle_json(cycle), status=201)

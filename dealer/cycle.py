@@ -1,0 +1,90 @@
+"""One Dealer cycle as a process does it: snapshot, storages' reliability and open copy
+requests in; plan computed; plan sent; report out. The decision is ``dealer.planner``."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from dealer.planner import DealerPlan, plan_cycle
+from inventory import model
+from inventory.client import Client
+from policies import Policy
+
+DECISION_COLUMNS = ("oid", "target_id", "source_id", "rule", "line", "size")
+
+
+@dataclass(slots=True)
+class CycleResult:
+    plan: DealerPlan
+    snapshot_version: int
+    seconds: dict[str, float]
+    applied: dict[str, Any] | None
+
+
+def encode_decisions(plan: DealerPlan) -> bytes:
+    rows = [[c.oid, c.target_id, c.source_id, c.reason, c.line, c.size] for c in plan.copies]
+    return zlib.compress(msgpack.packb({"columns": DECISION_COLUMNS, "rows": rows},
+                                       use_bin_type=True), 6)
+
+
+async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,
+                    now: float | None = None) -> CycleResult:
+    started = time.time()
+    t0 = time.perf_counter()
+    snap = await client.snapshot()
+    storages = await client.request("GET", "/v1/storages")
+    requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
+    t1 = time.perf_counter()
+    reliability = {s["name"]: s.get("reliability") or {} for s in storages["storages"]}
+    plan = plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
+                      started if now is None else now, reliability=reliability,
+                      requests=requests["requests"])
+    t2 = time.perf_counter()
+    applied = None
+    if not dry_run:
+        applied = await client.post_msgpack("/v1/cycles/dealer", {
+            "policy_name": policy.partition.name, "policy_file": policy.file,
+            "policy_text": policy_text,
+            "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
+            "snapshot_version": snap.version, "started": started,
+            "copies": [[c.oid, c.target_id, c.source_id, c.reason, c.line]
+                       for c in plan.copies],
+            "requests_done": plan.requests_done, "summary": plan.summary(),
+            "decisions": encode_decisions(plan),
+        })
+    t3 = time.perf_counter()
+    return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
+                                            "apply": t3 - t2}, applied)
+
+
+def format_report(result: CycleResult, *, dry_run: bool) -> str:
+    plan = result.plan
+    summary = plan.summary()
+    lines = [
+        f"Dealer {'dry run' if dry_run else 'cycle'} at {model.format_time(plan.now)} "
+        f"(snapshot version {result.snapshot_version}): {summary['copies']} copies, "
+        f"{summary['bytes']} bytes, {summary['requests_done']} requests done",
+        "",
+        f"{'storage':<20} {'status':>9} {'before':>8} {'after':>8} {'copies in':>10}",
+    ]
+    for s in plan.storages:
+        lines.append(f"{s['name']:<20} {s['status']:>9} {s['occupancy_before']:>7.1%} "
+                     f"{s['occupancy_after']:>7.1%} {s['queued_copies']:>10}")
+    lines.append("")
+    for reason, entry in sorted(summary["by_reason"].items()):
+        lines.append(f"  {reason:<40} {entry['copies']:>8} copies {entry['bytes']:>14} bytes")
+    for reason, count in sorted(summary["unmet"].items()):
+        lines.append(f"  no room for {count} item(s): {reason}")
+    if result.applied is not None:
+        applied = result.applied["summary"]
+        lines.append(f"applied as cycle {result.applied['id']}: "
+                     f"{applied['applied']['copies']} copies queued, "
+                     f"{applied['dropped']['changed']} dropped because the inventory changed")
+    lines.append("timing: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items()))
+    return "\n".join(lines)
