@@ -334,7 +334,9 @@ def fmt_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def verdict(ok: bool) -> str:
+def verdict(ok: bool, applies: bool = True) -> str:
+    if not applies:
+        return "(target is for 1M items)"
     return "met" if ok else "MISSED"
 
 
@@ -431,6 +433,7 @@ def report(r: dict, args: argparse.Namespace) -> None:
     if "load" in r:
         ld, fe, co, li = r["load"], r["fetch"], r["copy_out"], r["load_items"]
         n_items, n_reps = ld["items"], ld["replicas"]
+        full = n_items >= 1_000_000
         total = ld["rss_after"] - ld["rss_before"]
         item_bytes = (li["rss_after"] - li["rss_before"]) / li["items"]
         per_replica = total / n_reps if n_reps else float("nan")
@@ -442,14 +445,15 @@ def report(r: dict, args: argparse.Namespace) -> None:
             (f"load {n_items:,} items + {n_reps:,} replicas",
              f"{ld['seconds']:.2f} s ({(n_items + n_reps) / ld['seconds'] / 1e3:.0f}k rows/s)",
              f"raw fetch {fe['seconds']:.2f} s", f"{ld['seconds'] / fe['seconds']:.2f}x",
-             f"< {TARGET_LOAD_S:.0f} s", verdict(ld["seconds"] < TARGET_LOAD_S)),
+             f"< {TARGET_LOAD_S:.0f} s", verdict(ld["seconds"] < TARGET_LOAD_S, full)),
             ("", "", f"raw binary COPY TO {co['seconds']:.2f} s",
              f"{ld['seconds'] / co['seconds']:.2f}x", "", ""),
             ("  CPU time of the loading process", f"{ld['cpu']:.2f} s",
              f"raw fetch {fe['cpu']:.2f} s", f"{ld['cpu'] / fe['cpu']:.2f}x", "", ""),
             ("memory, total (RSS delta)", f"{total / 2**20:.0f} MB", "", "", "", ""),
             ("bytes per replica, item costs included", f"{per_replica:.0f} B", "", "",
-             f"< {TARGET_BYTES_PER_REPLICA} B", verdict(per_replica < TARGET_BYTES_PER_REPLICA)),
+             f"< {TARGET_BYTES_PER_REPLICA} B",
+             verdict(per_replica < TARGET_BYTES_PER_REPLICA, full)),
             ("bytes per item (items alone)", f"{item_bytes:.0f} B", "", "", "", ""),
             ("bytes per replica on top of its item",
              f"{(total - item_bytes * n_items) / n_reps:.0f} B", "", "", "", ""),
