@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dealer.planner import plan_cycle
 from inventory import model
-from policies import load_policy_text
+from policies import StorageView, load_policy_text
 
 NOW = 1_800_000_000.0
 PHASES = list(model.PHASES)
@@ -44,7 +44,7 @@ def grids(draw):
     return storages, items, replicas, load_policy_text(text, "random.policy"), target / 100
 
 
-def used_by_storage(storages, replicas, items):
+def used_by_storage(replicas):
     used = defaultdict(int)
     for r in replicas:
         used[r[2]] += r[5]
@@ -56,7 +56,7 @@ def used_by_storage(storages, replicas, items):
 def test_no_plan_overfills_a_storage_or_its_quota(grid):
     storages, items, replicas, policy, target = grid
     plan = plan_cycle(policy, storages, items, replicas, NOW)
-    used = used_by_storage(storages, replicas, items)
+    used = used_by_storage(replicas)
     added = defaultdict(int)
     for copy in plan.copies:
         added[copy.target_id] += copy.size
@@ -67,7 +67,6 @@ def test_no_plan_overfills_a_storage_or_its_quota(grid):
         assert status[sid] == "online", "a copy to a storage that is not online"
         limit = target * capacity[sid]
         assert used[sid] + extra <= limit + 1e-9, (sid, used[sid], extra, limit)
-        from policies import StorageView
         q = quota(StorageView.build(f"s{sid}", capacity=capacity[sid]))
         if q:
             assert used[sid] + extra <= q
@@ -80,7 +79,7 @@ def test_no_plan_overfills_a_storage_or_its_quota(grid):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(grids())
 def test_items_reach_their_target_phase_when_space_allows(grid):
-    storages, items, replicas, policy, target = grid
+    storages, items, replicas, policy, _target = grid
     plan = plan_cycle(policy, storages, items, replicas, NOW)
     weight = {s[0]: model.PHASE_WEIGHT[model.PHASE[s[5]]] for s in storages}
     where = defaultdict(set)
