@@ -14,7 +14,14 @@ from inventory.fileops.engine import FileOpsEngine, FileOpsLimits
 from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.scheduler import Scheduler
-from inventory.server import routes_admin, routes_core, routes_feed, routes_items, routes_openapi
+from inventory.server import (
+    metrics,
+    routes_admin,
+    routes_core,
+    routes_feed,
+    routes_items,
+    routes_openapi,
+)
 from inventory.server.auth import authenticate
 from inventory.server.middleware import errors_as_json
 from inventory.server.state import STATE, ServerState
@@ -38,9 +45,11 @@ class ServerConfig:
 
 
 def make_app(config: ServerConfig) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, authenticate],
+    app = web.Application(middlewares=[metrics.measure, errors_as_json, authenticate],
                           client_max_size=config.max_body)
-    for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi):
+    metrics.install(app, lambda: app.get(STATE))
+    for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,
+                   metrics):
         app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,42 @@
+"""GET /metrics: Prometheus text with the inventory, storages, operations and latencies."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+
+async def scrape(url):
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_metrics_follow_the_inventory(server):
+    c = server.client
+    await c.add_storage(name="d1", kind="posix", root="/d1", capacity=1000)
+    await c.add_items([{"item_name": f"m/{i}", "storage": "d1", "size": 10} for i in range(5)])
+    await c.add_item(item_name="m/init")
+    m = await scrape(server.url)
+    assert m[("dlm_items", (("state", "READY"),))] == 5
+    assert m[("dlm_items", (("state", "INITIALISED"),))] == 1
+    assert m[("dlm_replicas", (("state", "complete"),))] == 5
+    assert m[("dlm_storage_used_bytes", (("storage", "d1"),))] == 50
+    assert m[("dlm_storage_capacity_bytes", (("storage", "d1"),))] == 1000
+    assert m[("dlm_write_transactions_total", ())] >= 3
+    assert m[("dlm_commit_in_doubt", ())] == 0
+    route = (("method", "POST"), ("route", "/v1/items"))
+    assert m[("dlm_http_request_seconds_count", route)] == 2
+
+
+async def test_metrics_need_a_reader_token_once_tokens_exist(sqlite_server):
+    await sqlite_server.client.request("POST", "/v1/tokens", json={"name": "o",
+                                                                   "role": "operator"})
+    async with aiohttp.ClientSession() as s, s.get(sqlite_server.url + "/metrics") as resp:
+        assert resp.status == 401
