@@ -61,7 +61,8 @@ class ApplyDetoxPlan(Write):
         _check_hash(plan)
         now = model.now()
         items: dict[int, ItemRecord] = {}
-        dropped = {"not_due": 0, "changed": 0, "safety": 0}
+        dropped = {"not_due": 0, "changed": 0, "safety": 0, "pinned": 0}
+        pins = pinned(inv, now)
         for index, text in enumerate(plan.expirations):
             oid = validate.uuid_value(text, f"expirations[{index}]")
             rec = pending.item(inv, oid)
@@ -82,8 +83,11 @@ class ApplyDetoxPlan(Write):
                 dropped["changed"] += 1
                 continue
             item = items.get(oid) or pending.item(inv, oid)
-            if item.state not in (model.EXPIRED, model.DELETED) and \
-                    deletion_refusal(inv, oid, storage_id, deleting):
+            live = item.state not in (model.EXPIRED, model.DELETED)
+            if live and key in pins:
+                dropped["pinned"] += 1  # a user asked for this copy until a later time
+                continue
+            if live and deletion_refusal(inv, oid, storage_id, deleting):
                 dropped["safety"] += 1
                 continue
             deleting.add(key)
@@ -183,6 +187,22 @@ class ApplyDealerPlan(Write):
         changes.extend(("request", r) for r in done)
         changes.append(("cycle", cycle))
         return Prepared(db_ops, apply, changes, rows=len(ops))
+
+
+def pinned(inv: Inventory, now: float) -> set[tuple[int, int]]:
+    """(oid, storage id) of copies that open or served copy requests pin until a later time
+    (a container's request pins its members)."""
+    out: set[tuple[int, int]] = set()
+    for request in inv.requests.values():
+        if request.state not in ("pending", "done") or request.pin_until is None \
+                or request.pin_until <= now:
+            continue
+        row = inv.row_of_oid(request.oid)
+        if row is None:
+            continue
+        rows = inv.child_rows(row) if inv.i_type[row] == model.CONTAINER else [row]
+        out.update((inv.i_oid[r], request.storage_id) for r in rows)
+    return out
 
 
 def _satisfied(inv: Inventory, request: CopyRequest) -> bool:
