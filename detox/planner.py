@@ -19,9 +19,11 @@ The algorithm is Dynamo's, with its gaps closed:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from inventory import model
@@ -29,6 +31,8 @@ from inventory.feed import WIRE_ITEM_FIELDS as IF
 from inventory.feed import WIRE_REPLICA_FIELDS as RF
 from inventory.feed import WIRE_STORAGE_FIELDS as SF
 from policies import DELETE, DISMISS, IGNORE, PROTECT, ItemView, Policy, ReplicaView, StorageView
+from policies.context import EMPTY
+from policies.model import Rule
 
 DEFAULT_HALF_LIFE = 7 * 86400.0
 SAFETY_LAST_COPY = "safety: last complete copy"
@@ -84,6 +88,78 @@ class StorageOutcome:
         }
 
 
+class Decisions(Sequence[tuple[str, int, str, str, int, int]]):
+    """Every replica's decision, kept column-wise (a reference to the replica's wire record, a
+    code and a size: ~20 bytes a decision instead of a ~150-byte tuple), read as a sequence of
+    ``(uid, storage id, outcome, rule label, rule line, size)`` tuples."""
+
+    __slots__ = ("_code_of", "_totals", "codes", "kinds", "replicas", "sizes")
+
+    def __init__(self) -> None:
+        self.replicas: list[Sequence[Any]] = []  # wire records: uid and storage id are read here
+        self.codes = array("i")  # index into ``kinds``
+        self.sizes = array("q")
+        self.kinds: list[tuple[str, str, int]] = []  # (outcome, label, line)
+        self._code_of: dict[tuple[str, str, int], int] = {}
+        self._totals: tuple[int, list[int], list[int]] | None = None
+
+    def code(self, outcome: str, label: str, line: int) -> int:
+        key = (outcome, label, line)
+        code = self._code_of.get(key)
+        if code is None:
+            code = self._code_of[key] = len(self.kinds)
+            self.kinds.append(key)
+        return code
+
+    def add(self, replica: Sequence[Any], code: int, size: int) -> None:
+        self.replicas.append(replica)
+        self.codes.append(code)
+        self.sizes.append(size)
+
+    def append(self, decision: Sequence[Any]) -> None:
+        """Add one ``(uid, storage id, outcome, label, line, size)`` decision."""
+        uid, sid, outcome, label, line, size = decision
+        record: list[Any] = [None] * len(RF)
+        record[_R["uid"]], record[_R["storage_id"]] = uid, sid
+        self.add(record, self.code(outcome, label, line), size)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return list(self.rows(*index.indices(len(self))[:2]))
+        record = self.replicas[index]
+        outcome, label, line = self.kinds[self.codes[index]]
+        return (record[_R["uid"]], record[_R["storage_id"]], outcome, label, line,
+                self.sizes[index])
+
+    def __iter__(self) -> Iterator[tuple[str, int, str, str, int, int]]:
+        return self.rows(0, len(self))
+
+    def rows(self, lo: int, hi: int) -> Iterator[tuple[str, int, str, str, int, int]]:
+        """Decisions ``lo`` to ``hi`` as tuples (built in C: zip and map)."""
+        records, codes = self.replicas[lo:hi], self.codes[lo:hi]
+        kinds = self.kinds
+        return zip(map(itemgetter(_R["uid"]), records),
+                   map(itemgetter(_R["storage_id"]), records),
+                   map([k[0] for k in kinds].__getitem__, codes),
+                   map([k[1] for k in kinds].__getitem__, codes),
+                   map([k[2] for k in kinds].__getitem__, codes), self.sizes[lo:hi], strict=True)
+
+    def totals(self) -> tuple[list[int], list[int]]:
+        """Decisions and bytes per code."""
+        if self._totals is None or self._totals[0] != len(self):
+            count = [0] * len(self.kinds)
+            size = [0] * len(self.kinds)
+            for code, n in Counter(self.codes).items():
+                count[code] = n
+            for code, b in zip(self.codes, self.sizes, strict=True):
+                size[code] += b
+            self._totals = (len(self), count, size)
+        return self._totals[1], self._totals[2]
+
+
 @dataclass(slots=True)
 class DetoxPlan:
     now: float
@@ -91,16 +167,20 @@ class DetoxPlan:
     deletions: list[Deletion] = field(default_factory=list)
     storages: list[StorageOutcome] = field(default_factory=list)
     # per replica: (uid, storage id, outcome, rule label, rule line, size)
-    decisions: list[tuple[str, int, str, str, int, int]] = field(default_factory=list)
+    decisions: Decisions = field(default_factory=Decisions)
 
     def summary(self) -> dict[str, Any]:
         by_rule: dict[str, dict[str, int]] = defaultdict(lambda: {"replicas": 0, "bytes": 0})
         outcomes: dict[str, int] = defaultdict(int)
-        for _uid, _sid, outcome, label, _line, size in self.decisions:
+        count, size = self.decisions.totals()
+        for (outcome, label, _line), n, b in zip(self.decisions.kinds, count, size,
+                                                 strict=True):
+            if not n:
+                continue
             entry = by_rule[f"{outcome}: {label}"]
-            entry["replicas"] += 1
-            entry["bytes"] += size
-            outcomes[outcome] += 1
+            entry["replicas"] += n
+            entry["bytes"] += b
+            outcomes[outcome] += n
         return {
             "expirations": len(self.expirations),
             "deletions": len(self.deletions),
@@ -118,88 +198,133 @@ def decayed_popularity(count: int, last: float | None, now: float, half_life: fl
     return count * math.pow(0.5, max(now - last, 0.0) / half_life)
 
 
+# Per item, the complete copies and the sum of their phase weights, packed in one int.
+_SHIFT = 20  # weights (at most 4 per copy, 65535 storages) stay under 2**20
+_WEIGHT = (1 << _SHIFT) - 1
+_PHASE_OF_WEIGHT = tuple(model.PHASES[model.phase_of_weights(w)] for w in range(5))
+
+
 def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                items: Mapping[str, Sequence[Any]], replicas: Iterable[Sequence[Any]],
                now: float) -> DetoxPlan:
-    """The deletions of one Detox cycle over a snapshot's wire records."""
+    """The deletions of one Detox cycle over a snapshot's wire records.
+
+    Memory beyond the snapshot: one int per item (complete copies and phase weight), the
+    decisions column-wise, the candidates of triggered storages and the deletions. The views
+    the policy reads are two reused objects, refilled per item and per replica (the generated
+    ``decide`` and ``sort_key`` keep no reference to them)."""
     detox, partition = policy.detox, policy.partition
     half_life = (policy.dealer.popularity.half_life
                  if policy.dealer is not None and policy.dealer.popularity is not None
                  else DEFAULT_HALF_LIFE)
     plan = DetoxPlan(now)
+    if not isinstance(replicas, Collection):
+        replicas = list(replicas)
     storage_by_id = {s[_S["id"]]: s for s in storages}
     phase_weight = {sid: model.PHASE_WEIGHT[model.PHASE[s[_S["phase"]]]]
                     for sid, s in storage_by_id.items()}
+    unit = {sid: (1 << _SHIFT) + w for sid, w in phase_weight.items()}
+    name_of = {sid: s[_S["name"]] for sid, s in storage_by_id.items()}
+    I_STATE, I_EXPIRE, I_SIZE, I_TARGET = _I["state"], _I["expire_at"], _I["size"], \
+        _I["target_phase"]
+    R_OID, R_SID, R_STATE, R_SIZE, R_CREATED, R_EXPIRE = (
+        _R["oid"], _R["storage_id"], _R["state"], _R["size"], _R["created"], _R["expire_at"])
 
-    # ---- per item: complete copies and their weight; per storage: projected usage
-    by_item: dict[str, list[Sequence[Any]]] = defaultdict(list)
-    for rep in replicas:
-        by_item[rep[_R["oid"]]].append(rep)
+    # ---- items: which are expired, which expire now
     expired: set[str] = set()
     for oid, item in items.items():
-        state = item[_I["state"]]
-        expire_at = item[_I["expire_at"]]
-        if state == "READY" and expire_at is not None and expire_at <= now:
-            plan.expirations.append(oid)
+        state = item[I_STATE]
+        if state == "READY":
+            expire_at = item[I_EXPIRE]
+            if expire_at is not None and expire_at <= now:
+                plan.expirations.append(oid)
+                expired.add(oid)
+        elif state == "EXPIRED" or state == "DELETED":
             expired.add(oid)
-        elif state in ("EXPIRED", "DELETED"):
-            expired.add(oid)
-    copies = {oid: sum(1 for r in reps if r[_R["state"]] == "complete")
-              for oid, reps in by_item.items()}
-    weight = {oid: sum(phase_weight[r[_R["storage_id"]]] for r in reps
-                       if r[_R["state"]] == "complete") for oid, reps in by_item.items()}
-
-    def item_size(oid: str, rep: Sequence[Any]) -> int:
-        size = rep[_R["size"]]
-        if size is None:
-            size = items[oid][_I["size"]] or 0
-        return size
-
-    # ---- views
-    item_views: dict[str, ItemView] = {}
-
-    def item_view(oid: str) -> ItemView:
-        view = item_views.get(oid)
-        if view is None:
-            it = items[oid]
-            parent = it[_I["parent_oid"]]
-            state = "EXPIRED" if oid in plan_expired else it[_I["state"]]
-            view = ItemView(
-                it[_I["item_name"]], version=it[_I["item_version"]], type=it[_I["item_type"]],
-                state=state, phase=model.PHASES[model.phase_of_weights(weight.get(oid, 0))],
-                target_phase=it[_I["target_phase"]], size=it[_I["size"]] or 0,
-                created=it[_I["created"]], expire_at=it[_I["expire_at"]],
-                metadata=it[_I["metadata"]] or {}, copies=copies.get(oid, 0),
-                popularity=decayed_popularity(it[_I["access_count"]], it[_I["last_access"]],
-                                              now, half_life),
-                access_count=it[_I["access_count"]], last_access=it[_I["last_access"]],
-                parent=None if parent is None or parent not in items
-                else items[parent][_I["item_name"]],
-                owner=it[_I["owner"]], group=it[_I["group"]])
-            item_views[oid] = view
-        return view
-
     plan_expired = set(plan.expirations)
-    total_used: dict[int, int] = defaultdict(int)
-    part_used: dict[int, int] = defaultdict(int)
-    in_partition: dict[str, bool] = {}
-    for oid, reps in by_item.items():
-        if oid not in items:
-            continue
-        for rep in reps:
-            if rep[_R["state"]] in ("deleting", "deleted"):
-                continue  # already on its way out: projected occupancy excludes it
-            sid = rep[_R["storage_id"]]
-            size = item_size(oid, rep)
-            total_used[sid] += size
-            member = partition.contains(item_view(oid), _replica_view(rep, storage_by_id, copies,
-                                                                      size), now)
-            in_partition[rep[_R["uid"]]] = member
-            if member:
-                part_used[sid] += size
 
-    quotas = {}
-    views: dict[int, StorageView] = {}
+    # ---- replicas, first pass: complete copies and weight per item, usage per storage
+    agg: dict[str, int] = {}
+    agg_get = agg.get
+    total_used: dict[int, int] = defaultdict(int)
+    total_used.update(dict.fromkeys(storage_by_id, 0))
+    expired_reps: list[Sequence[Any]] = []
+    for rep in replicas:
+        oid = rep[R_OID]
+        state = rep[R_STATE]
+        if state == "complete":
+            agg[oid] = agg_get(oid, 0) + unit[rep[R_SID]]
+        elif state == "deleting" or state == "deleted":
+            continue  # already on its way out: projected occupancy excludes it
+        size = rep[R_SIZE]
+        if size is None or oid in expired:
+            item = items.get(oid)
+            if item is None:
+                continue
+            if size is None:
+                size = item[I_SIZE] or 0
+            if oid in expired and state in _SETTLED:
+                expired_reps.append(rep)
+        elif oid not in items:
+            continue
+        total_used[rep[R_SID]] += size
+
+    def fill_item(iv: ItemView, oid: str, it: Sequence[Any], packed: int) -> None:
+        """Refill the reused item view with ``oid``'s record."""
+        parent = it[_I["parent_oid"]]
+        iv.name = it[_I["item_name"]]
+        iv.version = it[_I["item_version"]]
+        iv.type = it[_I["item_type"]]
+        iv.state = "EXPIRED" if oid in plan_expired else it[I_STATE]
+        iv.phase = _PHASE_OF_WEIGHT[min(packed & _WEIGHT, 4)]
+        iv.target_phase = it[I_TARGET]
+        iv.size = it[I_SIZE] or 0
+        iv.created = it[_I["created"]]
+        iv.expire_at = it[I_EXPIRE]
+        iv.metadata = it[_I["metadata"]] or EMPTY
+        iv.copies = packed >> _SHIFT
+        access = it[_I["access_count"]]
+        last = it[_I["last_access"]]
+        iv.popularity = (access * math.pow(0.5, max(now - last, 0.0) / half_life)
+                         if access and last is not None else 0.0)
+        iv.access_count = access
+        iv.last_access = last
+        iv.parent = None if parent is None or parent not in items \
+            else items[parent][_I["item_name"]]
+        iv.owner = it[_I["owner"]]
+        iv.group = it[_I["group"]]
+
+    # ---- storages: quotas, views, which Detox works on and which are triggered
+    quotas: dict[int, float | None] = {}
+    for sid, s in storage_by_id.items():
+        base = StorageView.build(s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]],
+                                 phase=s[_S["phase"]], attributes=s[_S["attributes"]] or {},
+                                 capacity=s[_S["capacity"]], used=total_used[sid])
+        quotas[sid] = partition.quota_for(base) if partition.uses(base) else None
+    part_used: dict[int, int] = defaultdict(int)
+    member: bytearray | None = None  # per replica position, with quotas only
+    if any(quotas.values()):
+        # partition usage counts on quota'd storages: membership of every replica, up front
+        member = bytearray(len(replicas))
+        iv, rv = ItemView(""), ReplicaView("")
+        contains = partition.contains
+        last_oid: str | None = None
+        for index, rep in enumerate(replicas):
+            oid = rep[R_OID]
+            item = items.get(oid)
+            state = rep[R_STATE]
+            if item is None or state == "deleting" or state == "deleted":
+                continue
+            if oid != last_oid:
+                fill_item(iv, oid, item, agg_get(oid, 0))
+                last_oid = oid
+            size = rep[R_SIZE]
+            if size is None:
+                size = item[I_SIZE] or 0
+            _fill_replica(rv, rep, name_of, size, iv.copies)
+            if contains(iv, rv, now):
+                member[index] = 1
+                part_used[rep[R_SID]] += size
 
     def storage_view(sid: int) -> StorageView:
         s = storage_by_id[sid]
@@ -210,91 +335,126 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
             attributes=s[_S["attributes"]] or {}, capacity=s[_S["capacity"]], used=used,
             quota=quota)
 
-    for sid, s in storage_by_id.items():
-        base = StorageView.build(s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]],
-                                 phase=s[_S["phase"]], attributes=s[_S["attributes"]] or {},
-                                 capacity=s[_S["capacity"]], used=total_used[sid])
-        quotas[sid] = partition.quota_for(base) if partition.uses(base) else None
-        views[sid] = storage_view(sid)
-    works_on = {sid for sid, v in views.items() if detox.applies_to(v)}
-    triggered = {sid for sid in works_on if detox.triggered(views[sid])}
+    views = {sid: storage_view(sid) for sid in storage_by_id}
+    works_on = {sid: v for sid, v in views.items() if detox.applies_to(v)}
+    triggered = {sid for sid, v in works_on.items() if detox.triggered(v)}
     used_before = {sid: (part_used[sid] if quotas[sid] else total_used[sid]) for sid in views}
     occ_before = {sid: views[sid].occupancy for sid in views}
 
     # ---- the safety net: what may go without breaking a live item
-    remaining_copies = dict(copies)
-    remaining_weight = dict(weight)
+    gone: dict[str, int] = {}  # per item: copies and weight planned for deletion, packed
+    gone_get = gone.get
 
     def safety(oid: str, sid: int, rep_state: str) -> str | None:
         if oid in expired or rep_state != "complete":
             return None  # expired items lose everything; bad copies are no copies
-        if remaining_copies.get(oid, 0) <= 1:
+        remaining = agg_get(oid, 0) - gone_get(oid, 0)
+        if remaining >> _SHIFT <= 1:
             return SAFETY_LAST_COPY
-        target = model.PHASE[items[oid][_I["target_phase"]]]
-        if model.phase_of_weights(remaining_weight[oid] - phase_weight[sid]) < target:
+        target = model.PHASE[items[oid][I_TARGET]]
+        if model.phase_of_weights((remaining & _WEIGHT) - phase_weight[sid]) < target:
             return SAFETY_PHASE
         return None
 
-    def plan_deletion(oid: str, rep: Sequence[Any], size: int, label: str, line: int) -> None:
-        sid = rep[_R["storage_id"]]
+    def plan_deletion(oid: str, rep: Sequence[Any], size: int, label: str, line: int,
+                      index: int) -> None:
+        sid = rep[R_SID]
         plan.deletions.append(Deletion(oid, sid, size, label, line))
-        if rep[_R["state"]] == "complete":
-            remaining_copies[oid] -= 1
-            remaining_weight[oid] -= phase_weight[sid]
+        if rep[R_STATE] == "complete":
+            gone[oid] = gone_get(oid, 0) + unit[sid]
         total_used[sid] -= size
-        if in_partition.get(rep[_R["uid"]]):
+        if member is not None and member[index]:
             part_used[sid] -= size
 
-    # ---- 1. expired items: every settled payload goes
     decisions = plan.decisions
-    for oid in sorted(expired):
-        for rep in by_item.get(oid, ()):
-            if rep[_R["state"]] in _SETTLED:
-                size = item_size(oid, rep)
-                plan_deletion(oid, rep, size, EXPIRED_LABEL, 0)
-                decisions.append((rep[_R["uid"]], rep[_R["storage_id"]], DELETED, EXPIRED_LABEL,
-                                  0, size))
+    code = decisions.code
+    add = decisions.add
+
+    # ---- 1. expired items: every settled payload goes
+    if expired_reps:
+        position = {id(rep): index for index, rep in enumerate(replicas)} \
+            if member is not None else {}
+        expired_reps.sort(key=itemgetter(R_OID))
+        for rep in expired_reps:
+            oid = rep[R_OID]
+            size = rep[R_SIZE]
+            if size is None:
+                size = items[oid][I_SIZE] or 0
+            plan_deletion(oid, rep, size, EXPIRED_LABEL, 0, position.get(id(rep), -1))
+            add(rep, code(DELETED, EXPIRED_LABEL, 0), size)
+        del position
 
     # ---- 2. judge every other replica
-    candidates: dict[int, list[tuple[tuple, str, Sequence[Any], int, Any]]] = defaultdict(list)
-    protected: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    deletes: list[tuple[str, Sequence[Any], int, Any]] = []
-    for oid, reps in by_item.items():
-        if oid in expired or oid not in items:
+    rules = (detox.outside, detox.default, *detox.rules)  # by Rule.index + 2
+    kept_code = [code(KEPT, r.label, r.line) for r in rules]
+    ignored_code = [code(IGNORED, r.label, r.line) for r in rules]
+    candidates: dict[int, list[tuple[tuple, int, Sequence[Any], int, Rule]]] = defaultdict(list)
+    protected_by_rule = {sid: [0] * len(rules) for sid in storage_by_id}
+    deletes: list[tuple[int, Sequence[Any], int, Rule]] = []
+    decide, sort_key, outside = detox.decide, detox.sort_key, detox.outside
+    iv, rv = ItemView(""), ReplicaView("")
+    last_oid = None
+    item = None
+    copies = 0
+    for index, rep in enumerate(replicas):
+        oid = rep[R_OID]
+        if oid != last_oid:
+            last_oid = oid
+            item = None if oid in expired else items.get(oid)
+            if item is not None:
+                packed = agg_get(oid, 0)
+                fill_item(iv, oid, item, packed)
+                copies = packed >> _SHIFT
+        if item is None:
             continue
-        iv = item_view(oid)
-        for rep in reps:
-            sid = rep[_R["storage_id"]]
-            if sid not in works_on or not in_partition.get(rep[_R["uid"]], False):
-                continue
-            size = item_size(oid, rep)
-            rv = _replica_view(rep, storage_by_id, copies, size)
-            sv = views[sid]
-            rule = detox.decide(iv, rv, sv, now)
-            action = rule.action
-            if action == DELETE:
-                deletes.append((oid, rep, size, rule))
-            elif action == DISMISS and sid in triggered:
-                key = detox.sort_key(iv, rv, sv, now)
-                candidates[sid].append((key, oid, rep, size, rule))
-            elif action == IGNORE:
-                decisions.append((rep[_R["uid"]], sid, IGNORED, rule.label, rule.line, size))
-            else:  # protect, or a candidate on a storage that needs no cleaning
-                if action == PROTECT:
-                    protected[sid][rule.label] += size
-                decisions.append((rep[_R["uid"]], sid, KEPT, rule.label, rule.line, size))
+        state = rep[R_STATE]
+        sid = rep[R_SID]
+        sv = works_on.get(sid)
+        if sv is None or state == "deleting" or state == "deleted":
+            continue
+        if member is not None and not member[index]:
+            continue
+        size = rep[R_SIZE]
+        if size is None:
+            size = item[I_SIZE] or 0
+        rv.storage = name_of[sid]
+        rv.state = state
+        rv.size = size
+        rv.created = rep[R_CREATED]
+        rv.is_last_copy = copies == 1 and state == "complete"
+        rv.expire_at = rep[R_EXPIRE]
+        rule = decide(iv, rv, sv, now)
+        if rule is outside:
+            continue  # not in the partition (the generated decide checks `members` first)
+        action = rule.action
+        if action == DELETE:
+            deletes.append((index, rep, size, rule))
+        elif action == DISMISS and sid in triggered:
+            candidates[sid].append((sort_key(iv, rv, sv, now), index, rep, size, rule))
+        elif action == IGNORE:
+            add(rep, ignored_code[rule.index + 2], size)
+        else:  # protect, or a candidate on a storage that needs no cleaning
+            if action == PROTECT:
+                protected_by_rule[sid][rule.index + 2] += size
+            add(rep, kept_code[rule.index + 2], size)
+    protected: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for sid, by_rule in protected_by_rule.items():
+        for rule, size in zip(rules, by_rule, strict=True):
+            if size:
+                protected[sid][rule.label] += size
 
     # ---- 3a. `delete` decisions, everywhere
-    for oid, rep, size, rule in deletes:
-        sid = rep[_R["storage_id"]]
-        reason = safety(oid, sid, rep[_R["state"]])
+    for index, rep, size, rule in deletes:
+        sid = rep[R_SID]
+        oid = rep[R_OID]
+        reason = safety(oid, sid, rep[R_STATE])
         if reason:
             protected[sid][reason] += size
-            decisions.append((rep[_R["uid"]], sid, SAFE, f"{reason} ({rule.label})",
-                              rule.line, size))
+            add(rep, code(SAFE, f"{reason} ({rule.label})", rule.line), size)
             continue
-        plan_deletion(oid, rep, size, rule.label, rule.line)
-        decisions.append((rep[_R["uid"]], sid, DELETED, rule.label, rule.line, size))
+        plan_deletion(oid, rep, size, rule.label, rule.line, index)
+        add(rep, code(DELETED, rule.label, rule.line), size)
+    del deletes
 
     # ---- 3b. triggered storages: most protected first, candidates in the policy's order
     def protected_fraction(sid: int) -> float:
@@ -302,22 +462,31 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         return sum(protected[sid].values()) / used
 
     for sid in sorted(triggered, key=lambda s: (-protected_fraction(s), s)):
-        queue = sorted(candidates.get(sid, ()), key=lambda c: c[0])
+        queue = candidates.pop(sid, [])
+        queue.sort(key=itemgetter(0))
+        view = storage_view(sid)
+        limit = view.quota if view.quota else view.capacity
+        satisfied = detox.satisfied
         position = 0
-        while position < len(queue) and not detox.satisfied(storage_view(sid)):
-            _key, oid, rep, size, rule = queue[position]
+        while position < len(queue) and not satisfied(view):
+            _key, index, rep, size, rule = queue[position]
             position += 1
-            reason = safety(oid, sid, rep[_R["state"]])
+            oid = rep[R_OID]
+            reason = safety(oid, sid, rep[R_STATE])
             if reason:
                 protected[sid][reason] += size
-                decisions.append((rep[_R["uid"]], sid, SAFE, f"{reason} ({rule.label})",
-                                  rule.line, size))
+                add(rep, code(SAFE, f"{reason} ({rule.label})", rule.line), size)
                 continue
-            plan_deletion(oid, rep, size, rule.label, rule.line)
-            decisions.append((rep[_R["uid"]], sid, DELETED, rule.label, rule.line, size))
-        for _key, _oid, rep, size, rule in queue[position:]:
-            decisions.append((rep[_R["uid"]], sid, KEPT, f"not needed ({rule.label})",
-                              rule.line, size))
+            plan_deletion(oid, rep, size, rule.label, rule.line, index)
+            add(rep, code(DELETED, rule.label, rule.line), size)
+            # the view as storage_view(sid) would build it now
+            used = part_used[sid] if view.quota else total_used[sid]
+            view.used = used
+            view.free = max(view.capacity - used, 0)
+            view.occupancy = (used / limit) if limit else 0.0
+        for _key, _index, rep, size, rule in queue[position:]:
+            add(rep, code(KEPT, f"not needed ({rule.label})", rule.line), size)
+        del queue
 
     # ---- 4. the outcome per storage
     deleted_by_storage: dict[int, list[int]] = defaultdict(lambda: [0, 0])
@@ -335,11 +504,12 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     return plan
 
 
-def _replica_view(rep: Sequence[Any], storage_by_id: Mapping[int, Sequence[Any]],
-                  copies: Mapping[str, int], size: int) -> ReplicaView:
+def _fill_replica(rv: ReplicaView, rep: Sequence[Any], name_of: Mapping[int, str], size: int,
+                  copies: int) -> None:
     state = rep[_R["state"]]
-    return ReplicaView(
-        storage_by_id[rep[_R["storage_id"]]][_S["name"]], state=state, size=size,
-        created=rep[_R["created"]],
-        is_last_copy=state == "complete" and copies.get(rep[_R["oid"]], 0) == 1,
-        expire_at=rep[_R["expire_at"]])
+    rv.storage = name_of[rep[_R["storage_id"]]]
+    rv.state = state
+    rv.size = size
+    rv.created = rep[_R["created"]]
+    rv.is_last_copy = state == "complete" and copies == 1
+    rv.expire_at = rep[_R["expire_at"]]

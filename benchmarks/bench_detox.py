@@ -1,0 +1,335 @@
+"""Detox benchmark: one full cycle (snapshot, evaluation, plan, apply) through a real server.
+
+    .venv/bin/python benchmarks/bench_detox.py [--replicas 10000000] [--storages 100]
+
+1. ``generate.py`` writes N replicas (2 per item, so N/2 items) on S storages straight into a new
+   PostgreSQL database (``dlm_bench_detox_*``); storage capacities are then set so that a share of
+   the storages (``--over``, default 20%) is over the policy's high watermark (90%), the others
+   between 50% and 88%.
+2. ``dlm serve --db postgresql://...`` runs as a subprocess on that database.
+3. In this process, ``detox.cycle.run_cycle`` runs one cycle with the 12-rule policy of
+   ``bench_policy.py`` (its partition's groups renamed to the generator's, ``default dismiss``
+   and an ``order by`` so that triggered storages have candidates to clean).
+4. Baseline, same run, same snapshot: a minimal hand-written loop that builds the views and calls
+   the policy's generated ``decide`` on every replica (no plan, no bookkeeping).
+
+Memory: RSS before and after the snapshot (the snapshot's own size), then the peak RSS is reset
+(``/proc/self/clear_refs``) and read again after the plan and the apply (``VmHWM``): the extra
+memory of the Detox process beyond its snapshot.
+
+Targets (issue 6): end to end under 30 s, under 1 GiB extra beyond the snapshot, at 10M replicas.
+The database and the server are removed at the end (``--keep`` keeps the database; ``--db NAME``
+reuses one made by an earlier ``--keep`` run with the same parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+
+import bench_policy  # noqa: E402
+import generate  # noqa: E402
+
+from detox.cycle import run_cycle  # noqa: E402
+from inventory.client import Client  # noqa: E402
+from inventory.feed import WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS, WIRE_STORAGE_FIELDS  # noqa: E402
+from policies import ItemView, ReplicaView, StorageView, load_policy_text  # noqa: E402
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TARGET_SECONDS = 30.0
+TARGET_EXTRA = 1 << 30
+HIGH, LOW = 0.90, 0.85
+NOW = generate.EPOCH + generate.SPAN + 86_400.0  # the day after the last generated item
+
+POLICY = (bench_policy.POLICY
+          .replace('{"analysis", "production"}', '{"ska", "cms", "astro"}')
+          .replace('default protect "keep"',
+                   'default dismiss\n    order by item.popularity ascending'))
+
+
+def status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def set_capacities(url: str, over: float, seed: int) -> dict[int, float]:
+    """Capacities giving each storage an occupancy: ``over`` of them above the high watermark."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        used = dict(await conn.fetch("SELECT storage_id, sum(size)::bigint FROM replica "
+                                     "GROUP BY storage_id"))
+        ids = sorted(await conn.fetchval("SELECT array_agg(id) FROM storage"))
+        rng = random.Random(seed)
+        hot = set(rng.sample(ids, round(len(ids) * over)))
+        occupancy = {sid: rng.uniform(0.91, 0.98) if sid in hot else rng.uniform(0.50, 0.88)
+                     for sid in ids}
+        await conn.executemany("UPDATE storage SET capacity = $2 WHERE id = $1",
+                               [(sid, max(1, int(used.get(sid, 0) / occ)))
+                                for sid, occ in occupancy.items()])
+    finally:
+        await conn.close()
+    return occupancy
+
+
+async def wait_healthy(client: Client, proc: subprocess.Popen, log: Path,
+                       timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dlm serve exited with {proc.returncode}:\n"
+                               + log.read_text()[-3000:])
+        with contextlib.suppress(Exception):
+            return await client.health()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server not healthy after {timeout} s")
+        await asyncio.sleep(0.2)
+
+
+class TimedClient(Client):
+    """The Detox cycle's client, noting memory after the snapshot and the server's apply time."""
+
+    marks: dict[str, float]
+
+    async def snapshot(self):  # type: ignore[override]
+        gc.collect()
+        self.marks["rss_before_snapshot"] = status_kb("VmRSS")
+        snap = await super().snapshot()
+        self.marks["rss_after_snapshot"] = status_kb("VmRSS")
+        self.marks["peak_during_snapshot"] = status_kb("VmHWM")
+        self.marks["peak_reset"] = reset_peak()
+        return snap
+
+    async def post_msgpack(self, path, body):  # type: ignore[override]
+        import msgpack
+
+        t0 = time.perf_counter()
+        data = msgpack.packb(body, use_bin_type=True)
+        self.marks["body_bytes"] = len(data)
+        self.marks["decisions_bytes"] = len(body["decisions"])
+        t1 = time.perf_counter()
+        answer = await self._post_raw(path, data)
+        self.marks["server_apply"] = time.perf_counter() - t1
+        self.marks["encode_pack"] = t1 - t0
+        return answer
+
+    async def _post_raw(self, path, data):
+        from inventory.client import _error_from
+
+        async with self._session.post(self.url + path, data=data, headers={
+                "Content-Type": "application/msgpack"}) as resp:
+            answer = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise _error_from(resp.status, answer)
+            return answer
+
+
+def baseline(policy, snap, now: float) -> tuple[float, dict[str, int]]:
+    """The minimum any planner pays: views built for every replica, the generated decide."""
+    I = {n: i for i, n in enumerate(WIRE_ITEM_FIELDS)}  # noqa: E741
+    R = {n: i for i, n in enumerate(WIRE_REPLICA_FIELDS)}
+    S = {n: i for i, n in enumerate(WIRE_STORAGE_FIELDS)}
+    decide = policy.detox.decide
+    t0 = time.perf_counter()
+    storages = {s[S["id"]]: StorageView.build(s[S["name"]], kind=s[S["kind"]],
+                                              status=s[S["status"]], phase=s[S["phase"]],
+                                              attributes=s[S["attributes"]] or {},
+                                              capacity=s[S["capacity"]])
+                for s in snap.storages}
+    r_oid, r_state, r_sid, r_size, r_created, r_exp = (R["oid"], R["state"], R["storage_id"],
+                                                       R["size"], R["created"], R["expire_at"])
+    copies: dict[str, int] = {}
+    get = copies.get
+    for rep in snap.replicas.values():
+        if rep[r_state] == "complete":
+            oid = rep[r_oid]
+            copies[oid] = get(oid, 0) + 1
+    items = snap.items
+    counts: dict[str, int] = {}
+    last_oid, iv = None, None
+    for rep in snap.replicas.values():
+        oid = rep[r_oid]
+        if oid != last_oid:
+            it = items[oid]
+            n = get(oid, 0)
+            iv = ItemView(it[I["item_name"]], version=it[I["item_version"]],
+                          type=it[I["item_type"]], state=it[I["state"]], phase="SOLID",
+                          target_phase=it[I["target_phase"]], size=it[I["size"]] or 0,
+                          created=it[I["created"]], expire_at=it[I["expire_at"]],
+                          metadata=it[I["metadata"]] or {}, copies=n,
+                          popularity=0.0, access_count=it[I["access_count"]],
+                          last_access=it[I["last_access"]], owner=it[I["owner"]],
+                          group=it[I["group"]])
+            last_oid = oid
+        sv = storages[rep[r_sid]]
+        rv = ReplicaView(sv.name, state=rep[r_state], size=rep[r_size],
+                         created=rep[r_created], is_last_copy=copies.get(oid) == 1,
+                         expire_at=rep[r_exp])
+        label = decide(iv, rv, sv, now).label
+        counts[label] = counts.get(label, 0) + 1
+    return time.perf_counter() - t0, counts
+
+
+def gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+async def run(args: argparse.Namespace) -> int:
+    n_items = args.replicas // 2
+    spec = generate.Spec(items=n_items, replicas=2, storages=args.storages, seed=args.seed)
+    name = args.db or f"dlm_bench_detox_{os.getpid()}"
+    url = ADMIN.rsplit("/", 1)[0] + "/" + name
+    created_db = False
+    proc = None
+    workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-detox-"))
+    try:
+        if not args.db:
+            print(f"generating {args.replicas:,} replicas ({n_items:,} items) on "
+                  f"{args.storages} storages into {name} ...", file=sys.stderr)
+            await generate.create_database(ADMIN, name)
+            created_db = True
+            stats = await generate.write_postgres(url, spec)
+            print(f"  written in {stats['seconds']:.1f} s", file=sys.stderr)
+        occupancy = await set_capacities(url, args.over, args.seed)
+        port = free_port()
+        log = workdir / "serve.log"
+        # The server's request body limit (64 MiB) is below a 10M-replica plan's decisions:
+        # raise it for this server only (see docs/detox-benchmark.md).
+        launcher = ("import sys; import inventory.server.app as a; base = a.ServerConfig; "
+                    "a.ServerConfig = lambda *p, **k: base(*p, **{**k, 'max_body': "
+                    f"{args.max_body}}}); from inventory.cli import main; "
+                    "sys.exit(main(sys.argv[1:]))")
+        cmd = [sys.executable, "-c", launcher, "serve"] if args.max_body else [
+            sys.executable, "-m", "inventory.cli", "serve"]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [*cmd, "--port", str(port), "--data-dir", str(workdir / "data"),
+                 "--db", url, "--log-level", "warning"],
+                stdout=out, stderr=out, cwd=REPO)
+        policy = load_policy_text(POLICY, "bench-detox.policy")
+        async with TimedClient(f"http://127.0.0.1:{port}", token="", timeout=3600) as client:
+            client.marks = {}
+            t0 = time.perf_counter()
+            health = await wait_healthy(client, proc, log)
+            print(f"server ready in {time.perf_counter() - t0:.1f} s ({health.get('items')} "
+                  f"items, {health.get('replicas')} replicas)", file=sys.stderr)
+            await asyncio.sleep(1.0)
+            load = os.getloadavg()
+            t0 = time.perf_counter()
+            result = await run_cycle(client, policy, POLICY, now=NOW)
+            total = time.perf_counter() - t0
+            peak_after = status_kb("VmHWM")
+            marks = client.marks
+            snap = await client.snapshot()  # the same inventory again, for the baseline
+        base_s, base_counts = baseline(policy, snap, NOW)
+        del snap
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if created_db and not args.keep:
+            await generate.drop_database(ADMIN, name)
+        elif created_db:
+            print(f"kept database {name}", file=sys.stderr)
+
+    plan = result.plan
+    summary = plan.summary()
+    secs = result.seconds
+    snapshot_size = marks["rss_after_snapshot"] - marks["rss_before_snapshot"]
+    extra = peak_after - marks["rss_after_snapshot"]
+    n = len(plan.decisions)
+    hot = sum(1 for o in occupancy.values() if o > HIGH)
+    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores, "
+          f"load average at start {load[0]:.2f}")
+    print(f"replicas {args.replicas:,} ({n_items:,} items) on {args.storages} storages, "
+          f"{hot} over the {HIGH:.0%} watermark; 12-rule policy; decisions {n:,}")
+    rows = [
+        ("snapshot (server encode + stream + client decode)", f"{secs['snapshot']:.2f} s"),
+        ("plan (plan_cycle)", f"{secs['plan']:.2f} s"),
+        ("apply (encode plan + POST, server re-judges and commits)", f"{secs['apply']:.2f} s"),
+        ("  of which the server's answer to the POST", f"{marks['server_apply']:.2f} s"),
+        ("end to end (run_cycle)", f"{total:.2f} s"),
+        ("replicas/s end to end", f"{args.replicas / total:,.0f}"),
+        ("baseline: minimal decide loop over the same snapshot", f"{base_s:.2f} s"),
+        ("plan / baseline", f"{secs['plan'] / base_s:.2f}x"),
+        ("snapshot's own size (RSS after - before)", gib(snapshot_size)),
+        ("peak RSS while decoding the snapshot", gib(marks["peak_during_snapshot"])),
+        ("extra peak RSS after the snapshot (plan + apply)", gib(extra)
+         + ("" if marks["peak_reset"] else " (peak not reset: upper bound)")),
+        ("plan body / decisions blob", f"{marks['body_bytes'] / 1e6:.1f} MB / "
+         f"{marks['decisions_bytes'] / 1e6:.1f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value:>16}")
+    applied = result.applied["summary"]
+    print(f"plan: {summary['deletions']:,} deletions, {summary['expirations']:,} expirations, "
+          f"outcomes {summary['outcomes']}; unsatisfied storages {len(summary['unsatisfied'])}; "
+          f"applied {applied['applied']['deletions']:,} deletions, dropped {applied['dropped']}")
+    top = sorted(base_counts.items(), key=lambda kv: -kv[1])[:6]
+    print("baseline decisions: " + ", ".join(f"{k} {v:,}" for k, v in top))
+    ok = total < TARGET_SECONDS and extra < TARGET_EXTRA
+    print(f"targets (< {TARGET_SECONDS:.0f} s, < 1 GiB extra):", "met" if ok else "NOT met")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--replicas", type=int, default=10_000_000)
+    p.add_argument("--storages", type=int, default=100)
+    p.add_argument("--over", type=float, default=0.2,
+                   help="share of storages over the high watermark")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-body", type=int, default=1 << 30,
+                   help="the server's request body limit for this run (0: its default)")
+    p.add_argument("--keep", action="store_true", help="keep the database")
+    p.add_argument("--db", help="reuse this database (made by an earlier --keep run)")
+    args = p.parse_args()
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
