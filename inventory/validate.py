@@ -71,6 +71,13 @@ def time_value(text: str, field: str) -> float:
     return value
 
 
+def epoch_value(value: float, field: str) -> float:
+    """Epoch seconds that can be shown as ISO-8601 (not NaN, not past year 9999)."""
+    if not MIN_TIME <= value <= MAX_TIME:
+        raise BadRequest(f"must be epoch seconds between years 1 and 9999, got {value!r}", field)
+    return value
+
+
 def expiry_after(now: float, lifetime: float, field: str) -> float:
     """The expiry ``lifetime`` seconds from ``now``, refused when past year 9999."""
     if not now + lifetime <= MAX_TIME:  # also refuses inf and NaN from msgpack

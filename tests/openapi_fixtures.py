@@ -8,7 +8,9 @@ its JSON report read back for the figures. This module is also the fuzzer's hook
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +171,22 @@ def _body_examples(seeded: Seeded) -> dict[tuple[str, str], list[Any]]:
         ("patch", "/v1/storages/{name}"): [{"attributes": {"tier": "fast", "region": None}},
                                            {"capacity": "2 TB", "phase": "SOLID"}],
         ("post", "/v1/tokens"): [{"name": "made-by-fuzz", "role": "reader"}],
+        ("post", "/v1/cycles/detox"): [_plan(expirations=[scan], deletions=[[scan, 1, "r", 1]])],
+        ("post", "/v1/cycles/dealer"): [_plan(copies=[[scan, 2, 1, "request 1", 3]],
+                                              requests_done=seeded.request_ids)],
     }
+
+
+def _plan(**fields: Any) -> dict[str, Any]:
+    """A cycle plan as Detox and Dealer send it (the policy hash must match its text)."""
+    text = "policy fuzz\n"
+    return {"policy_name": "fuzz", "policy_file": "fuzz.policy", "policy_text": text,
+            "policy_sha256": hashlib.sha256(text.encode()).hexdigest(), "snapshot_version": 1,
+            "started": time.time(), "summary": {"planned": 1},
+            "decisions": base64.b64encode(zlib.compress(msgpack.packb(
+                {"columns": ["oid", "storage_id", "outcome"],
+                 "rows": [[fields.get("expirations", ["x"])[0], 1, "delete"]]}))).decode(),
+            **fields}
 
 
 # ----------------------------------------------------------------------- running schemathesis

@@ -11,12 +11,15 @@ longer run.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 
 import aiohttp
+import msgpack
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -170,6 +173,48 @@ async def test_head_snapshot_sends_no_body(sqlite_server) -> None:
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"X-DLM-Version" in head
     assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest[:80]
+
+
+def _plan(**fields: object) -> dict:
+    text = "policy p\n"
+    return {"policy_name": "p", "policy_file": "p.policy", "policy_text": text,
+            "policy_sha256": hashlib.sha256(text.encode()).hexdigest(), "snapshot_version": 0,
+            "started": 1.7e9, "expirations": [], "deletions": [], "summary": {},
+            "decisions": _blob({"columns": ["storage_id", "outcome"], "rows": [[1, "kept"]]}),
+            **fields}
+
+
+def _blob(data: object) -> str:
+    return base64.b64encode(zlib.compress(msgpack.packb(data))).decode()
+
+
+@pytest.mark.parametrize("started", [1e300, -1e300])
+async def test_cycle_start_past_year_9999_is_refused(http: aiohttp.ClientSession,
+                                                     started: float) -> None:
+    """A plan's ``started`` was stored as sent: the POST and then every /v1/history was a 500."""
+    async with http.post("/v1/cycles/detox", json=_plan(started=started)) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["field"] == "started"
+    async with http.get("/v1/history") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("decisions", [
+    {"columns": ["storage_id"], "rows": [5, [1]]},
+    {"columns": ["storage_id", "outcome"], "rows": [[1]]},
+    {"columns": ["storage_id"], "rows": [[[1]]]},
+])
+async def test_malformed_decisions_are_an_empty_page(http: aiohttp.ClientSession,
+                                                     decisions: dict) -> None:
+    """Decisions that do not fit their columns (or an unhashable storage_id) made every page of
+    GET /v1/history/{id}/decisions a 500; they read as no decisions, like an unreadable blob."""
+    async with http.post("/v1/cycles/detox", json=_plan(decisions=_blob(decisions))) as resp:
+        assert resp.status == 201, await resp.text()
+        cycle = await resp.json()
+    async with http.get(f"/v1/history/{cycle['id']}/decisions") as resp:
+        assert resp.status == 200
+        page = await resp.json()
+    assert page["decisions"] in ([], [{"storage_id": [1], "storage": None}])
 
 
 async def test_item_without_checksum_has_null_method(http: aiohttp.ClientSession) -> None:

@@ -30,6 +30,8 @@ from inventory.objects import (
 from inventory.specs import (
     AccessSpec,
     AccessWithOid,
+    DealerPlanIn,
+    DetoxPlanIn,
     ItemPatch,
     ItemPatchWithOid,
     ItemSpec,
@@ -304,6 +306,14 @@ class CycleList(Closed):
     cycles: list[CycleInfo]
 
 
+class DecisionPage(Closed):
+    """One page of a cycle's decisions: the planner's columns per decision, plus ``storage``
+    (the name of its ``storage_id``, null when that storage is gone)."""
+
+    decisions: list[dict[str, Any]]
+    cursor: str | None
+
+
 Pair = Annotated[list[Any], msgspec.Meta(min_length=2, max_length=2)]
 
 
@@ -368,12 +378,12 @@ OperationRequest: Any = getattr(specs, "OperationRequest", None)
 
 REQUEST_TYPES: tuple[Any, ...] = (
     ItemSpec, list[ItemSpec], ItemPatch, list[ItemPatchWithOid], StorageSpec, StoragePatch,
-    AccessSpec, list[AccessWithOid], TokenSpec, RequestSpec,
+    AccessSpec, list[AccessWithOid], TokenSpec, RequestSpec, DetoxPlanIn, DealerPlanIn,
     *((OperationRequest,) if OperationRequest is not None else ()))
 RESPONSE_TYPES: tuple[Any, ...] = (
     Item, ItemsAdded, ItemPage, Counted, AccessRecorded, Exists, ItemLocations, Storage,
     StorageList, Health, NewToken, TokenList, CopyRequestInfo, CopyRequestList, OperationInfo,
-    OperationPage, CycleList, CycleDetail, Changes, Snapshot, Error)
+    OperationPage, CycleInfo, CycleList, CycleDetail, DecisionPage, Changes, Snapshot, Error)
 
 # ----------------------------------------------------------------------- operations
 
@@ -423,6 +433,9 @@ WRITE_ERRORS = (400, 409, 413, 503)
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/openapi.json"): Op(
         "This document", "public", {200: dict[str, Any]}, tag="meta"),
+    ("GET", "/metrics"): Op(
+        "Prometheus metrics", "reader", {200: "text"}, (503,), tag="meta",
+        description="The Prometheus text exposition format (`text/plain; version=0.0.4`)."),
     ("GET", "/v1/health"): Op(
         "Server status and inventory counts", "public", {200: Health}, tag="meta"),
     # --------------------------------------------------------------- storages
@@ -528,6 +541,23 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Detox, Dealer and Consistency cycles, newest first", "reader", {200: CycleList},
         (400,), (query("kind", enum(CYCLE_KINDS), "only cycles of this kind"), LIMIT),
         tag="operations"),
+    ("POST", "/v1/cycles/detox"): Op(
+        "Apply a Detox cycle's plan (sent by `dlm detox`)", "operator", {201: CycleInfo},
+        WRITE_ERRORS, body=DetoxPlanIn, tag="operations",
+        description="Expirations and deletions still valid against the inventory are applied "
+                    "in one write; the others are counted under `summary.dropped`."),
+    ("POST", "/v1/cycles/dealer"): Op(
+        "Apply a Dealer cycle's plan (sent by `dlm dealer`)", "operator", {201: CycleInfo},
+        WRITE_ERRORS, body=DealerPlanIn, tag="operations"),
+    ("GET", "/v1/history/{id}/decisions"): Op(
+        "Every decision of a cycle", "reader", {200: DecisionPage}, (400, 404), (
+            path("id", {"type": "integer"}, "the cycle's id"),
+            query("storage", {"type": "string"}, "only decisions on this storage (by name)"),
+            query("rule", {"type": "string"}, "only decisions of this rule (label)"),
+            query("outcome", {"type": "string"}, "only decisions with this outcome"),
+            query("limit", integer(1, 100_000), "page size (default 1,000)"),
+            query("cursor", integer(0, 2**62), "the `cursor` of the previous page")),
+        tag="operations"),
     ("GET", "/v1/history/{id}"): Op(
         "One cycle with its policy text", "reader", {200: CycleDetail}, (400, 404),
         (path("id", {"type": "integer"}, "the cycle's id"),), tag="operations"),
@@ -604,7 +634,9 @@ def _operation(method: str, template: str, op: Op, refs: dict[Any, dict[str, Any
     responses: dict[str, Any] = {}
     for status, tp in op.ok.items():
         answer: dict[str, Any] = {"description": _STATUS_TEXT[status]}
-        if tp is Snapshot:  # msgpack only, a stream of objects
+        if tp == "text":
+            answer["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        elif tp is Snapshot:  # msgpack only, a stream of objects
             answer["content"] = {MSGPACK: {"schema": refs[Snapshot]}}
             answer["headers"] = {"X-DLM-Version": {
                 "description": "the inventory version the snapshot starts at",

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from inventory import model
+from inventory import model, validate
 from inventory.errors import BadRequest, DLMError, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import (
@@ -232,6 +232,7 @@ async def list_cycles(request: web.Request) -> web.Response:
 async def apply_detox_plan(request: web.Request) -> web.Response:
     """Detox sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
     plan = await decode(request, DetoxPlanIn)
+    validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
     state = state_of(request)
     cycle = await state.scheduler.write(ApplyDetoxPlan(plan))
     if state.engine is not None:
@@ -244,6 +245,7 @@ async def apply_detox_plan(request: web.Request) -> web.Response:
 async def apply_dealer_plan(request: web.Request) -> web.Response:
     """Dealer sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
     plan = await decode(request, DealerPlanIn)
+    validate.epoch_value(plan.started, "started")
     state = state_of(request)
     cycle = await state.scheduler.write(ApplyDealerPlan(plan))
     if state.engine is not None:
@@ -268,7 +270,8 @@ async def cycle_decisions(request: web.Request) -> web.Response:
     next_cursor = None
     for index in range(offset, len(rows)):
         record = dict(zip(columns, rows[index], strict=True))
-        storage = inv.storages.get(record.get("storage_id"))
+        storage_id = record.get("storage_id")
+        storage = inv.storages.get(storage_id) if isinstance(storage_id, int) else None
         record["storage"] = None if storage is None else storage.name
         if any(record.get(k) != v for k, v in wanted.items()):
             continue
@@ -282,9 +285,14 @@ async def cycle_decisions(request: web.Request) -> web.Response:
 def _decode_decisions(blob: bytes) -> tuple[list[str], list[list[Any]]]:
     try:
         data = msgpack.unpackb(zlib.decompress(blob), raw=False)
-        return list(data["columns"]), data["rows"]
+        columns, rows = list(data["columns"]), data["rows"]
     except (zlib.error, ValueError, KeyError, TypeError, msgpack.UnpackException):
         return [], []
+    # The blob comes from a client: rows that do not fit the columns would fail every page.
+    if not isinstance(rows, list) or not all(isinstance(c, str) for c in columns) or not all(
+            isinstance(r, list) and len(r) == len(columns) for r in rows):
+        return [], []
+    return columns, rows
 
 
 @routes.get("/v1/history/{id}")
