@@ -396,10 +396,7 @@ class CommitCutter:
 @pytest.mark.postgres
 @pytest.mark.parametrize("where", [
     "before-answer",
-    pytest.param("after-answer", marks=pytest.mark.xfail(strict=True, reason=(
-        "PostgresStore.commit: an error while the pool resets the connection after a "
-        "successful COMMIT (the release in `async with pool.acquire()`) is reported as "
-        "StoreUnavailable: the client gets 503 and memory misses a committed write"))),
+    "after-answer",
 ])
 async def test_in_doubt_commit_leaves_memory_equal_to_the_database(pg_url, server_process,
                                                                    where):

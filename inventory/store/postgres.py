@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from operator import attrgetter
 
@@ -36,6 +37,7 @@ def _q(names: Sequence[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
+log = logging.getLogger("dlm.store")
 _FETCH = 10_000  # rows per fetch: small batches leave fewer holes in the heap
 _uuid_int = attrgetter("int")  # asyncpg's UUID to the int the inventory keys on
 _ITEM_QUERIES = (
@@ -145,29 +147,45 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreUnavailable("the database is closed")
         try:
-            async with self._pool.acquire(timeout=30) as conn:
-                transaction = conn.transaction()
-                await transaction.start()
-                try:
-                    for op in ops:
-                        await _apply(conn, op)
-                    await conn.execute("UPDATE inventory_state SET version = $1", version)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
-                    raise
-                try:
-                    await transaction.commit()
-                except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-                    # COMMIT was sent; whether it happened only the database knows now
-                    raise StoreInDoubt(f"postgresql: connection lost during COMMIT: {exc}") \
-                        from exc
-        except StoreInDoubt:
-            raise
+            conn = await self._pool.acquire(timeout=30)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+        committed = False
+        try:
+            await self._commit_on(conn, ops, version)
+            committed = True
+        finally:
+            try:
+                await self._pool.release(conn)
+            except Exception as exc:
+                # After a successful COMMIT a failed release (the connection reset) changes
+                # nothing: the transaction is durable and must be reported so.
+                if not committed:
+                    raise StoreInDoubt(f"postgresql: connection lost: {exc}") from exc
+                log.warning("connection lost after a commit", extra={"error": str(exc)})
+
+    async def _commit_on(self, conn: asyncpg.Connection, ops: Sequence[DbOp],
+                         version: int) -> None:
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                for op in ops:
+                    await _apply(conn, op)
+                await conn.execute("UPDATE inventory_state SET version = $1", version)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreConflict(f"database constraint: {exc}") from exc
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+        try:
+            await transaction.commit()
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # COMMIT was sent; whether it happened only the database knows now
+            raise StoreInDoubt(f"postgresql: connection lost during COMMIT: {exc}") from exc
 
 
 async def _apply(conn: asyncpg.Connection, op: DbOp) -> None:
