@@ -92,6 +92,7 @@ class Scheduler:
         self.stats = WriterStats()
         self._queue: asyncio.Queue[tuple[Write, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self.broken: str | None = None  # why writes are refused until a restart
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dlm-writer")
@@ -109,6 +110,8 @@ class Scheduler:
 
     async def write(self, write: Write):
         """Queue ``write`` and return its result once it is durable and visible."""
+        if self.broken:
+            raise Unavailable(self.broken)
         if self._task is None or self._task.done():
             raise Unavailable("the writer is not running")
         future = asyncio.get_running_loop().create_future()
@@ -203,9 +206,19 @@ class Scheduler:
         async with self.lock.write():
             changes = []
             results = []
-            for prepared, _future in ready:
-                results.append(prepared.apply(inv))
-                changes.extend(prepared.changes)
+            try:
+                for prepared, _future in ready:
+                    results.append(prepared.apply(inv))
+                    changes.extend(prepared.changes)
+            except Exception as exc:
+                # The database has the transaction and memory has part of it: serving on would
+                # mean answering from an inventory that is not the database's. Stop writing;
+                # a restart loads the truth.
+                self.broken = (f"memory could not apply committed version {version} ({exc!r}); "
+                               f"restart the server to reload the inventory from the database")
+                log.critical("inventory memory is inconsistent", exc_info=True,
+                             extra={"version": version})
+                raise
             inv.version = version
             self.feed.append(version, changes)
         stats = self.stats

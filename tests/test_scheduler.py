@@ -144,3 +144,25 @@ async def test_a_commit_whose_answer_was_lost_is_resolved_from_the_database(sche
     assert not scheduler.stats.in_doubt
     await scheduler.write(one("next"))
     assert inv.version == 2
+
+
+class BrokenApply(AddItems):
+    """A write whose memory change fails after the commit (a bug the checks did not catch)."""
+
+    def prepare(self, inv, pending):
+        prepared = super().prepare(inv, pending)
+
+        def apply(inv):
+            raise RuntimeError("bug")
+
+        prepared.apply = apply
+        return prepared
+
+
+async def test_a_failed_apply_after_commit_stops_writes_until_a_restart(scheduler):
+    with pytest.raises(errors.Unavailable):
+        await scheduler.write(BrokenApply([ItemSpec(item_name="x")], batch=False))
+    assert scheduler.broken and "restart the server" in scheduler.broken
+    with pytest.raises(errors.Unavailable) as info:
+        await scheduler.write(one("after"))
+    assert "restart" in str(info.value)

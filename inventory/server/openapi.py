@@ -213,7 +213,8 @@ class DbInfo(Closed):
 
 
 class Health(Closed):
-    status: Literal["ok"]
+    status: Literal["ok", "broken"]
+    problem: str | None  # why writes are refused until a restart (status "broken", HTTP 503)
     version: int
     storages: Count
     items: Count
@@ -437,7 +438,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Prometheus metrics", "reader", {200: "text"}, (503,), tag="meta",
         description="The Prometheus text exposition format (`text/plain; version=0.0.4`)."),
     ("GET", "/v1/health"): Op(
-        "Server status and inventory counts", "public", {200: Health}, tag="meta"),
+        "Server status and inventory counts", "public", {200: Health, 503: Health}, tag="meta"),
     # --------------------------------------------------------------- storages
     ("POST", "/v1/storages"): Op(
         "Register a storage", "operator", {201: Storage}, WRITE_ERRORS, body=StorageSpec,

@@ -24,8 +24,10 @@ async def health(request: web.Request) -> web.Response:
     state = state_of(request)
     inv = state.inventory
     counts = inv.counts
+    broken = state.scheduler.broken
     return respond(request, {
-        "status": "ok",
+        "status": "broken" if broken else "ok",
+        "problem": broken,
         "version": inv.version,
         "storages": len(inv.storages),
         "items": counts.items,
@@ -36,7 +38,7 @@ async def health(request: web.Request) -> web.Response:
         "uptime": round(time.time() - state.started, 3),
         "load_seconds": round(state.load_seconds, 3),
         "auth": "open" if state.open_mode and not inv.tokens else "tokens",
-    })
+    }, status=503 if broken else 200)
 
 
 # ------------------------------------------------------------------------------- storages
