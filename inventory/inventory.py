@@ -153,6 +153,35 @@ class Checksums:
         return f"{self._value[row]:0{length}x}"
 
 
+class Names:
+    """A column of strings drawn from a small vocabulary (owners, groups): a 4-byte code per
+    row into one table of distinct names, instead of a pointer (or a dict entry) per row."""
+
+    __slots__ = ("_codes", "_index", "_names")
+
+    def __init__(self) -> None:
+        self._codes = array("I")
+        self._names: list[str | None] = [None]
+        self._index: dict[str | None, int] = {None: 0}
+
+    def _code(self, name: str | None) -> int:
+        code = self._index.get(name)
+        if code is None:
+            code = self._index[name] = len(self._names)
+            self._names.append(name)
+        return code
+
+    def extend(self, names: Sequence[str | None]) -> None:
+        code = self._code
+        self._codes.extend([code(n or None) for n in names])
+
+    def set(self, row: int, name: str | None) -> None:
+        self._codes[row] = self._code(name or None)
+
+    def get(self, row: int) -> str | None:
+        return self._names[self._codes[row]]
+
+
 @dataclass(slots=True)
 class Counts:
     items: int = 0
@@ -186,8 +215,8 @@ class Inventory:
         self.i_expire = array("d")
         self.i_access_count = array("q")
         self.i_last_access = array("d")
-        self.i_owner: dict[int, str] = {}
-        self.i_group: dict[int, str] = {}
+        self.i_owner = Names()
+        self.i_group = Names()
         self.i_first_replica = array("i")
         self.i_older = array("i")  # next older version of the same name
         # replica columns
@@ -195,7 +224,7 @@ class Inventory:
         self.r_storage = array("H")
         self.r_state = bytearray()
         self.r_size = array("q")
-        self.r_checksum: dict[int, str] = {}  # as verified, where it was
+        self.r_checksum = Checksums()  # as verified; nearly every replica has one
         self.r_uri: dict[int, str] = {}  # where not the storage's default location
         self.r_created = array("d")
         self.r_expire: dict[int, float] = {}  # temporary copies only
@@ -316,9 +345,9 @@ class Inventory:
         self.i_last_access.extend([_NAN if x is None else x for x in last_access])
         self.i_first_replica.extend(array("i", [NONE]) * len(rows))
         self.i_older.extend(array("i", [NONE]) * len(rows))
-        for sparse, values in ((self.i_metadata, metadata), (self.i_owner, owner),
-                               (self.i_group, group)):
-            sparse.update((r, v) for r, v in zip(rows, values, strict=True) if v)
+        self.i_metadata.update((r, v) for r, v in zip(rows, metadata, strict=True) if v)
+        self.i_owner.extend(owner)
+        self.i_group.extend(group)
         latest = self.latest_by_name
         claim = latest.setdefault
         for row, item_name in zip(rows, name, strict=True):
@@ -367,12 +396,12 @@ class Inventory:
             self.i_method[row] = self._method_code(rec.checksum_method)
             self.i_access_count[row] = rec.access_count
             self.i_last_access[row] = _time(rec.last_access)
-            for sparse, value in ((self.i_metadata, rec.metadata), (self.i_owner, rec.owner),
-                                  (self.i_group, rec.group)):
-                if value:
-                    sparse[row] = value
-                else:
-                    sparse.pop(row, None)
+            if rec.metadata:
+                self.i_metadata[row] = rec.metadata
+            else:
+                self.i_metadata.pop(row, None)
+            self.i_owner.set(row, rec.owner)
+            self.i_group.set(row, rec.group)
 
     def container_size(self, row: int) -> int:
         """Sum of the sizes of a container's members, recursively (unknown sizes count 0)."""
@@ -493,8 +522,8 @@ class Inventory:
         self.r_created.extend(created)
         self.r_verified.extend([_NAN if x is None else x for x in verified])
         rows = range(start, start + n)
-        for sparse, values in ((self.r_checksum, checksum), (self.r_uri, uri),
-                               (self.r_expire, expire)):
+        self.r_checksum.extend(checksum)
+        for sparse, values in ((self.r_uri, uri), (self.r_expire, expire)):
             sparse.update((r, v) for r, v in zip(rows, values, strict=True) if v is not None)
         self.r_prev_on_storage.extend(array("i", [NONE]) * n)
         # Each new replica becomes the head of its item's list and of its storage's list.
@@ -554,8 +583,8 @@ class Inventory:
         self.r_state[row] = rec.state
         self.r_size[row] = -1 if rec.size is None else rec.size
         self.r_verified[row] = _time(rec.last_verified)
-        for sparse, value in ((self.r_checksum, rec.checksum), (self.r_uri, rec.uri),
-                              (self.r_expire, rec.expire_at)):
+        self.r_checksum.set(row, rec.checksum)
+        for sparse, value in ((self.r_uri, rec.uri), (self.r_expire, rec.expire_at)):
             if value is None:
                 sparse.pop(row, None)
             else:
@@ -584,7 +613,8 @@ class Inventory:
             self.r_next_on_storage[before] = after
         if after != NONE:
             self.r_prev_on_storage[after] = before
-        for sparse in (self.r_checksum, self.r_uri, self.r_expire):
+        self.r_checksum.set(row, None)
+        for sparse in (self.r_uri, self.r_expire):
             sparse.pop(row, None)
         self.r_item[row] = NONE
         self.counts.replicas -= 1

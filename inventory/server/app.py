@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from inventory.scheduler import Scheduler
 from inventory.server import (
     metrics,
     routes_admin,
+    routes_consistency,
     routes_core,
     routes_feed,
     routes_items,
@@ -49,7 +51,7 @@ def make_app(config: ServerConfig) -> web.Application:
                           client_max_size=config.max_body)
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,
-                   metrics):
+                   metrics, routes_consistency):
         app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -62,6 +64,10 @@ def make_app(config: ServerConfig) -> web.Application:
             await store.load(inventory)
             load_seconds = time.perf_counter() - started
             inventory.load_objects(config.tokens)
+            # The loaded inventory lives as long as the server: keep the collector from walking
+            # its millions of objects again on every full collection.
+            gc.collect()
+            gc.freeze()
             log.info("inventory loaded", extra={
                 "items": inventory.counts.items, "replicas": inventory.counts.replicas,
                 "storages": len(inventory.storages), "version": inventory.version,
