@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 from urllib.parse import quote
 
@@ -51,16 +52,19 @@ def default_url() -> str:
 
 @dataclass(slots=True)
 class Snapshot:
-    """The whole inventory at one version, as wire records (lists in the ``fields`` order)."""
+    """The whole inventory at one version, as wire records: tuples in the ``fields`` order
+    (decoded with ``use_list=False``: tuples are ~3x cheaper to decode than lists; arrays
+    inside metadata and attributes are tuples too)."""
 
     version: int
     fields: dict[str, list[str]]
-    storages: list[list[Any]] = field(default_factory=list)
-    items: dict[str, list[Any]] = field(default_factory=dict)  # by oid
-    replicas: dict[str, list[Any]] = field(default_factory=dict)  # by uid
+    storages: list[tuple[Any, ...]] = field(default_factory=list)
+    items: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # by oid
+    replicas: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # by uid
 
-    def apply(self, kind: str, record: list[Any]) -> None:
+    def apply(self, kind: str, record: Sequence[Any]) -> None:
         """Apply one change-feed record (an upsert of the whole record)."""
+        record = tuple(record)
         if kind == "item":
             self.items[record[0]] = record
         elif kind == "replica":
@@ -326,14 +330,15 @@ class Client:
         async with self._session.get(self.url + "/v1/snapshot") as resp:
             if resp.status >= 400:
                 raise _error_from(resp.status, await resp.json(content_type=None))
-            unpacker = msgpack.Unpacker(use_list=True, raw=False, max_buffer_size=1 << 30)
+            unpacker = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=1 << 30)
             snap: Snapshot | None = None
             done = False
             async for chunk in resp.content.iter_any():
                 unpacker.feed(chunk)
                 for obj in unpacker:
                     if snap is None:
-                        snap = Snapshot(obj["version"], obj["fields"])
+                        snap = Snapshot(obj["version"],
+                                        {k: list(v) for k, v in obj["fields"].items()})
                         continue
                     done = _snapshot_record(snap, obj) or done
             if snap is None or not done:
@@ -413,14 +418,14 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _snapshot_record(snap: Snapshot, obj: list[Any]) -> bool:
+def _snapshot_record(snap: Snapshot, obj: Sequence[Any]) -> bool:
     kind, body = obj
     if kind == "storages":
         snap.storages.extend(body)
     elif kind == "items":
-        snap.items.update((r[0], r) for r in body)
+        snap.items.update(zip(map(_first, body), body, strict=True))
     elif kind == "replicas":
-        snap.replicas.update((r[0], r) for r in body)
+        snap.replicas.update(zip(map(_first, body), body, strict=True))
     elif kind == "changes":
         for _version, changes in body:
             for change_kind, record in changes:
@@ -431,6 +436,9 @@ def _snapshot_record(snap: Snapshot, obj: list[Any]) -> bool:
     elif kind == "error":
         raise errors.Unavailable(body["message"])
     return False
+
+
+_first = itemgetter(0)
 
 
 def _error_from(status: int, body: Any) -> errors.DLMError:

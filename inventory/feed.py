@@ -112,3 +112,61 @@ class ChangeFeed:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._new.wait(), timeout)
+
+
+# --------------------------------------------------------------------------- snapshot chunks
+# The snapshot encodes rows straight from the inventory's columns (no record objects), a chunk
+# at a time; the tuples are the lists ``item_wire`` / ``replica_wire`` give, in the same order.
+
+def item_rows_wire(inv: Any, lo: int, hi: int) -> list[tuple[Any, ...]]:
+    """Items ``lo`` to ``hi`` (row numbers) in WIRE_ITEM_FIELDS order."""
+    rows = range(lo, hi)
+    oids = inv.i_oid
+    oid_text = [_fmt(o) for o in oids[lo:hi]]
+    none = -1
+    parents = inv.i_parent[lo:hi]
+    parent_text = ([None] * (hi - lo) if parents.count(none) == hi - lo else
+                   [None if p == none else _fmt(oids[p]) for p in parents])
+    checksum = inv.i_checksum.get
+    return list(zip(
+        oid_text, inv.i_name[lo:hi], inv.i_version[lo:hi],
+        map(_TYPES.__getitem__, inv.i_type[lo:hi]), map(_STATES.__getitem__, inv.i_state[lo:hi]),
+        map(_PHASES.__getitem__, inv.i_target[lo:hi]),
+        [None if s < 0 else s for s in inv.i_size[lo:hi]],
+        map(checksum, rows), map(inv.methods.__getitem__, inv.i_method[lo:hi]),
+        map(inv.i_metadata.get, rows), parent_text, inv.i_created[lo:hi],
+        [None if t != t else t for t in inv.i_expire[lo:hi]], inv.i_access_count[lo:hi],
+        [None if t != t else t for t in inv.i_last_access[lo:hi]],
+        map(inv.i_owner.get, rows), map(inv.i_group.get, rows), strict=True))
+
+
+_HEX4 = [f"{sid:04x}" for sid in range(1 << 16)]
+
+
+def replica_rows_wire(inv: Any, lo: int, hi: int) -> list[tuple[Any, ...]]:
+    """Replicas ``lo`` to ``hi`` (row numbers; unused rows skipped) in WIRE_REPLICA_FIELDS order.
+    The uid is the oid's text with the storage id in its last four hex digits (model.py)."""
+    rows = range(lo, hi)
+    item_rows = inv.r_item[lo:hi]
+    oids = inv.i_oid
+    cache: dict[int, str] = {}  # an item's replicas are usually neighbours
+    get = cache.get
+    oid_text = []
+    append = oid_text.append
+    for r in item_rows:
+        text = get(r)
+        if text is None:
+            text = cache[r] = _fmt(oids[r]) if r >= 0 else ""
+        append(text)
+    storages = inv.r_storage[lo:hi]
+    uid_text = [o[:32] + h for o, h in zip(oid_text, map(_HEX4.__getitem__, storages),
+                                          strict=True)]
+    out = list(zip(
+        uid_text, oid_text, storages, map(inv.r_uri.get, rows),
+        map(_RSTATES.__getitem__, inv.r_state[lo:hi]),
+        [None if s < 0 else s for s in inv.r_size[lo:hi]], map(inv.r_checksum.get, rows),
+        inv.r_created[lo:hi], map(inv.r_expire.get, rows),
+        [None if t != t else t for t in inv.r_verified[lo:hi]], strict=True))
+    if -1 in item_rows:
+        out = [row for row, r in zip(out, item_rows, strict=True) if r >= 0]
+    return out

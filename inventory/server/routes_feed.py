@@ -18,18 +18,17 @@ from inventory.feed import (
     WIRE_ITEM_FIELDS,
     WIRE_REPLICA_FIELDS,
     WIRE_STORAGE_FIELDS,
-    item_wire,
-    replica_wire,
+    item_rows_wire,
+    replica_rows_wire,
     storage_wire,
 )
-from inventory.inventory import NONE
 from inventory.server.bodies import MSGPACK, query_int, respond
 from inventory.server.state import state_of
 
 routes = web.RouteTableDef()
 
 SNAPSHOT_FORMAT = "dlm-snapshot/1"
-CHUNK = 10_000
+CHUNK = 20_000  # rows per msgpack object; built straight from the columns
 
 
 @routes.get("/v1/snapshot")
@@ -53,18 +52,14 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     }))
     await response.write(pack(["storages", [storage_wire(s.record())
                                             for s in inv.storages.values()]]))
-    record = inv.item_record
     total = len(inv.i_oid)
     for lo in range(0, total, CHUNK):
-        rows = [item_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))]
-        await response.write(pack(["items", rows]))
-    record = inv.replica_record
+        await response.write(pack(["items", item_rows_wire(inv, lo, min(total, lo + CHUNK))]))
+        await asyncio.sleep(0)
     total = len(inv.r_item)
     for lo in range(0, total, CHUNK):
-        items = inv.r_item
-        rows = [replica_wire(record(r)) for r in range(lo, min(total, lo + CHUNK))
-                if items[r] != NONE]
-        await response.write(pack(["replicas", rows]))
+        await response.write(pack(["replicas",
+                                   replica_rows_wire(inv, lo, min(total, lo + CHUNK))]))
         await asyncio.sleep(0)
     try:
         tail, reached = feed.since(start, limit=1 << 62)
