@@ -157,7 +157,7 @@ _NUM_ATTR = ' data-type="num"'
 
 def to_html(report: Mapping[str, Any]) -> str:
     storage = report.get("storage", {})
-    summary = report.get("summary", {})
+    summary = report.get("counts", {})
     listing = report.get("listing", {})
     name = storage.get("name", "?")
     parts = [

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
     "detox.cli",
     "dealer.cli",
+    "consistency.cli",
 )
 
 

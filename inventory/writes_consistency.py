@@ -113,7 +113,8 @@ def encode_blob(rows: list[list[Any]]) -> bytes:
 
 def safety_reason(report: ConsistencyReportIn, replica_count: int) -> str | None:
     """Why the report must not be acted on, or None: too much of the storage looks missing."""
-    missing = report.counts.missing.count
+    missing = max(report.counts.missing.count,
+                  len(report.missing) + report.truncated.get("missing", 0))
     fraction = max(report.counts.missing_fraction, missing / max(replica_count, 1))
     if missing and fraction > report.max_missing:
         return (f"{missing} of {max(report.counts.expected, replica_count)} replicas "
