@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from inventory.dashboard import routes as dashboard_routes
 from inventory.feed import ChangeFeed
 from inventory.fileops.engine import FileOpsEngine, FileOpsLimits
 from inventory.inventory import Inventory
@@ -51,7 +52,7 @@ def make_app(config: ServerConfig) -> web.Application:
                           client_max_size=config.max_body)
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,
-                   metrics, routes_consistency):
+                   metrics, routes_consistency, dashboard_routes):
         app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
