@@ -217,13 +217,22 @@ def gib(n: float) -> str:
 async def run(args: argparse.Namespace) -> int:
     n_items = args.replicas // 2
     spec = generate.Spec(items=n_items, replicas=2, storages=args.storages, seed=args.seed)
-    name = args.db or f"dlm_bench_detox_{os.getpid()}"
+    name = f"dlm_bench_detox_{os.getpid()}"
     url = ADMIN.rsplit("/", 1)[0] + "/" + name
     created_db = False
     proc = None
     workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-detox-"))
     try:
-        if not args.db:
+        if args.db:  # a fresh copy: the cycle changes the inventory it runs on
+            import asyncpg
+
+            conn = await asyncpg.connect(ADMIN)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.db}"')
+            finally:
+                await conn.close()
+            created_db = True
+        else:
             print(f"generating {args.replicas:,} replicas ({n_items:,} items) on "
                   f"{args.storages} storages into {name} ...", file=sys.stderr)
             await generate.create_database(ADMIN, name)
@@ -261,7 +270,9 @@ async def run(args: argparse.Namespace) -> int:
             peak_after = status_kb("VmHWM")
             marks = client.marks
             snap = await client.snapshot()  # the same inventory again, for the baseline
+        gc.freeze()  # as run_cycle does for its snapshot
         base_s, base_counts = baseline(policy, snap, NOW)
+        gc.unfreeze()
         del snap
     finally:
         if proc is not None:
@@ -271,10 +282,10 @@ async def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if created_db and not args.keep:
+        if created_db and (args.db or not args.keep):
             await generate.drop_database(ADMIN, name)
         elif created_db:
-            print(f"kept database {name}", file=sys.stderr)
+            print(f"kept database {name} (reuse: --db {name})", file=sys.stderr)
 
     plan = result.plan
     summary = plan.summary()
@@ -327,7 +338,8 @@ def main() -> int:
     p.add_argument("--max-body", type=int, default=1 << 30,
                    help="the server's request body limit for this run (0: its default)")
     p.add_argument("--keep", action="store_true", help="keep the database")
-    p.add_argument("--db", help="reuse this database (made by an earlier --keep run)")
+    p.add_argument("--db", help="run on a copy of this database (made by an earlier --keep run, "
+                   "never changed itself)")
     args = p.parse_args()
     return asyncio.run(run(args))
 

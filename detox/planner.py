@@ -369,6 +369,8 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     decisions = plan.decisions
     code = decisions.code
     add = decisions.add
+    add_replica, add_code, add_size = (decisions.replicas.append, decisions.codes.append,
+                                       decisions.sizes.append)
 
     # ---- 1. expired items: every settled payload goes
     if expired_reps:
@@ -432,11 +434,15 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         elif action == DISMISS and sid in triggered:
             candidates[sid].append((sort_key(iv, rv, sv, now), index, rep, size, rule))
         elif action == IGNORE:
-            add(rep, ignored_code[rule.index + 2], size)
+            add_replica(rep)
+            add_code(ignored_code[rule.index + 2])
+            add_size(size)
         else:  # protect, or a candidate on a storage that needs no cleaning
             if action == PROTECT:
                 protected_by_rule[sid][rule.index + 2] += size
-            add(rep, kept_code[rule.index + 2], size)
+            add_replica(rep)  # decisions.add, inlined
+            add_code(kept_code[rule.index + 2])
+            add_size(size)
     protected: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for sid, by_rule in protected_by_rule.items():
         for rule, size in zip(rules, by_rule, strict=True):
