@@ -1,0 +1,231 @@
+"""Item lookups by name through REST: the in-memory inventory against one SQL query per request.
+
+    .venv/bin/python benchmarks/bench_lookup.py --items 1000000 --requests 20000 --concurrency 32
+
+Both servers run on the same PostgreSQL database (made by ``benchmarks/generate.py``) in their
+own process and answer ``GET /v1/items?name=NAME`` with the item and its replicas:
+
+- ``dlm serve --db ...``: the inventory loaded into memory, the answer built from it;
+- the baseline, a minimal aiohttp server that runs one SQL query per request through an asyncpg
+  pool (what a DB-centred design such as a REST layer over the catalogue does).
+
+The same client (uvloop, aiohttp, ``--concurrency`` requests in flight, names drawn at random
+from the database) drives each in turn; it prints requests/s and latency percentiles and the ratio.
+Issue 3's targets: >= 3x the baseline's throughput, p99 under 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import generate  # noqa: E402
+from bench_inventory import free_port, wait_healthy  # noqa: E402
+
+BASELINE_SQL = """
+SELECT d.oid::text, d.item_name, d.item_version, d.item_type, d.item_state, d.target_phase,
+       d.size, d.checksum, d.checksum_method, d.metadata, d.created, d.expire_at,
+       d.access_count, d.last_access, d.owner, d."group",
+       coalesce((SELECT json_agg(json_build_object(
+                    'uid', r.uid::text, 'storage', s.name, 'uri', r.uri, 'state', r.state,
+                    'size', r.size, 'checksum', r.checksum, 'created', r.created))
+                 FROM replica r JOIN storage s ON s.id = r.storage_id
+                 WHERE r.oid = d.oid), '[]')
+FROM data_item d
+WHERE d.item_name = $1 AND d.item_state <> 'DELETED'
+ORDER BY d.item_version DESC LIMIT 1
+"""
+
+
+# ------------------------------------------------------------------ the baseline server
+
+def baseline_server(db_url: str, port: int, pool_size: int) -> None:
+    """One SQL query per request, answered as JSON (run as a child process)."""
+    import asyncpg
+    import uvloop
+    from aiohttp import web
+
+    async def make_app() -> web.Application:
+        pool = await asyncpg.create_pool(db_url, min_size=pool_size, max_size=pool_size)
+        await pool.execute("SELECT 1")
+
+        async def items(request: web.Request) -> web.Response:
+            row = await pool.fetchrow(BASELINE_SQL, request.query["name"])
+            found = [] if row is None else [{
+                "oid": row[0], "item_name": row[1], "item_version": row[2],
+                "item_type": row[3], "state": row[4], "target_phase": row[5], "size": row[6],
+                "checksum": row[7], "checksum_method": row[8],
+                "metadata": json.loads(row[9]) if row[9] else {}, "created": row[10],
+                "expire_at": row[11], "access_count": row[12], "last_access": row[13],
+                "owner": row[14], "group": row[15], "replicas": json.loads(row[16])}]
+            return web.json_response({"items": found, "cursor": None})
+
+        async def health(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_get("/v1/items", items)
+        app.router.add_get("/v1/health", health)
+        return app
+
+    uvloop.install()
+    web.run_app(make_app(), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# ------------------------------------------------------------------ the load
+
+async def drive(base: str, names: list[str], requests: int, concurrency: int,
+                warmup: int) -> dict:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    latencies: list[float] = []
+    errors = 0
+    rng = random.Random(7)
+    todo = [rng.choice(names) for _ in range(requests + warmup)]
+    position = 0
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal position, errors
+            while position < len(todo):
+                name = todo[position]
+                position += 1
+                started = time.perf_counter()
+                async with session.get(base + "/v1/items", params={"name": name}) as resp:
+                    body = await resp.read()
+                    if resp.status != 200 or b'"items":[]' in body:
+                        errors += 1
+                if position > warmup:
+                    latencies.append(time.perf_counter() - started)
+
+        # warm-up pass (connections, caches), then the measured pass
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    measured = len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(measured - 1, int(p * measured))] * 1000
+
+    return {"requests": measured, "seconds": wall * measured / (measured + warmup),
+            "rate": measured / (wall * measured / (measured + warmup)),
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "errors": errors}
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=out, cwd=REPO)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def bench(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-lookup-"))
+    name = args.db or f"dlm_bench_lookup_{os.getpid()}"
+    db_url = args.admin_url.rsplit("/", 1)[0] + "/" + name
+    made = args.db is None
+    if made:
+        print(f"generating {args.items:,} items ...", flush=True)
+        await generate.create_database(args.admin_url, name)
+        await generate.write_postgres(db_url, generate.Spec(items=args.items, replicas=2))
+    try:
+        conn = await asyncpg.connect(db_url)
+        names = [r[0] for r in await conn.fetch(
+            "SELECT item_name FROM data_item ORDER BY random() LIMIT $1", args.names)]
+        await conn.close()
+        results = {}
+        # -- DLM
+        port = free_port()
+        proc = start([sys.executable, "-m", "inventory.cli", "serve", "--port", str(port),
+                      "--data-dir", str(workdir / "data"), "--db", db_url,
+                      "--log-level", "warning"], workdir / "dlm.log")
+        try:
+            await wait_healthy(f"http://127.0.0.1:{port}", proc, workdir / "dlm.log", 600)
+            print("DLM server ready, driving ...", flush=True)
+            results["dlm"] = await drive(f"http://127.0.0.1:{port}", names, args.requests,
+                                         args.concurrency, args.warmup)
+        finally:
+            stop(proc)
+        # -- baseline
+        port = free_port()
+        proc = start([sys.executable, __file__, "--baseline-server", db_url, str(port),
+                      str(args.pool)], workdir / "baseline.log")
+        try:
+            await wait_healthy(f"http://127.0.0.1:{port}", proc, workdir / "baseline.log", 120)
+            print("SQL-per-request server ready, driving ...", flush=True)
+            results["sql"] = await drive(f"http://127.0.0.1:{port}", names, args.requests,
+                                         args.concurrency, args.warmup)
+        finally:
+            stop(proc)
+    finally:
+        if made and not args.keep:
+            await generate.drop_database(args.admin_url, name)
+    report(results, args)
+    return 0
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    dlm, sql = results["dlm"], results["sql"]
+    load = os.getloadavg()
+    print(f"\nlookups by name, {args.items:,} items, concurrency {args.concurrency}, "
+          f"{dlm['requests']:,} measured requests each; load average "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
+    print(f"| {'server':<28} | {'req/s':>8} | {'p50 ms':>7} | {'p90 ms':>7} | "
+          f"{'p99 ms':>7} | {'errors':>6} |")
+    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
+    for label, r in (("DLM (in memory)", dlm), ("one SQL query per request", sql)):
+        print(f"| {label:<28} | {r['rate']:>8.0f} | {r['p50_ms']:>7.2f} | {r['p90_ms']:>7.2f} | "
+              f"{r['p99_ms']:>7.2f} | {r['errors']:>6} |")
+    ratio = dlm["rate"] / sql["rate"]
+    print(f"\nthroughput ratio DLM / SQL: {ratio:.2f}x (target >= 3x: "
+          f"{'met' if ratio >= 3 else 'MISSED'}); DLM p99 {dlm['p99_ms']:.2f} ms "
+          f"(target < 10 ms: {'met' if dlm['p99_ms'] < 10 else 'MISSED'})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--baseline-server"]:
+        baseline_server(argv[1], int(argv[2]), int(argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--warmup", type=int, default=2_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--names", type=int, default=50_000, help="distinct names drawn")
+    parser.add_argument("--pool", type=int, default=10, help="baseline asyncpg pool size")
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", help="reuse this database made by generate.py")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    import uvloop
+
+    return uvloop.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
