@@ -7,6 +7,7 @@ signed-in role may not use, and the API refuses them anyway.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -262,6 +263,13 @@ def cycle_line(cycle: Cycle) -> str:
         return (f"{applied.get('copies', s.get('copies', 0))} copies queued "
                 f"({size(applied.get('bytes', s.get('bytes', 0)))}), "
                 f"{s.get('requests_done', 0)} requests done")
+    if cycle.kind == "consistency":
+        storage = s.get("storage") if isinstance(s.get("storage"), Mapping) else {}
+        counts = s.get("counts") if isinstance(s.get("counts"), Mapping) else {}
+        found = ", ".join(f"{_tally(counts.get(k))[0] or 0} {k.replace('_', ' ')}"
+                          for k in CONSISTENCY_CLASSES if k != "ok")
+        verdict = f"; not fixed: {s['safety']}" if s.get("safety") else ""
+        return f"{storage.get('name', '?')}: {found}{verdict}"
     scalars = [f"{k}: {v}" for k, v in s.items() if isinstance(v, int | float | str)]
     return ", ".join(scalars[:6])
 
@@ -444,7 +452,7 @@ def item(inv: Inventory, row: int, item_decisions: list[tuple[Cycle, dict[str, A
         ("Created", time_tag(inv.i_created[row])),
         ("Reads", h(inv.i_access_count[row])),
         ("Owner / group", f"{h(inv.i_owner.get(row))} / {h(inv.i_group.get(row))}"),
-        ("Metadata", f"<code>{h(inv.i_metadata.get(row) or {})}</code>"),
+        ("Metadata", f"<code>{h(json.dumps(inv.i_metadata.get(row) or {}))}</code>"),
     )
     dl = '<dl class="facts item">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) \
         + "</dl>"

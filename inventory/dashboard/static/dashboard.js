@@ -322,7 +322,8 @@ function drawOccupancy(box, data) {
   const svg = frame(box, "Occupancy over time per storage");
   let t0 = Math.min(...points.map((p) => p[0]));
   const t1 = Math.max(...points.map((p) => p[0]));
-  if (t1 - t0 < 60) t0 = t1 - 60;
+  if (t1 - t0 < 1) t0 = t1 - 1;
+  const seconds = t1 - t0 < 3600 ? 19 : 16; // show seconds on a short span
   const top = Math.max(1, ...points.map((p) => p[1]));
   const x = (t) => M.left + ((W - M.left - M.right) * (t - t0)) / (t1 - t0);
   const y = (o) => H - M.bottom - ((H - M.top - M.bottom) * o) / top;
@@ -333,7 +334,7 @@ function drawOccupancy(box, data) {
     text(svg, W - M.right - 4, y(value) - 4, kind + " " + Math.round(value * 1000) / 10 + "%", { "text-anchor": "end", class: "tick " + kind });
   }
   for (const when of [t0, t1]) {
-    const label = new Date(when * 1000).toISOString().replace("T", " ").slice(0, 16) + " UTC";
+    const label = new Date(when * 1000).toISOString().replace("T", " ").slice(0, seconds) + " UTC";
     text(svg, x(when), H - 10, label, { "text-anchor": when === t0 ? "start" : "end", class: "tick" });
   }
   names.forEach((name, index) => {
