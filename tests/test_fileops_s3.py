@@ -12,7 +12,7 @@ from dealer.cycle import run_cycle
 from inventory.fileops.engine import FileOpsLimits
 from policies import load_policy_text
 from tests.conftest import InProcessServer
-from tests.s3server import BUCKET, RcloneS3, s3_server  # noqa: F401 - fixture
+from tests.s3server import BUCKET, RcloneS3, own_s3_server, s3_server  # noqa: F401
 from tests.test_fileops import operation, queue
 
 FAST = FileOpsLimits(workers=4, per_storage=2, max_attempts=2, retry_base=0.05, poll=0.05,
@@ -81,3 +81,37 @@ async def test_dealer_places_a_liquid_item_on_s3(mixed):
     full = await c.item(item["oid"])
     assert full["current_phase"] == "SOLID"  # GAS + LIQUID (s3) + GAS
     assert (mixed.objects / "l.bin").read_bytes() == data
+
+
+async def test_a_storage_that_stops_answering_is_left_alone_then_retried(tmp_path,
+                                                                        own_s3_server):  # noqa: F811
+    limits = FileOpsLimits(workers=2, per_storage=2, max_attempts=10, retry_base=0.05,
+                           retry_max=0.1, unreachable_after=2, unreachable_pause=1.0,
+                           poll=0.05)
+    srv = InProcessServer(f"sqlite:{tmp_path / 'db.sqlite'}", tmp_path, fileops=limits)
+    await srv.start()
+    try:
+        c = srv.client
+        (tmp_path / "disk").mkdir()
+        await c.add_storage(name="disk", kind="posix", root=str(tmp_path / "disk"),
+                            capacity=10**9)
+        await c.add_storage(name="down", kind="s3", root=f"{BUCKET}/x", capacity=10**9,
+                            config=own_s3_server.config(connect_timeout=0.5))
+        (tmp_path / "disk" / "f").write_bytes(b"payload")
+        item = await c.add_item(item_name="f", storage="disk", size=7,
+                                checksum=adler(b"payload"))
+        own_s3_server.kill()
+        op = await queue(c, "copy", item["oid"], "down")
+        for _ in range(200):
+            storage = await c.request("GET", "/v1/storages/down")
+            if storage["reliability"]["unreachable_until"]:
+                break
+            await __import__("asyncio").sleep(0.05)
+        assert storage["reliability"]["unreachable_until"], storage
+        assert (await c.health())["status"] == "ok"  # everything else is served
+        own_s3_server.start()
+        done = await operation(c, op["id"], timeout=30)
+        assert done["state"] == "done" and done["attempts"] >= 2
+        assert (own_s3_server.directory / BUCKET / "x" / "f").read_bytes() == b"payload"
+    finally:
+        await srv.stop()
