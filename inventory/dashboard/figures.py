@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from inventory import model
 from inventory.dashboard.history import OccupancyHistory
 from inventory.inventory import Inventory, Storage
 from inventory.objects import Cycle, Operation
@@ -251,6 +250,3 @@ def recent_operations(inv: Inventory, states: tuple[str, ...], limit: int = 500
     found.sort(key=lambda o: -o.id)
     return found[:limit]
 
-
-def phase_name(code: int) -> str:
-    return model.PHASES[code]

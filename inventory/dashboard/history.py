@@ -16,7 +16,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -120,8 +120,3 @@ def _tick(app_ref: weakref.ref[web.Application],
     history.sample(state.inventory)
     _schedule(app_ref, call_later)
 
-
-def occupancy_points(history: OccupancyHistory, names: Iterable[str]
-                     ) -> dict[str, list[tuple[float, float]]]:
-    """The sampled series of each named storage."""
-    return {name: history.series(name) for name in names}
