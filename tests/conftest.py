@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,3 +236,19 @@ async def wait_healthy(url: str, timeout: float = 60) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not healthy after {timeout}s")
             await asyncio.sleep(0.05)
+
+
+async def settle(client: Client, timeout: float = 30) -> list[dict]:
+    """Wait until no operation is queued or running; the operations, finished."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        ops = await client.request("GET", "/v1/operations", params={"limit": "10000"})
+        if all(o["state"] in ("done", "failed", "cancelled") for o in ops["operations"]):
+            return ops["operations"]
+        assert asyncio.get_running_loop().time() < deadline, ops
+        await asyncio.sleep(0.05)
+
+
+def adler(data: bytes) -> str:
+    """The adler32 of ``data`` as DLM records it (8 lowercase hex digits)."""
+    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import zlib
 
 import pytest
 
@@ -12,7 +11,7 @@ from detox.cycle import run_cycle
 from inventory.cli import main
 from inventory.fileops.engine import FileOpsLimits
 from policies import load_policy_text
-from tests.conftest import InProcessServer
+from tests.conftest import InProcessServer, adler, settle
 
 POLICY = """
 partition "all" { }
@@ -28,9 +27,6 @@ detox {
 """
 FAST = FileOpsLimits(workers=4, per_storage=4, retry_base=0.05, poll=0.05)
 
-
-def adler(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
 
 
 @pytest.fixture
@@ -66,15 +62,6 @@ async def site(db_url, tmp_path):
     finally:
         await srv.stop()
 
-
-async def settle(client, timeout=30):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        ops = (await client.request("GET", "/v1/operations", params={"limit": "10000"}))
-        if all(o["state"] in ("done", "failed") for o in ops["operations"]):
-            return ops["operations"]
-        assert asyncio.get_running_loop().time() < deadline, ops
-        await asyncio.sleep(0.05)
 
 
 async def replicas_of(client, oid):

@@ -6,21 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import zlib
 
 import pytest
 
 from inventory import errors
 from inventory.client import Client
 from inventory.fileops.engine import FileOpsLimits
-from tests.conftest import InProcessServer, wait_healthy
+from tests.conftest import InProcessServer, adler, wait_healthy
 
 FAST = FileOpsLimits(workers=4, per_storage=2, max_attempts=3, retry_base=0.05, retry_max=0.2,
                      unreachable_after=100, poll=0.05)
 
-
-def adler(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
 
 
 @pytest.fixture

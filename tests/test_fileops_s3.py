@@ -4,23 +4,19 @@ verified, and deletions on S3, all through the server."""
 from __future__ import annotations
 
 import os
-import zlib
 
 import pytest
 
 from dealer.cycle import run_cycle
 from inventory.fileops.engine import FileOpsLimits
 from policies import load_policy_text
-from tests.conftest import InProcessServer
+from tests.conftest import InProcessServer, adler
 from tests.s3server import BUCKET, RcloneS3, own_s3_server, s3_server  # noqa: F401
 from tests.test_fileops import operation, queue
 
 FAST = FileOpsLimits(workers=4, per_storage=2, max_attempts=2, retry_base=0.05, poll=0.05,
                      unreachable_after=100)
 
-
-def adler(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
 
 
 @pytest.fixture
