@@ -600,6 +600,8 @@ def app_routes(app: web.Application) -> list[tuple[str, str]]:
     """(method, path) of every route the application registers, HEAD included."""
     out = []
     for route in app.router.routes():
+        if getattr(route.handler, "dlm_dashboard", False):
+            continue  # the dashboard's pages and fragments are not the REST API
         info = route.resource.get_info() if route.resource is not None else {}
         template = info.get("formatter") or info.get("path")
         if template is not None and route.method != "*":
