@@ -10,8 +10,21 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+# The id of the HTTP request being handled, carried into every log record made while handling
+# it (set by the server's request-id middleware; clients may send their own X-Request-Id).
+REQUEST_ID: ContextVar[str | None] = ContextVar("dlm_request_id", default=None)
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
 
 
 def _extra(record: logging.LogRecord) -> dict:
@@ -50,6 +63,7 @@ def setup(level: str = "info", json_lines: bool | None = None) -> None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if json_lines else TextFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 from aiohttp import web
 
 from inventory.errors import DLMError
+from inventory.logs import REQUEST_ID
 from inventory.server.bodies import respond
 
 log = logging.getLogger("dlm.server")
@@ -14,6 +17,28 @@ log = logging.getLogger("dlm.server")
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                415: "unsupported_media_type"}
+
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler) -> web.StreamResponse:
+    """Give every request an id (the client's X-Request-Id if sane), echo it in the answer and
+    carry it into the logs written while handling it."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex[:16]
+    token = REQUEST_ID.set(request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-Id"] = request_id
+        raise
+    finally:
+        REQUEST_ID.reset(token)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response
 
 
 @web.middleware
