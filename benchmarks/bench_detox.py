@@ -269,6 +269,11 @@ async def run(args: argparse.Namespace) -> int:
             total = time.perf_counter() - t0
             peak_after = status_kb("VmHWM")
             marks = client.marks
+            summary = result.plan.summary()
+            n = len(result.plan.decisions)
+            secs, applied = result.seconds, result.applied["summary"]
+            del result  # its decisions hold the snapshot's replica records: free them first
+            gc.collect()
             snap = await client.snapshot()  # the same inventory again, for the baseline
         gc.freeze()  # as run_cycle does for its snapshot
         base_s, base_counts = baseline(policy, snap, NOW)
@@ -287,12 +292,8 @@ async def run(args: argparse.Namespace) -> int:
         elif created_db:
             print(f"kept database {name} (reuse: --db {name})", file=sys.stderr)
 
-    plan = result.plan
-    summary = plan.summary()
-    secs = result.seconds
     snapshot_size = marks["rss_after_snapshot"] - marks["rss_before_snapshot"]
     extra = peak_after - marks["rss_after_snapshot"]
-    n = len(plan.decisions)
     hot = sum(1 for o in occupancy.values() if o > HIGH)
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores, "
           f"load average at start {load[0]:.2f}")
@@ -317,7 +318,6 @@ async def run(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value:>16}")
-    applied = result.applied["summary"]
     print(f"plan: {summary['deletions']:,} deletions, {summary['expirations']:,} expirations, "
           f"outcomes {summary['outcomes']}; unsatisfied storages {len(summary['unsatisfied'])}; "
           f"applied {applied['applied']['deletions']:,} deletions, dropped {applied['dropped']}")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from inventory import model
@@ -127,17 +128,33 @@ def item_rows_wire(inv: Any, lo: int, hi: int) -> list[tuple[Any, ...]]:
     parents = inv.i_parent[lo:hi]
     parent_text = ([None] * (hi - lo) if parents.count(none) == hi - lo else
                    [None if p == none else _fmt(oids[p]) for p in parents])
-    checksum = inv.i_checksum.get
     return list(zip(
         oid_text, inv.i_name[lo:hi], inv.i_version[lo:hi],
         map(_TYPES.__getitem__, inv.i_type[lo:hi]), map(_STATES.__getitem__, inv.i_state[lo:hi]),
         map(_PHASES.__getitem__, inv.i_target[lo:hi]),
         [None if s < 0 else s for s in inv.i_size[lo:hi]],
-        map(checksum, rows), map(inv.methods.__getitem__, inv.i_method[lo:hi]),
+        _checksums(inv.i_checksum, lo, hi), map(inv.methods.__getitem__, inv.i_method[lo:hi]),
         map(inv.i_metadata.get, rows), parent_text, inv.i_created[lo:hi],
         [None if t != t else t for t in inv.i_expire[lo:hi]], inv.i_access_count[lo:hi],
         [None if t != t else t for t in inv.i_last_access[lo:hi]],
-        map(inv.i_owner.get, rows), map(inv.i_group.get, rows), strict=True))
+        _names(inv.i_owner, lo, hi), _names(inv.i_group, lo, hi), strict=True))
+
+
+def _checksums(column: Any, lo: int, hi: int) -> Iterable[str | None]:
+    """Rows ``lo`` to ``hi`` of an ``inventory.Checksums`` column: when all of them are packed
+    8-digit digests (adler32, crc32c), formatted in one C loop."""
+    lengths = getattr(column, "_length", None)
+    if lengths is not None and lengths.count(8, lo, hi) == hi - lo:
+        return map("%08x".__mod__, column._value[lo:hi])
+    return map(column.get, range(lo, hi))
+
+
+def _names(column: Any, lo: int, hi: int) -> Iterable[str | None]:
+    """Rows ``lo`` to ``hi`` of an ``inventory.Names`` column (codes into a table of names)."""
+    codes = getattr(column, "_codes", None)
+    if codes is not None:
+        return map(column._names.__getitem__, codes[lo:hi])
+    return map(column.get, range(lo, hi))
 
 
 _HEX4 = [f"{sid:04x}" for sid in range(1 << 16)]
