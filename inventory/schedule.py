@@ -1,4 +1,5 @@
-"""Cycles the server launches itself (``schedule:`` in the config): Detox every 4 hours, say.
+"""Cycles the server launches itself (``schedule:`` in the config): Detox every 4 hours, Dealer
+every 30 minutes, a consistency check of each storage weekly.
 
 Each run is a separate ``dlm detox --once`` process, as an operator would start it by hand, so
 its CPU work never runs in the server. The child authenticates with a token that exists only in
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("dlm.schedule")
-KINDS = ("detox", "dealer")
+KINDS = ("detox", "dealer", "consistency")
+POLICY_KINDS = ("detox", "dealer")  # the others name a storage, not a policy file
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -29,10 +31,18 @@ class ScheduleError(ValueError):
 
 @dataclass(slots=True, frozen=True)
 class Job:
-    kind: str  # "detox"
-    policy: str
+    kind: str  # "detox" | "dealer" | "consistency"
+    target: str  # the policy file, or the storage to check
     every: float  # seconds
     dry_run: bool = False
+    fix: bool = False  # consistency: repair what was found
+
+    def args(self, url: str) -> list[str]:
+        if self.kind == "consistency":
+            out = [self.kind, self.target, "--url", url]
+            return [*out, "--fix"] if self.fix else out
+        out = [self.kind, "--policy", self.target, "--once", "--json", "--url", url]
+        return [*out, "--dry-run"] if self.dry_run else out
 
 
 def parse_schedule(entries: Any, where: str) -> list[Job]:
@@ -46,19 +56,23 @@ def parse_schedule(entries: Any, where: str) -> list[Job]:
         if not isinstance(entry, dict):
             raise ScheduleError(f"{at}: expected a mapping")
         kinds = [k for k in KINDS if k in entry]
-        unknown = set(entry) - set(KINDS) - {"every", "dry_run"}
+        unknown = set(entry) - set(KINDS) - {"every", "dry_run", "fix"}
         if len(kinds) != 1 or unknown:
-            raise ScheduleError(f"{at}: expected one of {', '.join(KINDS)} with a policy file, "
-                                f"plus every (and optionally dry_run)")
-        policy = entry[kinds[0]]
-        if not isinstance(policy, str) or not os.path.isfile(policy):
-            raise ScheduleError(f"{at}: {kinds[0]}: no policy file {policy!r}")
+            raise ScheduleError(f"{at}: expected one of {', '.join(KINDS)} (a policy file, or "
+                                f"for consistency a storage name), plus every (and optionally "
+                                f"dry_run, fix)")
+        kind, target = kinds[0], entry[kinds[0]]
+        if kind in POLICY_KINDS:
+            if not isinstance(target, str) or not os.path.isfile(target):
+                raise ScheduleError(f"{at}: {kind}: no policy file {target!r}")
+            target = os.path.abspath(target)
+        elif not isinstance(target, str) or not target:
+            raise ScheduleError(f"{at}: consistency: expected a storage name")
         match = _DURATION.match(str(entry.get("every", "")))
         if not match or float(match.group(1)) <= 0:
             raise ScheduleError(f"{at}: every: expected a duration like 30m, 4h or 1d")
-        jobs.append(Job(kinds[0], os.path.abspath(policy),
-                        float(match.group(1)) * _SECONDS[match.group(2)],
-                        bool(entry.get("dry_run", False))))
+        jobs.append(Job(kind, target, float(match.group(1)) * _SECONDS[match.group(2)],
+                        bool(entry.get("dry_run", False)), bool(entry.get("fix", False))))
     return jobs
 
 
@@ -75,6 +89,8 @@ class Schedule:
         self.token = token
         self._tasks: list[asyncio.Task] = []
         self.runs: dict[int, int] = {}
+        # Consistency lists whole storages: one at a time, whatever the schedule says.
+        self._listing = asyncio.Lock()
 
     def start(self) -> None:
         for index, job in enumerate(self.jobs):
@@ -94,10 +110,14 @@ class Schedule:
             await asyncio.sleep(job.every)
 
     async def _run(self, index: int, job: Job) -> None:
-        args = [sys.executable, "-m", "inventory.cli", job.kind, "--policy", job.policy,
-                "--once", "--json", "--url", self.url]
-        if job.dry_run:
-            args.append("--dry-run")
+        if job.kind == "consistency":
+            async with self._listing:
+                await self._spawn(index, job)
+        else:
+            await self._spawn(index, job)
+
+    async def _spawn(self, index: int, job: Job) -> None:
+        args = [sys.executable, "-m", "inventory.cli", *job.args(self.url)]
         env = {**os.environ, "DLM_TOKEN": self.token}
         proc = await asyncio.create_subprocess_exec(*args, env=env,
                                                     stdout=asyncio.subprocess.PIPE,
@@ -110,9 +130,12 @@ class Schedule:
             raise
         self.runs[index] = self.runs.get(index, 0) + 1
         if proc.returncode == 0:
-            log.info("scheduled cycle done", extra={"job": job.kind, "policy": job.policy,
+            log.info("scheduled cycle done", extra={"job": job.kind, "target": job.target,
                                                     "output_bytes": len(out)})
+        elif job.kind == "consistency" and proc.returncode == 3:
+            log.warning("consistency safety limit held: nothing fixed", extra={
+                "storage": job.target, "error": err.decode(errors="replace").strip()[-2000:]})
         else:
             log.error("scheduled cycle failed", extra={
-                "job": job.kind, "policy": job.policy, "status": proc.returncode,
+                "job": job.kind, "target": job.target, "status": proc.returncode,
                 "error": err.decode(errors="replace").strip()[-2000:]})

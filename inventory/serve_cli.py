@@ -197,7 +197,7 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             schedule = Schedule(jobs, f"http://{local}:{port}", token)
             schedule.start()
-            log.info("schedule started", extra={"jobs": [f"{j.kind} {j.policy} every "
+            log.info("schedule started", extra={"jobs": [f"{j.kind} {j.target} every "
                                                          f"{j.every:g}s" for j in jobs]})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ async def test_the_server_runs_detox_on_its_schedule_even_with_tokens(tmp_path,
     policy.write_text(POLICY)
     config = tmp_path / "dlm.yaml"
     config.write_text(f"schedule:\n  - detox: {policy}\n    every: 1s\n"
+                      "  - consistency: disk\n    every: 1s\n"
                       "fileops:\n  poll: 0.05\n  retry_base: 0.05\n")
     proc = server_process(None, "--config", str(config)).start()
     await wait_healthy(proc.url)
@@ -40,12 +41,20 @@ async def test_the_server_runs_detox_on_its_schedule_even_with_tokens(tmp_path,
         assert not (tmp_path / "disk" / "old").exists()
         cycles = (await c.request("GET", "/v1/history", params={"kind": "detox"}))["cycles"]
         assert cycles and cycles[0]["summary"]["policy"]["file"] == str(policy)
+        for _ in range(100):
+            checks = (await c.request("GET", "/v1/history",
+                                      params={"kind": "consistency"}))["cycles"]
+            if checks:
+                break
+            await asyncio.sleep(0.1)
+        assert checks, "no scheduled consistency check ran"
 
 
 @pytest.mark.parametrize(("content", "message"), [
     ("schedule: 5\n", "expected a list"),
     ("schedule:\n  - detox: /no/such.policy\n    every: 1h\n", "no policy file"),
-    ("schedule:\n  - consistency: x\n    every: 1h\n", "expected one of detox, dealer"),
+    ("schedule:\n  - rebalance: x\n    every: 1h\n", "expected one of detox, dealer, consistency"),
+    ("schedule:\n  - consistency: 5\n    every: 1h\n", "expected a storage name"),
     ("schedule:\n  - detox: {p}\n    every: often\n", "every: expected a duration"),
 ])
 def test_bad_schedule_config(tmp_path, content, message):
