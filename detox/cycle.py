@@ -31,7 +31,7 @@ class CycleResult:
     applied: dict[str, Any] | None  # the server's answer (None for a dry run)
 
 
-def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytes:
+def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytearray:
     """The decisions as the server stores them: zlib-compressed msgpack
     ``{"columns": [...], "rows": [[uid, storage_id, outcome, rule, line, size], ...]}``.
 
@@ -41,15 +41,15 @@ def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytes:
     n = len(decisions)
     packer = msgpack.Packer(use_bin_type=True)
     compressor = _compressobj()
-    out = [compressor.compress(packer.pack_map_header(2) + packer.pack("columns")
-                               + packer.pack(DECISION_COLUMNS) + packer.pack("rows")
-                               + packer.pack_array_header(n))]
+    out = bytearray(compressor.compress(packer.pack_map_header(2) + packer.pack("columns")
+                                        + packer.pack(DECISION_COLUMNS) + packer.pack("rows")
+                                        + packer.pack_array_header(n)))
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         packed = packer.pack(list(decisions.rows(lo, hi)))
-        out.append(compressor.compress(memoryview(packed)[_array_header_size(hi - lo):]))
-    out.append(compressor.flush())
-    return b"".join(out)
+        out += compressor.compress(memoryview(packed)[_array_header_size(hi - lo):])
+    out += compressor.flush()
+    return out  # one buffer (msgpack sends a bytearray as bin): no second copy to join
 
 
 def _array_header_size(n: int) -> int:
