@@ -14,11 +14,12 @@ stream of readers cannot starve it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inventory.errors import Conflict, DLMError, Unavailable
 from inventory.feed import ChangeFeed
@@ -73,8 +74,20 @@ class RWLock:
         return self._readers
 
 
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def _bucket_counts(bounds: tuple[float, ...]) -> list[int]:
+    return [0] * (len(bounds) + 1)  # the last one is +Inf
+
+
 @dataclass(slots=True)
 class WriterStats:
+    """What the writer measured, for /metrics: counters and two cumulative histograms."""
+
+    commit_buckets: list[int] = field(default_factory=lambda: _bucket_counts(COMMIT_BUCKETS))
+    group_buckets: list[int] = field(default_factory=lambda: _bucket_counts(GROUP_BUCKETS))
     transactions: int = 0
     writes: int = 0
     failed_commits: int = 0
@@ -202,7 +215,10 @@ class Scheduler:
         except StoreError:
             self.stats.failed_commits += 1
             raise
-        self.stats.commit_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.stats.commit_seconds += elapsed
+        self.stats.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, elapsed)] += 1
+        self.stats.group_buckets[bisect.bisect_left(GROUP_BUCKETS, len(ready))] += 1
         async with self.lock.write():
             changes = []
             results = []

@@ -33,6 +33,10 @@ async def test_metrics_follow_the_inventory(server):
     assert m[("dlm_commit_in_doubt", ())] == 0
     route = (("method", "POST"), ("route", "/v1/items"))
     assert m[("dlm_http_request_seconds_count", route)] == 2
+    transactions = m[("dlm_write_transactions_total", ())]
+    assert m[("dlm_commit_seconds_count", ())] == transactions
+    assert m[("dlm_commit_seconds_bucket", (("le", "+Inf"),))] == transactions
+    assert m[("dlm_group_commit_size_bucket", (("le", "1"),))] >= 1
 
 
 async def test_metrics_need_a_reader_token_once_tokens_exist(sqlite_server):

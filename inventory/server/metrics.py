@@ -13,10 +13,16 @@ from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from inventory import model
+from inventory.scheduler import COMMIT_BUCKETS, GROUP_BUCKETS
 from inventory.server.auth import requires
 from inventory.server.state import ServerState, state_of
 
@@ -83,8 +89,10 @@ class InventoryCollector(Collector):
                                   value=stats.writes)
         yield CounterMetricFamily("dlm_commit_failures", "Commits the database refused",
                                   value=stats.failed_commits)
-        yield CounterMetricFamily("dlm_commit_seconds", "Time spent in database commits",
-                                  value=stats.commit_seconds)
+        yield _histogram("dlm_commit_seconds", "Database commit latency of write transactions",
+                         COMMIT_BUCKETS, stats.commit_buckets, stats.commit_seconds)
+        yield _histogram("dlm_group_commit_size", "Writes grouped into one transaction",
+                         GROUP_BUCKETS, stats.group_buckets, float(stats.writes))
         yield GaugeMetricFamily("dlm_last_group_size", "Writes in the last group commit",
                                 value=stats.last_group_size)
         yield GaugeMetricFamily("dlm_commit_in_doubt", "1 while a commit's outcome is unknown",
@@ -98,6 +106,33 @@ class InventoryCollector(Collector):
             if cycle.ended is not None:
                 last.add_metric([kind], cycle.ended - cycle.started)
         yield last
+        partition = GaugeMetricFamily(
+            "dlm_partition_used_bytes", "Bytes of a policy partition per storage, projected "
+            "after the last Detox cycle of that policy", labels=["partition", "storage"])
+        for cycle in latest_by_policy(inv.cycles.values(), "detox"):
+            name = (cycle.summary.get("policy") or {}).get("name", "")
+            for st in cycle.summary.get("storages", ()):
+                if isinstance(st, dict) and "used_after" in st:
+                    partition.add_metric([name, str(st.get("name"))], st["used_after"])
+        yield partition
+
+
+def latest_by_policy(cycles, kind: str) -> list:
+    """The newest cycle of ``kind`` for each policy (partition) name."""
+    newest: dict[str, object] = {}
+    for cycle in sorted(cycles, key=lambda c: c.id):
+        if cycle.kind == kind:
+            newest[(cycle.summary.get("policy") or {}).get("name", "")] = cycle
+    return list(newest.values())
+
+
+def _histogram(name: str, doc: str, bounds: tuple[float, ...], counts: list[int],
+               total: float) -> HistogramMetricFamily:
+    cumulative, running = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=total)
 
 
 def install(app: web.Application, state: Callable[[], ServerState | None]) -> None:
