@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
+
+from tqdm import tqdm
 
 from consistency import listing
 from consistency import report as reports
@@ -94,7 +97,10 @@ async def run_consistency(client: Client, storage_name: str, options: Options) -
     try:
         t1 = clock()
         started = time.time()
-        entries = await listing.collect(storage.kind, storage.root, backend)
+        # A progress line on a terminal (tqdm stays silent when stderr is not one).
+        with tqdm(desc=f"listing {storage_name}", unit=" files", file=sys.stderr,
+                  disable=None, leave=False) as bar:
+            entries = await listing.collect(storage.kind, storage.root, backend, bar.update)
         ended = time.time()
         t2 = clock()
         snapshot_version = snap.version

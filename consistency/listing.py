@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat as stat_mod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from inventory.storage.base import Backend, Entry
 from inventory.storage.errors import PermissionDenied, Unreachable
@@ -112,9 +112,13 @@ def list_storage(kind: str, root: str, backend: Backend, batch: int = BATCH
     return list_backend(backend, batch)
 
 
-async def collect(kind: str, root: str, backend: Backend) -> list[Entry]:
-    """The whole listing as one list (what the diff takes)."""
+async def collect(kind: str, root: str, backend: Backend,
+                  progress: Callable[[int], None] | None = None) -> list[Entry]:
+    """The whole listing as one list (what the diff takes); ``progress`` gets each batch's
+    size, for a progress bar."""
     out: list[Entry] = []
     async for chunk in list_storage(kind, root, backend):
         out.extend(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return out

@@ -178,7 +178,7 @@ async def test_in_flight_changes_during_the_listing_are_not_flagged(site, monkey
     disk1 = site.roots["disk1"]
     real_collect = consistency_cycle.listing.collect
 
-    async def listing_with_traffic(kind, root, backend):
+    async def listing_with_traffic(kind, root, backend, progress=None):
         # while the listing runs: a stray upload that the walk sees, a new file registered
         # (its object came after the walk passed), and a listed registered copy deleted by an
         # operation
