@@ -72,6 +72,12 @@ def status_kb(field: str) -> int:
     raise KeyError(field)
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -128,13 +134,17 @@ class TimedClient(Client):
     """The Detox cycle's client, noting memory after the snapshot and the server's apply time."""
 
     marks: dict[str, float]
+    server_pid: int
 
     async def snapshot(self):  # type: ignore[override]
         if "rss_after_snapshot" in self.marks:  # the baseline's second snapshot
             return await super().snapshot()
         gc.collect()
         self.marks["rss_before_snapshot"] = status_kb("VmRSS")
+        cpu = cpu_seconds(self.server_pid), time.process_time()
         snap = await super().snapshot()
+        self.marks["server_cpu_snapshot"] = cpu_seconds(self.server_pid) - cpu[0]
+        self.marks["client_cpu_snapshot"] = time.process_time() - cpu[1]
         self.marks["peak_during_snapshot"] = status_kb("VmHWM")
         self.marks["peak_reset"] = reset_peak()
         self.marks["rss_after_snapshot"] = status_kb("VmRSS")  # the reset peak, as near as can be
@@ -148,8 +158,10 @@ class TimedClient(Client):
         self.marks["body_bytes"] = len(data)
         self.marks["decisions_bytes"] = len(body["decisions"])
         t1 = time.perf_counter()
+        cpu = cpu_seconds(self.server_pid)
         answer = await self._post_raw(path, data)
         self.marks["server_apply"] = time.perf_counter() - t1
+        self.marks["server_cpu_apply"] = cpu_seconds(self.server_pid) - cpu
         self.marks["encode_pack"] = t1 - t0
         return answer
 
@@ -258,6 +270,7 @@ async def run(args: argparse.Namespace) -> int:
         policy = load_policy_text(POLICY, "bench-detox.policy")
         async with TimedClient(f"http://127.0.0.1:{port}", token="", timeout=3600) as client:
             client.marks = {}
+            client.server_pid = proc.pid
             t0 = time.perf_counter()
             health = await wait_healthy(client, proc, log)
             print(f"server ready in {time.perf_counter() - t0:.1f} s ({health.get('items')} "
@@ -301,9 +314,12 @@ async def run(args: argparse.Namespace) -> int:
           f"{hot} over the {HIGH:.0%} watermark; 12-rule policy; decisions {n:,}")
     rows = [
         ("snapshot (server encode + stream + client decode)", f"{secs['snapshot']:.2f} s"),
+        ("  CPU: server / Detox process", f"{marks['server_cpu_snapshot']:.1f} / "
+         f"{marks['client_cpu_snapshot']:.1f} s"),
         ("plan (plan_cycle)", f"{secs['plan']:.2f} s"),
         ("apply (encode plan + POST, server re-judges and commits)", f"{secs['apply']:.2f} s"),
         ("  of which the server's answer to the POST", f"{marks['server_apply']:.2f} s"),
+        ("  server CPU during the POST", f"{marks['server_cpu_apply']:.1f} s"),
         ("end to end (run_cycle)", f"{total:.2f} s"),
         ("replicas/s end to end", f"{args.replicas / total:,.0f}"),
         ("baseline: minimal decide loop over the same snapshot", f"{base_s:.2f} s"),
