@@ -11,7 +11,8 @@ own process and answer ``GET /v1/items?name=NAME`` with the item and its replica
 
 The same client (uvloop, aiohttp, ``--concurrency`` requests in flight, names drawn at random
 from the database) drives each in turn; it prints requests/s and latency percentiles and the ratio.
-Issue 3's targets: >= 3x the baseline's throughput, p99 under 10 ms.
+Issue 3's targets: >= 3x the baseline's throughput, p99 under 10 ms. The load comes from ``wrk``
+when it is installed (C, cheap: what is measured is the servers), else from a Python client.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +129,53 @@ async def drive(base: str, names: list[str], requests: int, concurrency: int,
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "errors": errors}
 
 
+WRK_SCRIPT = """
+local names = {}
+for line in io.lines(os.getenv("DLM_NAMES")) do names[#names + 1] = line end
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/v1/items?name=" .. names[math.random(#names)])
+end
+"""
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+async def drive_wrk(base: str, names: list[str], seconds: int, concurrency: int,
+                    workdir: Path) -> dict:
+    """The load from ``wrk`` (C, one thread): the client costs the servers little CPU, so
+    the comparison is of the servers rather than of a Python client."""
+    from urllib.parse import quote
+
+    names_file = workdir / "names.txt"
+    names_file.write_text("\n".join(quote(n, safe="/") for n in names) + "\n")
+    script = workdir / "names.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "DLM_NAMES": str(names_file)}
+    for duration in (2, seconds):  # a short warm-up, then the measured run
+        proc = await asyncio.create_subprocess_exec(
+            "wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script),
+            base + "/v1/items", env=env, stdout=asyncio.subprocess.PIPE)
+        out = (await proc.communicate())[0].decode()
+    result = {"errors": 0}
+    for line in out.splitlines():
+        words = line.split()
+        if line.strip().startswith(("50%", "90%", "99%")):
+            result[f"p{words[0].rstrip('%')}_ms"] = _ms(words[1])
+        elif line.startswith("Requests/sec:"):
+            result["rate"] = float(words[1])
+        elif "requests in" in line:
+            result["requests"] = int(words[0])
+        elif line.strip().startswith("Non-2xx"):
+            result["errors"] = int(words[-1])
+    return result
+
+
 def start(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(args, stdout=out, stderr=out, cwd=REPO)
@@ -166,8 +215,7 @@ async def bench(args: argparse.Namespace) -> int:
         try:
             await wait_healthy(f"http://127.0.0.1:{port}", proc, workdir / "dlm.log", 600)
             print("DLM server ready, driving ...", flush=True)
-            results["dlm"] = await drive(f"http://127.0.0.1:{port}", names, args.requests,
-                                         args.concurrency, args.warmup)
+            results["dlm"] = await run_load(args, f"http://127.0.0.1:{port}", names, workdir)
         finally:
             stop(proc)
         # -- baseline
@@ -177,8 +225,7 @@ async def bench(args: argparse.Namespace) -> int:
         try:
             await wait_healthy(f"http://127.0.0.1:{port}", proc, workdir / "baseline.log", 120)
             print("SQL-per-request server ready, driving ...", flush=True)
-            results["sql"] = await drive(f"http://127.0.0.1:{port}", names, args.requests,
-                                         args.concurrency, args.warmup)
+            results["sql"] = await run_load(args, f"http://127.0.0.1:{port}", names, workdir)
         finally:
             stop(proc)
     finally:
@@ -188,11 +235,18 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_load(args: argparse.Namespace, base: str, names: list[str],
+                   workdir: Path) -> dict:
+    if args.driver == "wrk":
+        return await drive_wrk(base, names, args.seconds, args.concurrency, workdir)
+    return await drive(base, names, args.requests, args.concurrency, args.warmup)
+
+
 def report(results: dict, args: argparse.Namespace) -> None:
     dlm, sql = results["dlm"], results["sql"]
     load = os.getloadavg()
     print(f"\nlookups by name, {args.items:,} items, concurrency {args.concurrency}, "
-          f"{dlm['requests']:,} measured requests each; load average "
+          f"load from {args.driver}, {dlm['requests']:,} measured requests; load average "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print(f"| {'server':<28} | {'req/s':>8} | {'p50 ms':>7} | {'p90 ms':>7} | "
           f"{'p99 ms':>7} | {'errors':>6} |")
@@ -221,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--db", help="reuse this database made by generate.py")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--driver", choices=["wrk", "aiohttp"],
+                        default="wrk" if shutil.which("wrk") else "aiohttp",
+                        help="load generator: wrk (apt-get install wrk; default when present) "
+                             "or a Python aiohttp client")
+    parser.add_argument("--seconds", type=int, default=20, help="wrk: measured duration")
     args = parser.parse_args(argv)
     import uvloop
 

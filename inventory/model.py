@@ -6,6 +6,7 @@ database, so the tables below are the single place where the two meet.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -109,6 +110,13 @@ def now() -> float:
 def format_time(ts: float | None) -> str | None:
     if ts is None or ts != ts:  # NaN means "not set"
         return None
+    return _format_time(ts)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _format_time(ts: float) -> str:
+    # Items of one bulk inject share their creation time, and answers repeat the same few
+    # times: formatting through datetime was ~5% of a lookup's server time.
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 

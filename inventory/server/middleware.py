@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
-import uuid
 
 from aiohttp import web
 
@@ -20,6 +21,13 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PREFIX = os.urandom(4).hex()
+_SERIAL = itertools.count(1)
+
+
+def _new_id() -> str:
+    """Unique per process run and cheap (uuid4 was ~3% of a lookup's server time)."""
+    return f"{_PREFIX}{next(_SERIAL):08x}"
 
 
 @web.middleware
@@ -27,7 +35,7 @@ async def request_ids(request: web.Request, handler) -> web.StreamResponse:
     """Give every request an id (the client's X-Request-Id if sane), echo it in the answer and
     carry it into the logs written while handling it."""
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex[:16]
+    request_id = given if given and _REQUEST_ID_OK.match(given) else _new_id()
     token = REQUEST_ID.set(request_id)
     try:
         response = await handler(request)
