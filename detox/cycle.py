@@ -84,7 +84,7 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
 async def _plan_and_apply(client: Client, policy: Policy, policy_text: str, snap: Snapshot,
                           started: float, now: float | None, dry_run: bool, t0: float,
                           t1: float) -> CycleResult:
-    plan = plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
+    plan = plan_cycle(policy, snap.storages, snap.items, snap.replica_records(),
                       started if now is None else now)
     t2 = time.perf_counter()
     applied = None
