@@ -48,7 +48,7 @@ class ServerConfig:
 
 
 def make_app(config: ServerConfig) -> web.Application:
-    app = web.Application(middlewares=[request_ids, metrics.measure, errors_as_json, authenticate],
+    app = web.Application(middlewares=[request_ids, errors_as_json, authenticate],
                           client_max_size=config.max_body)
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,

@@ -37,14 +37,18 @@ def storage_json(storage: Storage) -> dict[str, Any]:
     }
 
 
-def replica_json(inv: Inventory, row: int) -> dict[str, Any]:
+def replica_json(inv: Inventory, row: int, oid_text: str | None = None) -> dict[str, Any]:
+    """A replica; ``oid_text``, its item's formatted oid when the caller has it (the uid is
+    that text with the storage id in the last four hex digits)."""
     item = inv.r_item[row]
     storage = inv.storages[inv.r_storage[row]]
     uri = inv.r_uri.get(row)
     size = inv.r_size[row]
+    if oid_text is None:
+        oid_text = _fmt(inv.i_oid[item])
     return {
-        "uid": _fmt(inv.i_oid[item] | storage.id),
-        "oid": _fmt(inv.i_oid[item]),
+        "uid": f"{oid_text[:-4]}{storage.id:04x}",
+        "oid": oid_text,
         "storage": storage.name,
         "storage_id": storage.id,
         "uri": uri if uri is not None else default_uri(storage, inv.i_name[item]),
@@ -66,8 +70,9 @@ def default_uri(storage: Storage, item_name: str) -> str:
 def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, Any]:
     size = inv.container_size(row) if inv.i_type[row] == model.CONTAINER else inv.i_size[row]
     parent = inv.i_parent[row]
+    oid_text = _fmt(inv.i_oid[row])
     out = {
-        "oid": _fmt(inv.i_oid[row]),
+        "oid": oid_text,
         "item_name": inv.i_name[row],
         "item_version": inv.i_version[row],
         "item_type": model.ITEM_TYPES[inv.i_type[row]],
@@ -87,5 +92,6 @@ def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, A
         "group": inv.i_group.get(row),
     }
     if replicas:
-        out["replicas"] = [replica_json(inv, r) for r in inv.replica_rows_of_item(row)]
+        out["replicas"] = [replica_json(inv, r, oid_text)
+                           for r in inv.replica_rows_of_item(row)]
     return out
