@@ -12,6 +12,7 @@ none of it. Validation lives in ``inventory.writes``: these methods trust their 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import sys
 from array import array
@@ -106,6 +107,12 @@ class Storage:
                              self.status, self.attributes, self.config, self.created)
 
 
+@functools.lru_cache(maxsize=256)
+def _hex(value: int, length: int) -> str:
+    # An item and its replicas usually share one checksum: an answer formats it once.
+    return f"{value:0{length}x}"
+
+
 class Checksums:
     """Item checksums, packed: a hex digest of up to 16 digits (adler32, crc32c, xxh64: nearly
     all of them) is kept as an 8-byte int and its length, not as a ~60-byte string."""
@@ -150,7 +157,7 @@ class Checksums:
             return None
         if length == 255:
             return self._other[row]
-        return f"{self._value[row]:0{length}x}"
+        return _hex(self._value[row], length)
 
 
 class Names:

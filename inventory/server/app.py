@@ -26,7 +26,7 @@ from inventory.server import (
     routes_openapi,
 )
 from inventory.server.auth import authenticate
-from inventory.server.middleware import errors_as_json, request_ids
+from inventory.server.middleware import front
 from inventory.server.state import STATE, ServerState
 from inventory.store import Store
 
@@ -48,7 +48,7 @@ class ServerConfig:
 
 
 def make_app(config: ServerConfig) -> web.Application:
-    app = web.Application(middlewares=[request_ids, errors_as_json, authenticate],
+    app = web.Application(middlewares=[front, authenticate],
                           client_max_size=config.max_body)
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,

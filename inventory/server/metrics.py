@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -150,7 +151,15 @@ def observe(request: web.Request, started: float) -> None:
     route = resource.canonical if resource is not None else "unmatched"
     histogram = request.app.get(LATENCY)
     if histogram is not None:
-        histogram.labels(request.method, route).observe(time.perf_counter() - started)
+        # the labelled child, looked up once per (method, route): `labels()` takes a lock
+        key = (histogram, request.method, route)
+        child = _CHILDREN.get(key)
+        if child is None:
+            child = _CHILDREN[key] = histogram.labels(request.method, route)
+        child.observe(time.perf_counter() - started)
+
+
+_CHILDREN: dict[tuple, Any] = {}
 
 
 @routes.get("/metrics")

@@ -1,4 +1,5 @@
-"""Every error leaves the server as JSON: ``{"error": {"code", "message", "field"}}``."""
+"""The server's outer layer: request ids, latency, and every error as JSON
+(``{"error": {"code", "message", "field"}}``)."""
 
 from __future__ import annotations
 
@@ -33,19 +34,28 @@ def _new_id() -> str:
 
 
 @web.middleware
-async def request_ids(request: web.Request, handler) -> web.StreamResponse:
-    """Give every request an id (the client's X-Request-Id if sane), echo it in the answer and
-    carry it into the logs written while handling it; and time it for /metrics (one middleware
-    for both: each layer costs every request a little)."""
+async def front(request: web.Request, handler) -> web.StreamResponse:
+    """The one outer layer every request passes (each layer costs every request a little):
+    an id for the request (the client's X-Request-Id if sane) echoed in the answer and carried
+    into the logs written meanwhile, its latency for /metrics, and every error as JSON."""
     started = time.perf_counter()
     given = request.headers.get("X-Request-Id", "")
     request_id = given if given and _REQUEST_ID_OK.match(given) else _new_id()
     token = REQUEST_ID.set(request_id)
     try:
         response = await handler(request)
+    except DLMError as exc:
+        response = error_response(request, exc)
     except web.HTTPException as exc:
-        exc.headers["X-Request-Id"] = request_id
-        raise
+        if exc.status < 400:
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        response = http_error_response(request, exc)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"error": {"code": "internal", "message": "internal server error; see the log",
+                          "field": None}}
+        response = respond(request, body, status=500)
     finally:
         REQUEST_ID.reset(token)
         metrics.observe(request, started)
@@ -54,28 +64,19 @@ async def request_ids(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except DLMError as exc:
-        if exc.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, exc.message)
-        response = respond(request, exc.to_json(), status=exc.status)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="dlm"'
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        body = {"error": {"code": _HTTP_CODES.get(exc.status, "http_error"),
-                          "message": exc.reason, "field": None}}
-        response = respond(request, body, status=exc.status)
-        if exc.status == 405:
-            response.headers["Allow"] = exc.headers.get("Allow", "")
-        return response
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        body = {"error": {"code": "internal", "message": "internal server error; see the log",
-                          "field": None}}
-        return respond(request, body, status=500)
+def error_response(request: web.Request, exc: DLMError) -> web.Response:
+    if exc.status >= 500:
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
+    response = respond(request, exc.to_json(), status=exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dlm"'
+    return response
+
+
+def http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    body = {"error": {"code": _HTTP_CODES.get(exc.status, "http_error"),
+                      "message": exc.reason, "field": None}}
+    response = respond(request, body, status=exc.status)
+    if exc.status == 405:
+        response.headers["Allow"] = exc.headers.get("Allow", "")
+    return response
