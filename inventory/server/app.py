@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from inventory.dashboard import routes as dashboard_routes
+from inventory.dashboard.history import history_of
 from inventory.feed import ChangeFeed
 from inventory.fileops.engine import FileOpsEngine, FileOpsLimits
 from inventory.inventory import Inventory
@@ -81,6 +82,7 @@ def make_app(config: ServerConfig) -> web.Application:
             app[STATE] = ServerState(inventory, store, feed, scheduler, schema_version,
                                      open_mode=config.loopback, load_seconds=load_seconds,
                                      engine=engine)
+            history_of(app)  # the dashboard's occupancy samples start with the server
             try:
                 if engine is not None:
                     await engine.start()
