@@ -46,9 +46,21 @@ def replica_wire(r: ReplicaRecord) -> list[Any]:
             r.size, r.checksum, r.created, r.expire_at, r.last_verified]
 
 
-def storage_wire(r: StorageRecord) -> list[Any]:
+_SECRET_WORDS = ("secret", "password", "token", "credential")
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A storage's config without its credentials (keys naming a secret, password, token or
+    credential): what readers may see."""
+    return {k: v for k, v in config.items()
+            if not any(word in k.lower() for word in _SECRET_WORDS)}
+
+
+def storage_wire(r: StorageRecord, *, secrets: bool = False) -> list[Any]:
+    """A storage as a list; its credentials only with ``secrets`` (operators: Consistency
+    lists storages with them)."""
     return [r.id, r.name, r.kind, r.root, r.capacity, _PHASES[r.phase], r.status, r.attributes,
-            r.config, r.created]
+            r.config if secrets else public_config(r.config), r.created]
 
 
 def object_wire(obj: Row) -> list[Any]:

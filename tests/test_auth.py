@@ -163,3 +163,21 @@ def test_bad_token_config(tmp_path, content, message):
     result = subprocess.run([sys.executable, "-m", "inventory.cli", "serve", "--config",
                              str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr
+
+
+async def test_storage_credentials_reach_operators_only(sqlite_server):
+    c = sqlite_server.client
+    await c.add_storage(name="s3a", kind="s3", root="bucket/p", capacity=10,
+                        config={"endpoint_url": "http://x", "access_key": "AK",
+                                "secret_key": "SK", "session_token": "ST"})
+    tokens = await make_tokens(c)
+    async with Client(sqlite_server.url, token=tokens["reader"]) as reader:
+        listed = (await reader.storages())[0]["config"]
+        snap = await reader.snapshot()
+        feed = await reader.changes(0)
+    assert listed == {"endpoint_url": "http://x", "access_key": "AK"}
+    assert "SK" not in str(snap.storages) and "ST" not in str(snap.storages)
+    assert "SK" not in str(feed)
+    async with Client(sqlite_server.url, token=tokens["operator"]) as operator:
+        config = (await operator.snapshot()).storages[0][8]
+    assert config["secret_key"] == "SK"

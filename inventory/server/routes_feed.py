@@ -22,6 +22,7 @@ from inventory.feed import (
     replica_rows_wire,
     storage_wire,
 )
+from inventory.server.auth import IDENTITY
 from inventory.server.bodies import MSGPACK, query_int, respond
 from inventory.server.state import state_of
 
@@ -57,7 +58,9 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         "counts": {"storages": len(inv.storages), "items": inv.counts.items,
                    "replicas": inv.counts.replicas},
     }))
-    await response.write(pack(["storages", [storage_wire(s.record())
+    _name, role = request.get(IDENTITY, (None, None))
+    secrets = role == "operator"  # credentials only for operators (Consistency needs them)
+    await response.write(pack(["storages", [storage_wire(s.record(), secrets=secrets)
                                             for s in inv.storages.values()]]))
     total = len(inv.i_oid)
     for lo in range(0, total, CHUNK):

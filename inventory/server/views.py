@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from inventory import model
+from inventory.feed import public_config
 from inventory.inventory import NONE, Inventory, Storage
 
 _fmt, _time = model.format_uuid, model.format_time
@@ -26,7 +27,7 @@ def storage_json(storage: Storage) -> dict[str, Any]:
         "phase": model.PHASES[storage.phase],
         "status": storage.status,
         "attributes": storage.attributes,
-        "config": {k: v for k, v in storage.config.items() if "secret" not in k.lower()},
+        "config": public_config(storage.config),
         "created": _time(storage.created),
         "reliability": {
             "copies_ok": rel.copies_ok, "copies_failed": rel.copies_failed,
