@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,20 +35,28 @@ def encode_decisions(plan: DealerPlan) -> bytes:
 
 
 async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,
-                    now: float | None = None) -> CycleResult:
+                    now: float | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> CycleResult:
+    """One cycle; ``progress(stage, done, total)`` follows it (snapshot records, then the
+    planning and applying stages) for a progress bar."""
     started = time.time()
     t0 = time.perf_counter()
-    snap = await client.snapshot()
+    snap = await client.snapshot(
+        None if progress is None else lambda done, total: progress("snapshot", done, total))
     storages = await client.request("GET", "/v1/storages")
     requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
     t1 = time.perf_counter()
     reliability = {s["name"]: s.get("reliability") or {} for s in storages["storages"]}
+    if progress is not None:
+        progress("plan", 0, 0)
     plan = plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
                       started if now is None else now, reliability=reliability,
                       requests=requests["requests"])
     t2 = time.perf_counter()
     applied = None
     if not dry_run:
+        if progress is not None:
+            progress("apply", 0, 0)
         applied = await client.post_msgpack("/v1/cycles/dealer", {
             "policy_name": policy.partition.name, "policy_file": policy.file,
             "policy_text": policy_text,

@@ -10,6 +10,7 @@ import gc
 import hashlib
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,29 +67,38 @@ def _compressobj() -> Any:
 
 
 async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,
-                    now: float | None = None) -> CycleResult:
+                    now: float | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> CycleResult:
+    """One cycle; ``progress(stage, done, total)`` follows it (snapshot records, then the
+    planning and applying stages) for a progress bar."""
     started = time.time()
     t0 = time.perf_counter()
-    snap = await client.snapshot()
+    snap = await client.snapshot(
+        None if progress is None else lambda done, total: progress("snapshot", done, total))
     t1 = time.perf_counter()
     # The snapshot is millions of long-lived objects: out of the cyclic collector's sight for
     # the cycle, or every collection the plan's allocations trigger walks all of them.
     gc.freeze()
     try:
         return await _plan_and_apply(client, policy, policy_text, snap, started, now, dry_run,
-                                     t0, t1)
+                                     t0, t1, progress)
     finally:
         gc.unfreeze()
 
 
 async def _plan_and_apply(client: Client, policy: Policy, policy_text: str, snap: Snapshot,
                           started: float, now: float | None, dry_run: bool, t0: float,
-                          t1: float) -> CycleResult:
+                          t1: float, progress: Callable[[str, int, int], None] | None
+                          ) -> CycleResult:
+    if progress is not None:
+        progress("plan", 0, 0)
     plan = plan_cycle(policy, snap.storages, snap.items, snap.replica_records(),
                       started if now is None else now)
     t2 = time.perf_counter()
     applied = None
     if not dry_run:
+        if progress is not None:
+            progress("apply", 0, 0)
         body = {
             "policy_name": policy.partition.name,
             "policy_file": policy.file,

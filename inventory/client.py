@@ -376,14 +376,16 @@ class Client:
         return await self.request("GET", "/v1/changes",
                                   params={"since": since, "wait": wait, "limit": limit})
 
-    async def snapshot(self) -> Snapshot:
-        """The whole inventory, streamed and decoded incrementally."""
+    async def snapshot(self, progress: Callable[[int, int], None] | None = None) -> Snapshot:
+        """The whole inventory, streamed and decoded incrementally; ``progress(done, total)``
+        is told how many item and replica records have arrived (for a progress bar)."""
         async with self._session.get(self.url + "/v1/snapshot") as resp:
             if resp.status >= 400:
                 raise _error_from(resp.status, await resp.json(content_type=None))
             unpacker = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=1 << 30)
             snap: Snapshot | None = None
             done = False
+            received = total = 0
             # Millions of new tuples, none of them garbage: the cyclic collector would walk
             # the growing snapshot again and again (seconds at 10M replicas).
             collecting = gc.isenabled()
@@ -395,8 +397,13 @@ class Client:
                         if snap is None:
                             snap = Snapshot(obj["version"],
                                             {k: list(v) for k, v in obj["fields"].items()})
+                            counts = obj.get("counts", {})
+                            total = counts.get("items", 0) + counts.get("replicas", 0)
                             continue
                         done = _snapshot_record(snap, obj) or done
+                        if progress is not None and obj[0] in ("items", "replicas"):
+                            received += len(obj[1])
+                            progress(received, total)
             finally:
                 if collecting:
                     gc.enable()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tqdm import tqdm
 
 from inventory import errors
 from inventory.cli import CLIError
@@ -72,13 +73,26 @@ async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
     async with Client(args.url or default_url(), args.token) as client:
         while True:
             problem = None
+            # A progress line on a terminal (tqdm stays silent when stderr is not one).
+            bar = tqdm(desc=f"{name}: snapshot", unit=" records", file=sys.stderr,
+                       disable=None, leave=False)
+
+            def progress(stage: str, done: int, total: int, bar: tqdm = bar) -> None:
+                bar.set_description(f"{name}: {stage}", refresh=False)
+                if total:
+                    bar.total = total
+                    bar.n = done
+                bar.refresh()
+
             try:
-                result = await run_cycle(client, policy, text, dry_run=args.dry_run)
+                result = await run_cycle(client, policy, text, dry_run=args.dry_run,
+                                         progress=progress)
             except (aiohttp.ClientError, OSError) as exc:
                 problem = f"cannot reach the DLM server at {client.url} ({exc})"
             except errors.DLMError as exc:
                 problem = exc.message + (f" ({exc.field})" if exc.field else "")
             else:
+                bar.close()
                 if args.json:
                     body = result.plan.summary()
                     body["applied"] = result.applied
@@ -87,6 +101,7 @@ async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
                 else:
                     print(format_report(result, dry_run=args.dry_run))
                 sys.stdout.flush()
+            bar.close()
             if problem is not None:
                 if every is None:
                     raise CLIError(problem)
