@@ -64,11 +64,16 @@ class StorageState:
     reliability: float  # copy success rate, 1.0 when unmeasured
     throughput: float
     queued: int = 0  # bytes planned this cycle
+    usable: bool = True  # the partition may use it (fixed for the cycle)
+    cached: StorageView | None = None  # the view, until the projection changes
 
     def view(self) -> StorageView:
-        return StorageView.build(self.name, capacity=self.capacity,
-                                 used=self.partition_used if self.quota else self.used,
-                                 quota=self.quota, pending=self.pending, **self.view_args)
+        if self.cached is None:
+            self.cached = StorageView.build(
+                self.name, capacity=self.capacity,
+                used=self.partition_used if self.quota else self.used,
+                quota=self.quota, pending=self.pending, **self.view_args)
+        return self.cached
 
 
 @dataclass(slots=True)
@@ -172,17 +177,17 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
 
     for st in states.values():
         base = st.view()
-        st.quota = partition.quota_for(base) if partition.uses(base) else None
+        st.usable = partition.uses(base)
+        st.quota = partition.quota_for(base) if st.usable else None
+        st.cached = None
     for oid, reps in by_item.items():
         if oid not in items:
             continue
-        view = item_view(oid)
+        if not partition.contains(item_view(oid), None, now):
+            continue
         for rep in reps:
-            if rep[_R["state"]] in ("deleting", "deleted"):
-                continue
-            if partition.contains(view, None, now):
-                st = states[rep[_R["storage_id"]]]
-                st.partition_used += rep[_R["size"]] or size_of(oid)
+            if rep[_R["state"]] not in ("deleting", "deleted"):
+                states[rep[_R["storage_id"]]].partition_used += rep[_R["size"]] or size_of(oid)
     before = {sid: st.view().occupancy for sid, st in states.items()}
     total_queued = 0
 
@@ -239,6 +244,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
             st.partition_used += size
         holders.setdefault(oid, set()).add(st.id)
         weights[oid] = weights.get(oid, 0) + st.phase_weight
+        st.cached = None
         return True
 
     def best_destination(oid: str, accept, *, hard_only: bool = False,
@@ -246,13 +252,17 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         view = item_view(oid)
         size = size_of(oid)
         held = holders.get(oid, set())
-        eligible = [st for sid, st in states.items()
-                    if sid not in held and sid not in avoid
-                    and st.view_args["status"] == "online"
-                    and fits(st, size, hard_only=hard_only)
-                    and (hard_only or partition.uses(st.view()))
-                    and accept(view, st)]
-        return min(eligible, key=rank) if eligible else None
+        # cheap checks first, then the policy's `to` on the best-ranked until one accepts
+        candidates = [st for sid, st in states.items()
+                      if sid not in held and sid not in avoid
+                      and st.view_args["status"] == "online"
+                      and (hard_only or st.usable)
+                      and fits(st, size, hard_only=hard_only)]
+        candidates.sort(key=rank)
+        for st in candidates:
+            if accept(view, st):
+                return st
+        return None
 
     def unmet(reason: str) -> None:
         plan.unmet[reason] = plan.unmet.get(reason, 0) + 1
@@ -354,7 +364,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     if balance is not None and balance.spread is not None:
         budget = balance.volume_per_cycle
         online = [st for st in states.values() if st.view_args["status"] == "online"
-                  and st.capacity and partition.uses(st.view())]
+                  and st.capacity and st.usable]
         moved = 0
         while len(online) > 1:
             online.sort(key=lambda st: st.used / st.capacity)
@@ -376,6 +386,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                     continue  # would overshoot
                 if add_copy(oid, low, "balance", balance.line):
                     high.used -= size  # Detox will reclaim the copy on the full storage
+                    high.cached = None
                     moved += size
                     progressed = True
                     break
