@@ -651,8 +651,3 @@ class Inventory:
 
     def item_rows(self) -> range:
         return range(len(self.i_oid))
-
-    def replica_rows(self) -> Iterator[int]:
-        """Every replica row in use (removed replicas leave empty rows until a restart)."""
-        items = self.r_item
-        return (row for row in range(len(items)) if items[row] != NONE)
