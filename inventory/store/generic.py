@@ -40,14 +40,34 @@ def apply_sqlite(conn: sqlite3.Connection, op: Any) -> None:
             raise TypeError(f"unknown database operation {op!r}")
 
 
+# Past this many rows an upsert goes through COPY into a temporary table and one set-based
+# INSERT ... SELECT ... ON CONFLICT (NOTES.md: ~130k rows/s against ~10-20k with executemany).
+COPY_UPSERT_ROWS = 500
+
+
 async def apply_postgres(conn: Any, op: Any) -> None:
     match op:
+        case UpsertRows() if len(op.rows) >= COPY_UPSERT_ROWS:
+            await _copy_upsert(conn, op)
         case UpsertRows():
             await conn.executemany(upsert_sql(op, lambda i: f"${i}"), op.rows)
         case DeleteRows():
             await conn.executemany(delete_sql(op, lambda i: f"${i}"), op.rows)
         case _:
             raise TypeError(f"unknown database operation {op!r}")
+
+
+async def _copy_upsert(conn: Any, op: UpsertRows) -> None:
+    staging = f"dlm_upsert_{op.table}"
+    names = _names(op.columns)
+    await conn.execute(
+        f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" '
+        f'(LIKE "{op.table}" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS')
+    await conn.copy_records_to_table(staging, records=op.rows, columns=op.columns)
+    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in op.columns if c not in op.key)
+    conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    await conn.execute(f'INSERT INTO "{op.table}" ({names}) SELECT {names} FROM "{staging}" '
+                       f"ON CONFLICT ({_names(op.key)}) {conflict}")
 
 
 def upsert(objects: list, uuid_out=None) -> UpsertRows:
