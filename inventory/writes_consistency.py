@@ -45,8 +45,8 @@ from inventory.storage.errors import StorageError
 from inventory.storage.paths import check_name
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
-from inventory.writes import Change, Pending, Prepared, Write, item_upsert
-from inventory.writes_ops import PENDING, replica_upsert
+from inventory.writes import Pending, Prepared, Write
+from inventory.writes_ops import PENDING, persisted
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Time = Annotated[float, msgspec.Meta(ge=validate.MIN_TIME, le=validate.MAX_TIME)]
@@ -200,15 +200,8 @@ class ApplyConsistencyReport(Write):
         db_ops: list[DbOp] = [upsert([cycle]), UpsertRows(
             "cycle_report", ("cycle_id", "decisions"), ("cycle_id",),
             [(cycle.id, encode_blob(blob))])]
-        if replicas:
-            db_ops.append(replica_upsert(replicas))
-        if items:
-            db_ops.append(item_upsert(items))
-        if ops:
-            db_ops.append(upsert(ops))
-        changes: list[Change] = [("replica", r) for r in replicas]
-        changes.extend(("item", r) for r in items)
-        changes.extend(("operation", o) for o in ops)
+        more, changes = persisted(items=items, replicas=replicas, objects=ops)
+        db_ops.extend(more)
         changes.append(("cycle", cycle))
         return Prepared(db_ops, apply, changes, rows=1 + len(replicas) + len(ops))
 

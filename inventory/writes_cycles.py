@@ -20,13 +20,13 @@ from inventory.records import ItemRecord, ReplicaRecord
 from inventory.specs import DealerPlanIn, DetoxPlanIn
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
-from inventory.writes import Change, Pending, Prepared, Write, item_upsert
+from inventory.writes import Pending, Prepared, Write
 from inventory.writes_ops import (
     DELETING,
     OperationSpec,
     QueueOperations,
     deletion_refusal,
-    replica_upsert,
+    persisted,
 )
 
 SETTLED = {model.COMPLETE, model.REPLICA_STATE["corrupt"], model.REPLICA_STATE["missing"]}
@@ -112,17 +112,9 @@ class ApplyDetoxPlan(Write):
             inv.put_object(cycle)
             return cycle
 
-        if expired:
-            db_ops.append(item_upsert(expired))
-        if replicas:
-            db_ops.append(replica_upsert(replicas))
-        if ops:
-            db_ops.append(upsert(ops))
-        changes: list[Change] = [("item", r) for r in expired]
-        changes.extend(("replica", r) for r in replicas)
-        changes.extend(("operation", o) for o in ops)
+        more, changes = persisted(items=expired, replicas=replicas, objects=ops)
         changes.append(("cycle", cycle))
-        return Prepared(db_ops, apply, changes, rows=len(ops) + len(expired))
+        return Prepared(db_ops + more, apply, changes, rows=len(ops) + len(expired))
 
 
 class ApplyDealerPlan(Write):
@@ -176,17 +168,9 @@ class ApplyDealerPlan(Write):
                 inv.put_object(obj)
             return cycle
 
-        if replicas:
-            db_ops.append(replica_upsert(replicas))
-        if ops:
-            db_ops.append(upsert(ops))
-        if done:
-            db_ops.append(upsert(done))
-        changes: list[Change] = [("replica", r) for r in replicas]
-        changes.extend(("operation", o) for o in ops)
-        changes.extend(("request", r) for r in done)
+        more, changes = persisted(replicas=replicas, objects=[*ops, *done])
         changes.append(("cycle", cycle))
-        return Prepared(db_ops, apply, changes, rows=len(ops))
+        return Prepared(db_ops + more, apply, changes, rows=len(ops))
 
 
 def pinned(inv: Inventory, now: float) -> set[tuple[int, int]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from inventory import model
 from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.inventory import Inventory
-from inventory.objects import Operation
+from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord
 from inventory.store.base import REPLICA_COLUMNS, replica_db_row
 from inventory.store.generic import upsert
@@ -42,6 +42,30 @@ def replica_upsert(records: Sequence[ReplicaRecord]) -> UpsertRows:
     out = model.format_uuid
     return UpsertRows("replica", REPLICA_COLUMNS, ("uid",),
                       [replica_db_row(r, out) for r in records])
+
+
+_OBJECT_KINDS = {Operation: "operation", CopyRequest: "request", Cycle: "cycle"}
+
+
+def persisted(*, items: Sequence[ItemRecord] = (), replicas: Sequence[ReplicaRecord] = (),
+              objects: Sequence[Row] = ()) -> tuple[list[DbOp], list[Change]]:
+    """The database upserts and the change-feed records of changed items, replicas and small
+    objects (operations, requests, cycles): what every multi-record write ends with."""
+    db_ops: list[DbOp] = []
+    changes: list[Change] = []
+    if items:
+        db_ops.append(item_upsert(items))
+        changes.extend(("item", r) for r in items)
+    if replicas:
+        db_ops.append(replica_upsert(replicas))
+        changes.extend(("replica", r) for r in replicas)
+    by_class: dict[type, list[Row]] = {}
+    for obj in objects:
+        by_class.setdefault(type(obj), []).append(obj)
+    for cls, group in by_class.items():
+        db_ops.append(upsert(group))
+        changes.extend((_OBJECT_KINDS[cls], o) for o in group)
+    return db_ops, changes
 
 
 def _replica_delete(oid: int, storage_id: int) -> DeleteRows:
