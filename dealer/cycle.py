@@ -3,7 +3,6 @@ requests in; plan computed; plan sent; report out. The decision is ``dealer.plan
 
 from __future__ import annotations
 
-import hashlib
 import time
 import zlib
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any
 import msgpack
 
 from dealer.planner import DealerPlan, plan_cycle
+from detox.cycle import plan_header
 from inventory import model
 from inventory.client import Client
 from policies import Policy
@@ -58,10 +58,7 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
         if progress is not None:
             progress("apply", 0, 0)
         applied = await client.post_msgpack("/v1/cycles/dealer", {
-            "policy_name": policy.partition.name, "policy_file": policy.file,
-            "policy_text": policy_text,
-            "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
-            "snapshot_version": snap.version, "started": started,
+            **plan_header(policy, policy_text, snap.version, started),
             "copies": [[c.oid, c.target_id, c.source_id, c.reason, c.line]
                        for c in plan.copies],
             "requests_done": plan.requests_done, "summary": plan.summary(),

@@ -100,12 +100,7 @@ async def _plan_and_apply(client: Client, policy: Policy, policy_text: str, snap
         if progress is not None:
             progress("apply", 0, 0)
         body = {
-            "policy_name": policy.partition.name,
-            "policy_file": policy.file,
-            "policy_text": policy_text,
-            "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
-            "snapshot_version": snap.version,
-            "started": started,
+            **plan_header(policy, policy_text, snap.version, started),
             "expirations": plan.expirations,
             "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
             "summary": plan.summary(),
@@ -115,6 +110,19 @@ async def _plan_and_apply(client: Client, policy: Policy, policy_text: str, snap
     t3 = time.perf_counter()
     return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
                                             "apply": t3 - t2}, applied)
+
+
+def plan_header(policy: Policy, policy_text: str, snapshot_version: int,
+                started: float) -> dict[str, Any]:
+    """The fields every cycle plan sends the server: which policy, which snapshot, when."""
+    return {
+        "policy_name": policy.partition.name,
+        "policy_file": policy.file,
+        "policy_text": policy_text,
+        "policy_sha256": hashlib.sha256(policy_text.encode()).hexdigest(),
+        "snapshot_version": snapshot_version,
+        "started": started,
+    }
 
 
 def format_report(result: CycleResult, *, dry_run: bool) -> str:
