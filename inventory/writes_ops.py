@@ -223,17 +223,10 @@ def _finish(op: Operation, records: list[ReplicaRecord], removed: list[ReplicaRe
         inv.put_object(op)
         return op
 
-    db_ops: list[DbOp] = [upsert([op])]
-    if records:
-        db_ops.append(replica_upsert(records))
+    db_ops, changes = persisted(items=items, replicas=records, objects=[op])
     for r in removed:
         db_ops.append(_replica_delete(r.oid, r.storage_id))
-    if items:
-        db_ops.append(item_upsert(items))
-    changes: list[Change] = [("replica", r) for r in records]
-    changes.extend(("replica", r._replace(state=DELETED_REPLICA)) for r in removed)
-    changes.extend(("item", r) for r in items)
-    changes.append(("operation", op))
+        changes.append(("replica", r._replace(state=DELETED_REPLICA)))
     return Prepared(db_ops, apply, changes)
 
 
