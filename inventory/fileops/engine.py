@@ -140,23 +140,17 @@ class FileOpsEngine:
                 return
             if op.id in self._running or (op.not_before is not None and op.not_before > now):
                 continue
-            touched = self._storages_of(op)
+            source = self._choose_source(op) if op.kind == "copy" else None
+            touched = {op.target_id} if source is None else {op.target_id, source}
             if any(self._busy.get(s, 0) >= limits.per_storage for s in touched):
                 continue
             if any(inv.storages[s].reliability.unreachable_until > now for s in touched):
                 continue
             for s in touched:
                 self._busy[s] = self._busy.get(s, 0) + 1
-            task = asyncio.create_task(self._execute(op.id, touched), name=f"dlm-op-{op.id}")
+            task = asyncio.create_task(self._execute(op.id, touched, source),
+                                       name=f"dlm-op-{op.id}")
             self._running[op.id] = task
-
-    def _storages_of(self, op: Operation) -> set[int]:
-        touched = {op.target_id}
-        if op.kind == "copy":
-            source = self._choose_source(op)
-            if source is not None:
-                touched.add(source)
-        return touched
 
     def _choose_source(self, op: Operation) -> int | None:
         """The complete copy to read: the requested one, else the most reliable, least busy."""
@@ -185,7 +179,7 @@ class FileOpsEngine:
 
     # ------------------------------------------------------------------ execution
 
-    async def _execute(self, op_id: int, touched: set[int]) -> None:
+    async def _execute(self, op_id: int, touched: set[int], source: int | None) -> None:
         try:
             try:
                 op = await self.scheduler.write(StartOperation(op_id))
@@ -197,7 +191,7 @@ class FileOpsEngine:
                                                         "reason": exc.message})
                 return
             if op.kind == "copy":
-                await self._copy(op)
+                await self._copy(op, source)
             else:
                 await self._delete(op)
         except asyncio.CancelledError:
@@ -213,7 +207,9 @@ class FileOpsEngine:
                 self._busy[s] -= 1
             self._wake.set()
 
-    async def _copy(self, op: Operation) -> None:
+    async def _copy(self, op: Operation, chosen: int | None) -> None:
+        """Copy from the source chosen at dispatch (its slot is the one reserved), or, if that
+        copy is no longer complete, from the best one left."""
         inv = self.inventory
         row = inv.row_of_oid(op.oid)
         name = inv.i_name[row]
@@ -221,7 +217,9 @@ class FileOpsEngine:
         checksum = inv.i_checksum.get(row)
         method = inv.methods[inv.i_method[row]]
         expected_checksum = checksum if method == model.DEFAULT_CHECKSUM_METHOD else None
-        source_id = self._choose_source(op)
+        chosen_row = None if chosen is None else inv.replica_row(op.oid, chosen)
+        usable = chosen_row is not None and inv.r_state[chosen_row] == model.COMPLETE
+        source_id = chosen if usable else self._choose_source(op)
         if source_id is None:
             earlier = inv.operations[op.id].last_error
             await self._failed(op, "no complete copy is available to copy from"
