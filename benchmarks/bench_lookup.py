@@ -207,17 +207,20 @@ async def bench(args: argparse.Namespace) -> int:
             "SELECT item_name FROM data_item ORDER BY random() LIMIT $1", args.names)]
         await conn.close()
         results = {}
-        # -- DLM
-        port = free_port()
-        proc = start([sys.executable, "-m", "inventory.cli", "serve", "--port", str(port),
-                      "--data-dir", str(workdir / "data"), "--db", db_url,
-                      "--log-level", "warning"], workdir / "dlm.log")
-        try:
-            await wait_healthy(f"http://127.0.0.1:{port}", proc, workdir / "dlm.log", 600)
-            print("DLM server ready, driving ...", flush=True)
-            results["dlm"] = await run_load(args, f"http://127.0.0.1:{port}", names, workdir)
-        finally:
-            stop(proc)
+        for workers in args.workers:  # -- DLM, one process, then with read workers
+            port = free_port()
+            proc = start([sys.executable, "-m", "inventory.cli", "serve", "--port", str(port),
+                          "--data-dir", str(workdir / "data"), "--db", db_url,
+                          "--log-level", "warning", "--workers", str(workers)],
+                         workdir / "dlm.log")
+            try:
+                base = f"http://127.0.0.1:{port}"
+                await wait_healthy(base, proc, workdir / "dlm.log", 600)
+                await wait_workers(base, workers - 1, proc)
+                print(f"DLM server ready ({workers} process(es)), driving ...", flush=True)
+                results[f"dlm{workers}"] = await run_load(args, base, names, workdir)
+            finally:
+                stop(proc)
         # -- baseline
         port = free_port()
         proc = start([sys.executable, __file__, "--baseline-server", db_url, str(port),
@@ -235,6 +238,22 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+async def wait_workers(base: str, count: int, proc: subprocess.Popen) -> None:
+    """Until the server's health lists ``count`` read workers serving (each loads the
+    inventory itself, after the primary)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        while count:
+            if proc.poll() is not None:
+                raise SystemExit("the DLM server exited; see its log")
+            async with session.get(base + "/v1/health") as resp:
+                workers = (await resp.json()).get("read_workers", [])
+            if sum(w["serving"] for w in workers) >= count:
+                return
+            await asyncio.sleep(0.5)
+
+
 async def run_load(args: argparse.Namespace, base: str, names: list[str],
                    workdir: Path) -> dict:
     if args.driver == "wrk":
@@ -243,21 +262,23 @@ async def run_load(args: argparse.Namespace, base: str, names: list[str],
 
 
 def report(results: dict, args: argparse.Namespace) -> None:
-    dlm, sql = results["dlm"], results["sql"]
+    sql = results["sql"]
+    runs = [(f"DLM, {w} process{'es' if w > 1 else ''}", results[f"dlm{w}"])
+            for w in args.workers]
     load = os.getloadavg()
     print(f"\nlookups by name, {args.items:,} items, concurrency {args.concurrency}, "
-          f"load from {args.driver}, {dlm['requests']:,} measured requests; load average "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
+          f"load from {args.driver}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print(f"| {'server':<28} | {'req/s':>8} | {'p50 ms':>7} | {'p90 ms':>7} | "
-          f"{'p99 ms':>7} | {'errors':>6} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
-    for label, r in (("DLM (in memory)", dlm), ("one SQL query per request", sql)):
+          f"{'p99 ms':>7} | {'errors':>6} | {'vs SQL':>6} |")
+    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 8}|")
+    for label, r in (*runs, ("one SQL query per request", sql)):
         print(f"| {label:<28} | {r['rate']:>8.0f} | {r['p50_ms']:>7.2f} | {r['p90_ms']:>7.2f} | "
-              f"{r['p99_ms']:>7.2f} | {r['errors']:>6} |")
-    ratio = dlm["rate"] / sql["rate"]
-    print(f"\nthroughput ratio DLM / SQL: {ratio:.2f}x (target >= 3x: "
-          f"{'met' if ratio >= 3 else 'MISSED'}); DLM p99 {dlm['p99_ms']:.2f} ms "
-          f"(target < 10 ms: {'met' if dlm['p99_ms'] < 10 else 'MISSED'})")
+              f"{r['p99_ms']:>7.2f} | {r['errors']:>6} | {r['rate'] / sql['rate']:>5.2f}x |")
+    label, best = max(runs, key=lambda run: run[1]["rate"])
+    ratio = best["rate"] / sql["rate"]
+    print(f"\nbest: {label}: {ratio:.2f}x the SQL server's throughput (target >= 3x: "
+          f"{'met' if ratio >= 3 else 'MISSED'}), p99 {best['p99_ms']:.2f} ms "
+          f"(target < 10 ms: {'met' if best['p99_ms'] < 10 else 'MISSED'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="load generator: wrk (apt-get install wrk; default when present) "
                              "or a Python aiohttp client")
     parser.add_argument("--seconds", type=int, default=20, help="wrk: measured duration")
+    parser.add_argument("--workers", type=lambda t: [int(w) for w in t.split(",")],
+                        default=[1, 2], help="DLM runs, by processes (dlm serve --workers): "
+                                             "comma-separated, default 1,2")
     args = parser.parse_args(argv)
     import uvloop
 

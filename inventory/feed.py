@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from inventory import model
-from inventory.objects import Row
+from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 
 WIRE_ITEM_FIELDS = ("oid", "item_name", "item_version", "item_type", "state", "target_phase",
@@ -79,6 +79,43 @@ def change_wire(kind: str, record: Any) -> list[Any]:
     return [kind, _ENCODERS[kind](record)]
 
 
+# --------------------------------------------------------------------------- wire to records
+# What a read-only mirror needs to apply the feed to its own Inventory: the exact inverse of the
+# encoders above (storages come without credentials, which a mirror never uses).
+
+_parse = model.parse_uuid
+
+
+def item_from_wire(w: list[Any]) -> ItemRecord:
+    parent = w[10]
+    return ItemRecord(_parse(w[0]), w[1], w[2], model.ITEM_TYPE[w[3]], model.ITEM_STATE[w[4]],
+                      model.PHASE[w[5]], w[6], w[7], w[8], w[9],
+                      None if parent is None else _parse(parent), *w[11:])
+
+
+def replica_from_wire(w: list[Any]) -> ReplicaRecord:
+    return ReplicaRecord(_parse(w[1]), w[2], w[3], model.REPLICA_STATE[w[4]], *w[5:])
+
+
+def storage_from_wire(w: list[Any]) -> StorageRecord:
+    return StorageRecord(*w[:5], model.PHASE[w[5]], *w[6:])
+
+
+def _object_decoder(cls: type[Row]) -> Any:
+    return lambda w: cls.from_db(w, _parse)
+
+
+_DECODERS = {"item": item_from_wire, "replica": replica_from_wire, "storage": storage_from_wire,
+             "request": _object_decoder(CopyRequest), "operation": _object_decoder(Operation),
+             "cycle": _object_decoder(Cycle)}
+
+
+def change_from_wire(change: list[Any]) -> tuple[str, Any]:
+    """``[kind, fields]`` as sent by the feed back to ``(kind, record)``."""
+    kind, fields = change
+    return kind, _DECODERS[kind](fields)
+
+
 class ChangeFeed:
     """Recent committed transactions: (version, [(kind, record), ...]), oldest first."""
 
@@ -89,6 +126,16 @@ class ChangeFeed:
         self.base_version = version  # every change after this version is kept
         self.version = version
         self._new = asyncio.Event()
+        # Called with each new version before any writer is acknowledged (read workers learn
+        # the committed version this way).
+        self.listeners: list[Callable[[int], None]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: end every long poll now rather than at its timeout (a
+        stopping aiohttp server waits for the handlers in flight)."""
+        self.closed = True
+        self._new.set()
 
     def append(self, version: int, changes: list[tuple[str, Any]]) -> None:
         self._entries.append((version, changes))
@@ -100,6 +147,8 @@ class ChangeFeed:
             self.base_version = old_version
         self._new.set()
         self._new = asyncio.Event()
+        for listener in self.listeners:
+            listener(version)
 
     def since(self, version: int, limit: int) -> tuple[list[list[Any]], int]:
         """Changes after ``version`` (whole transactions, about ``limit`` records) and the
@@ -121,7 +170,7 @@ class ChangeFeed:
 
     async def wait(self, version: int, timeout: float) -> None:
         """Return when a version after ``version`` exists, or after ``timeout`` seconds."""
-        if self.version > version:
+        if self.version > version or self.closed:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._new.wait(), timeout)

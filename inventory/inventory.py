@@ -251,6 +251,7 @@ class Inventory:
         # small tables (inventory/objects.py)
         self.tokens: dict[str, Token] = {}
         self.token_by_hash: dict[str, Token] = {}
+        self.token_generation = 0  # counts token changes: read-only servers reload on a change
         self.requests: dict[int, CopyRequest] = {}
         self.operations: dict[int, Operation] = {}
         self.cycles: dict[int, Cycle] = {}
@@ -301,6 +302,7 @@ class Inventory:
                     self.token_by_hash.pop(old.sha256, None)
                 self.tokens[obj.name] = obj
                 self.token_by_hash[obj.sha256] = obj
+                self.token_generation += 1
             case CopyRequest():
                 self.requests[obj.id] = obj
             case Operation():
@@ -313,6 +315,7 @@ class Inventory:
     def remove_token(self, name: str) -> None:
         token = self.tokens.pop(name)
         self.token_by_hash.pop(token.sha256, None)
+        self.token_generation += 1
 
     # ---------------------------------------------------------------- items
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,9 @@ log = logging.getLogger("dlm.serve")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
-CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule"}
+CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule",
+               "workers"}
+MAX_WORKERS = 64
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class ServeSettings:
     tokens: list[dict[str, Any]] = field(default_factory=list)
     fileops: dict[str, Any] = field(default_factory=dict)
     schedule: list[Any] = field(default_factory=list)
+    workers: int = 1
 
 
 def add_commands(subparsers: Any) -> None:
@@ -57,6 +61,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--host", help=f"listen address ({DEFAULT_HOST})")
     p.add_argument("--port", type=int, help=f"listen port ({DEFAULT_PORT})")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workers", type=int,
+                   help="processes answering requests (1): with N > 1, N-1 read workers answer "
+                        "item queries beside the primary, which does every write")
     p.set_defaults(func=run_serve)
 
 
@@ -65,13 +72,21 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     if args.config:
         for key, value in read_config(args.config).items():
             setattr(settings, key, value)
-    for key in ("data_dir", "db", "host", "port", "log_level"):
+    for key in ("data_dir", "db", "host", "port", "log_level", "workers"):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
     if settings.db is None:
         settings.db = os.environ.get("DLM_DB") or None
+    check_workers(settings.workers, "--workers")
     return settings
+
+
+def check_workers(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise CLIError(f"{where}: expected a number of processes from 1 to {MAX_WORKERS}")
+    if value > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise CLIError(f"{where}: read workers need SO_REUSEPORT (Linux, BSD, macOS)")
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -90,6 +105,8 @@ def read_config(path: str) -> dict[str, Any]:
                        f"known: {', '.join(sorted(CONFIG_KEYS))}")
     if "port" in data and not isinstance(data["port"], int):
         raise CLIError(f"{path}: port: expected an integer")
+    if "workers" in data:
+        check_workers(data["workers"], f"{path}: workers")
     config_tokens(data.get("tokens", []), path)  # fail now, not at start
     fileops_limits(data.get("fileops", {}), path)
     try:
@@ -154,7 +171,7 @@ def run_serve(args: argparse.Namespace) -> int:
         runner = uvloop.run
     try:
         runner(serve(config, settings.host, settings.port,
-                     parse_schedule(settings.schedule, "config")))
+                     parse_schedule(settings.schedule, "config"), settings))
     except SchemaError as exc:
         raise CLIError(str(exc)) from None
     except StoreError as exc:
@@ -165,35 +182,43 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | None = None
-                ) -> None:
+async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | None = None,
+                settings: ServeSettings | None = None) -> None:
     from aiohttp import web
 
     from inventory.server.app import make_app
     from inventory.server.state import STATE
 
+    workers = 1 if settings is None else settings.workers
     app = make_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    runtime = None
     try:
-        inventory = app[STATE].inventory
+        state = app[STATE]
+        inventory = state.inventory
         if not inventory.tokens and not config.loopback:
             raise CLIError(
                 f"refusing to listen on {host} with no API token: anyone could change the "
                 f"inventory. Create one first (`dlm token create --role operator` against a "
                 f"server on 127.0.0.1) or list token hashes under `tokens:` in the config")
-        site = web.TCPSite(runner, host, port)
+        token = internal_token()  # what the server's own cycles and read workers present
+        state.internal_token_hash = hashlib.sha256(token.encode()).hexdigest()
+        site = web.TCPSite(runner, host, port, reuse_port=workers > 1 or None)
         await site.start()
+        if workers > 1:
+            runtime = await start_read_workers(runner, state, workers - 1, token, host, port,
+                                               settings)
         url = f"http://{host}:{port}"
         auth = ("open: no token exists, so every request from this host is an operator; "
                 "`dlm token create` ends this" if not inventory.tokens else "tokens required")
+        more = f"; {workers - 1} read worker(s)" if workers > 1 else ""
         print(f"dlm inventory server ready at {url} (db: {config.store.describe()}; "
-              f"auth: {auth})", file=sys.stdout, flush=True)
-        log.info("listening", extra={"url": url, "db": config.store.describe()})
+              f"auth: {auth}{more})", file=sys.stdout, flush=True)
+        log.info("listening", extra={"url": url, "db": config.store.describe(),
+                                     "workers": workers})
         schedule = None
         if jobs:
-            token = internal_token()
-            app[STATE].internal_token_hash = hashlib.sha256(token.encode()).hexdigest()
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             schedule = Schedule(jobs, f"http://{local}:{port}", token)
             schedule.start()
@@ -208,5 +233,33 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
         log.info("stopping")
         if schedule is not None:
             await schedule.stop()
+        if state.read_workers is not None:
+            await state.read_workers.stop()
     finally:
         await runner.cleanup()
+        if runtime is not None:
+            runtime.remove()
+
+
+async def start_read_workers(runner: Any, state: Any, count: int, token: str, host: str,
+                             port: int, settings: ServeSettings) -> Any:
+    """The primary's side of ``--workers``: a private Unix socket for the workers' feed and
+    forwarded requests, the shared committed version, and the worker processes."""
+    from aiohttp import web
+
+    from inventory.server.workers import ReadWorkers, RuntimeDir, SharedVersion, WorkerSpec
+
+    runtime = RuntimeDir()
+    await web.UnixSite(runner, runtime.socket).start()
+    shared = SharedVersion(runtime.shared, create=True)
+    inventory = state.inventory
+    shared.publish(inventory.version, inventory.token_generation)
+    state.feed.listeners.append(
+        lambda version: shared.publish(version, inventory.token_generation))
+    spec = WorkerSpec(db=state.store.describe() if settings.db is None else settings.db,
+                      data_dir=settings.data_dir, host=host, port=port, socket=runtime.socket,
+                      shared=runtime.shared, token=token, config_tokens=settings.tokens,
+                      loopback=state.open_mode, log_level=settings.log_level)
+    state.read_workers = ReadWorkers(count, spec)
+    state.read_workers.start()
+    return runtime

@@ -94,5 +94,10 @@ def make_app(config: ServerConfig) -> web.Application:
         finally:
             await store.close()
 
+    async def end_long_polls(app: web.Application) -> None:
+        if STATE in app:
+            app[STATE].feed.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_long_polls)
     return app

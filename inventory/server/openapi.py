@@ -212,6 +212,17 @@ class DbInfo(Closed):
     schema_version: int
 
 
+class ReadWorker(Closed):
+    """A read worker process of ``dlm serve --workers N``."""
+
+    worker: int
+    pid: int | None
+    running: bool
+    serving: bool
+    starts: int
+    last_exit: int | None
+
+
 class Health(Closed):
     status: Literal["ok", "broken"]
     problem: str | None  # why writes are refused until a restart (status "broken", HTTP 503)
@@ -224,6 +235,7 @@ class Health(Closed):
     uptime: float
     load_seconds: float
     auth: Literal["open", "tokens"]
+    read_workers: list[ReadWorker] = []  # with ``--workers N``: the N-1 read worker processes
 
 
 class TokenInfo(Closed):

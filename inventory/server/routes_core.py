@@ -38,6 +38,7 @@ async def health(request: web.Request) -> web.Response:
         "uptime": round(time.time() - state.started, 3),
         "load_seconds": round(state.load_seconds, 3),
         "auth": "open" if state.open_mode and not inv.tokens else "tokens",
+        "read_workers": [] if state.read_workers is None else state.read_workers.describe(),
     }, status=503 if broken else 200)
 
 

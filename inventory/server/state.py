@@ -25,7 +25,8 @@ class ServerState:
     started: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     engine: Any = None  # the FileOpsEngine, when this server runs one
-    internal_token_hash: str | None = None  # of the token the server's scheduled cycles use
+    internal_token_hash: str | None = None  # of the token scheduled cycles and workers use
+    read_workers: Any = None  # workers.ReadWorkers, when ``dlm serve --workers N`` runs some
 
 
 STATE = web.AppKey("state", ServerState)

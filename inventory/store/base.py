@@ -13,6 +13,7 @@ from typing import Any
 
 from inventory import model
 from inventory.inventory import Inventory
+from inventory.objects import Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.store.ops import DbOp
 
@@ -77,6 +78,11 @@ class Store(abc.ABC):
     async def committed_version(self) -> int:
         """The inventory version the database holds now: after a commit whose answer was lost,
         it says whether that commit happened (every commit stores its version)."""
+
+    @abc.abstractmethod
+    async def stored_tokens(self) -> list[Token]:
+        """The API tokens in the database: a read-only server re-reads them when the primary's
+        change (the change feed does not carry token hashes)."""
 
     @abc.abstractmethod
     async def cycle_decisions(self, cycle_id: int) -> bytes | None:

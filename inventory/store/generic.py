@@ -77,15 +77,17 @@ def upsert(objects: list, uuid_out=None) -> UpsertRows:
     return UpsertRows(cls.table, cls.columns(), cls.key, rows)
 
 
-def load_sqlite_rows(conn: sqlite3.Connection, inventory: Any, uuid_in) -> None:
+def load_sqlite_rows(conn: sqlite3.Connection, inventory: Any, uuid_in,
+                     tables: tuple[type, ...] = TABLES) -> None:
     """Load the small tables (tokens, requests, operations, cycles) into memory."""
-    for cls in TABLES:
+    for cls in tables:
         sql = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
         inventory.load_objects(cls.from_db(row, uuid_in) for row in conn.execute(sql))
 
 
-async def load_postgres_rows(conn: Any, inventory: Any) -> None:
-    for cls in TABLES:
+async def load_postgres_rows(conn: Any, inventory: Any, tables: tuple[type, ...] = TABLES
+                             ) -> None:
+    for cls in tables:
         sql = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
         inventory.load_objects(cls.from_db(row, _pg_uuid) for row in await conn.fetch(sql))
 

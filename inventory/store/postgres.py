@@ -12,6 +12,7 @@ import asyncpg
 import schema
 from inventory import model
 from inventory.inventory import Inventory
+from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
@@ -108,6 +109,12 @@ class PostgresStore(Store):
                 return await conn.fetchval("SELECT version FROM inventory_state", timeout=10)
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+    async def stored_tokens(self) -> list[Token]:
+        found = Inventory()
+        async with self._pool.acquire(timeout=10) as conn:
+            await generic.load_postgres_rows(conn, found, (Token,))
+        return list(found.tokens.values())
 
     # ------------------------------------------------------------------ load
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import schema
 from inventory import model
 from inventory.inventory import Inventory
+from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
@@ -122,6 +123,14 @@ class SQLiteStore(Store):
                 return self._conn.execute("SELECT version FROM inventory_state").fetchone()[0]
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+        return await self._run(read)
+
+    async def stored_tokens(self) -> list[Token]:
+        def read() -> list[Token]:
+            found = Inventory()
+            generic.load_sqlite_rows(self._conn, found, _uuid_in, (Token,))
+            return list(found.tokens.values())
 
         return await self._run(read)
 
