@@ -5,8 +5,10 @@
    file and directory) with ``--concurrency`` copies at once, for each ``copy_method``. ``cp``
    does not fsync, so ``cp + sync`` (the same durability) is timed too.
 2. POSIX -> S3: the same files uploaded by ``rclone copy`` (default settings) and by
-   ``inventory.storage.copy`` (verified, Content-MD5 per part), both to one ``rclone serve s3``
-   started here on 127.0.0.1.
+   ``inventory.storage.copy`` (verified), both to one ``rclone serve s3`` started here on
+   127.0.0.1: with the default ``multipart_threshold`` (files below it go in one streaming PUT,
+   MD5 compared with the ETag, as ``rclone copy`` sends them in one PUT) and with
+   ``multipart_threshold=0`` (multipart, Content-MD5 per part).
 
 Sources are written once and stay in the page cache for every contender; before each timed run
 the target is emptied and ``sync`` flushes earlier writes, so no run pays for another's
@@ -133,6 +135,10 @@ def main() -> None:
     parser.add_argument("--s3-concurrency", type=int, default=4,
                         help="uploads at once (rclone's --transfers default)")
     parser.add_argument("--part-size-mb", type=int, default=16)
+    parser.add_argument("--multipart-threshold-mb", type=int, default=None,
+                        help="S3 multipart_threshold (default: the storage default, 200 MiB)")
+    parser.add_argument("--skip-multipart", action="store_true",
+                        help="do not time DLM's multipart uploads (multipart_threshold=0)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="scratch directory (default: a new one under /tmp)")
     args = parser.parse_args()
@@ -178,19 +184,26 @@ def main() -> None:
             s3prepare = lambda: empty(s3dir / BUCKET)  # noqa: E731
             config = {"endpoint_url": endpoint, "access_key": KEY, "secret_key": SECRET,
                       "part_size": args.part_size_mb << 20}
+            if args.multipart_threshold_mb is not None:
+                config["multipart_threshold"] = args.multipart_threshold_mb << 20
             fresh = iter(range(1_000_000))  # a new prefix per run: nothing to skip or overwrite
 
             def rclone_copy() -> float:
                 return timed_command([rclone, "copy", str(work / "src"),
                                       f"bench:{BUCKET}/rclone-{next(fresh)}"], env)
 
-            def dlm_copy() -> float:
+            def dlm_copy(config: dict) -> float:
                 return asyncio.run(copy_all(src, "s3", f"{BUCKET}/dlm-{next(fresh)}", config,
                                             sums, size, args.s3_concurrency))
 
-            s3rows = interleaved(args.rounds, s3prepare, [("rclone copy", rclone_copy),
-                                                          ("dlm (verify, Content-MD5)",
-                                                           dlm_copy)])
+            s3contenders: list[tuple[str, Callable[[], float]]] = [
+                ("rclone copy", rclone_copy),
+                ("dlm (verify; one PUT below multipart_threshold, MD5 = ETag)",
+                 lambda: dlm_copy(config))]
+            if not args.skip_multipart:
+                s3contenders.append(("dlm multipart (verify, Content-MD5 per part)",
+                                     lambda: dlm_copy(dict(config, multipart_threshold=0))))
+            s3rows = interleaved(args.rounds, s3prepare, s3contenders)
             report(f"POSIX -> S3 (rclone serve s3; {args.s3_concurrency} DLM uploads at once, "
                    f"{args.part_size_mb} MiB parts)", total_mb, s3rows, "rclone copy")
         finally:

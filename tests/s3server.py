@@ -21,6 +21,7 @@ CI = os.environ.get("CI") == "true"
 KEY, SECRET = "dlmtestkey", "dlmtestsecret"  # rclone refuses very short keys
 BUCKET = "dlm"
 PART = 5 << 20  # the S3 minimum part size: multipart tests stay small
+THRESHOLD = 2 * PART  # objects up to this size go in one PUT, larger ones multipart
 
 
 def rclone_binary() -> str | None:
@@ -50,9 +51,12 @@ class RcloneS3:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self, **overrides: Any) -> dict[str, Any]:
-        """Storage config for this server: small parts, few retries, short timeouts."""
+        """Storage config for this server: small parts, a low multipart threshold (so tests
+        cover the buffered PUT, the streaming PUT and multipart with small objects), few
+        retries, short timeouts."""
         base: dict[str, Any] = {"endpoint_url": self.endpoint, "region": "us-east-1",
                                 "access_key": KEY, "secret_key": SECRET, "part_size": PART,
+                                "multipart_threshold": THRESHOLD,
                                 "max_attempts": 2, "connect_timeout": 2.0,
                                 "read_timeout": 10.0}
         base.update(overrides)

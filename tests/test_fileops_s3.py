@@ -37,7 +37,8 @@ async def mixed(tmp_path, s3_server: RcloneS3):  # noqa: F811
         await srv.stop()
 
 
-@pytest.mark.parametrize("size", [0, 1000, 11 * 1024 * 1024])
+# a buffered PUT, a streaming PUT (over part_size) and multipart (over multipart_threshold)
+@pytest.mark.parametrize("size", [0, 1000, 7 * 1024 * 1024, 11 * 1024 * 1024])
 async def test_posix_to_s3_to_posix_and_delete_on_s3(mixed, size):
     c = mixed.client
     data = os.urandom(size)

@@ -41,7 +41,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "run 1/ünï côdé ファイル.dat"
-SIZES = {"empty": 0, "small": 1000, "multipart": 2 * PART + 12345}
+SIZES = {"empty": 0, "small": 1000, "single-put": PART + 4321, "multipart": 2 * PART + 12345}
 PAIRS = [("posix", "posix"), ("posix", "s3"), ("s3", "posix"), ("s3", "s3")]
 DATA = os.urandom(max(SIZES.values()))
 

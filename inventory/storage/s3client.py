@@ -39,6 +39,7 @@ from inventory.storage.errors import (
 MiB = 1 << 20
 MIN_PART = 5 * MiB  # the S3 minimum for every part but the last
 MAX_PARTS = 10_000
+MAX_PUT = 5 << 30  # the S3 maximum for one PUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class S3Settings:
     secret_key: str | None = None
     session_token: str | None = None
     part_size: int = 16 * MiB          # multipart part size; objects smaller go in one PUT
+    multipart_threshold: int = 200 * MiB  # larger objects go multipart, smaller in one PUT
     max_concurrency: int = 4           # parts of one upload in flight at once
     max_pool_connections: int = 32     # HTTP connections shared by all operations
     connect_timeout: float = 10.0
@@ -85,6 +87,9 @@ class S3Settings:
             raise ConfigError(f"bad s3 config: {exc}") from None
         if settings.part_size < MIN_PART:
             raise ConfigError(f"s3 part_size must be at least {MIN_PART} bytes (S3 minimum)")
+        if not 0 <= settings.multipart_threshold <= MAX_PUT:
+            raise ConfigError(f"s3 multipart_threshold must be 0 to {MAX_PUT} bytes (S3's "
+                              "largest PUT)")
         if settings.max_concurrency < 1:
             raise ConfigError("s3 max_concurrency must be at least 1")
         return settings

@@ -1,17 +1,33 @@
-"""Streaming upload of one object to S3: one PUT when it is small, else a multipart upload with
-a bounded number of parts in flight.
+"""Streaming upload of one object to S3: one PUT up to ``multipart_threshold`` bytes, else a
+multipart upload with a bounded number of parts in flight.
 
 Nothing is visible under the key until the upload completes: a PUT is atomic, and a multipart
 upload exists only as an upload id until ``complete_multipart_upload``. The size and adler32 are
-checked against the expected values just before that call, and any failure (a part refused, a
-mismatch, the endpoint gone, cancellation) aborts the upload. If the endpoint is gone the abort
-cannot reach it; the parts stay invisible and ``S3Backend.purge_partial`` removes them later.
+checked against the expected values just before the PUT's last bytes leave or before that call,
+and any failure (a part refused, a mismatch, the endpoint gone, cancellation) aborts the upload.
+If the endpoint is gone the abort cannot reach it; the parts stay invisible and
+``S3Backend.purge_partial`` removes them later.
 
-Memory is bounded by ``(max_concurrency + 1) * part_size``. Each part carries Content-MD5, so the
-server refuses a part damaged on the way (reported as ``ChecksumMismatch`` on the target side).
+Three ways, by size (``size_hint``, the source's size):
+
+- up to ``part_size``: the object is joined in memory and sent in one PUT with Content-MD5, so
+  the server refuses a body damaged on the way (``ChecksumMismatch`` on the target side);
+- up to ``multipart_threshold`` (default 200 MiB, as rclone's upload cutoff): one *streaming*
+  PUT. The chunks go out as they are read, with no join and no buffering beyond one chunk
+  (Content-MD5 cannot be sent, it would need the whole body first). adler32 and MD5 are computed
+  in a worker thread while the previous chunk is being sent; the last chunk is held back until
+  the size and adler32 matched, so a wrong source ends the request short and the server stores
+  nothing. The server's ETag (the MD5 of what it stored, for a plain PUT) is compared with the
+  MD5 of what was sent: a mismatch deletes the object and raises ``ChecksumMismatch`` on the
+  target side. (A damaged body is thus visible for the moment between the PUT and the delete,
+  and is never reported as a good copy.)
+- larger, or of unknown size: multipart, ``part_size`` parts (at least ``MIN_PART``), each with
+  Content-MD5. Memory is bounded by ``(max_concurrency + 1) * part_size``.
+
 The checksum is stored as ``x-amz-meta-adler32`` so ``stat`` and server-side copies can use it;
-a multipart upload learns its metadata before the first byte, so there it is stored only when
-the caller gave the expected checksum (which is then verified before completion).
+streaming PUTs and multipart uploads send their metadata before the first byte, so there it is
+stored only when the caller gave the expected checksum (which is then verified before the object
+can appear).
 """
 
 from __future__ import annotations
@@ -19,13 +35,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import suppress
 from typing import Any
 
+import botocore.exceptions as bce
+
 from inventory.storage.base import WriteResult, check_expected
 from inventory.storage.checksum import Adler32
-from inventory.storage.errors import StorageError
+from inventory.storage.errors import ChecksumMismatch, SizeMismatch, StorageError, Unreachable
 from inventory.storage.s3client import MAX_PARTS, MiB, S3Settings
 
 META_CHECKSUM = "adler32"
@@ -66,6 +85,94 @@ def _prepare(chunks: list[bytes], summer: Adler32, md5: bool) -> tuple[bytes, st
     return data, (base64.b64encode(hashlib.md5(data).digest()).decode() if md5 else None)
 
 
+def _code(exc: BaseException) -> str | None:
+    return exc.response.get("Error", {}).get("Code") if isinstance(exc, bce.ClientError) else None
+
+
+def _cause(exc: BaseException, tasks: list[asyncio.Task[None]]) -> BaseException:
+    """The error to report for a failed multipart upload. When the server refuses one part
+    (BadDigest) and drops the upload, parts in flight get NoSuchUpload, possibly first: that is
+    a consequence, the refused part is the cause."""
+    if _code(exc) != "NoSuchUpload":
+        return exc
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None and _code(error) not in (None, "NoSuchUpload"):
+                return error
+    return exc
+
+
+class _StreamBody:
+    """The body of a streaming PUT: the source's chunks, sent as they come and checked on the way.
+
+    aiohttp sends it as an async iterable, with the Content-Length given to ``put_object``.
+    ``read`` exists only because botocore recognises a streaming body by it; ``seek`` lets
+    botocore retry a request that failed before the first chunk was taken, and refuses once
+    the stream was consumed (it cannot be replayed: the PUT then fails and the engine retries
+    the whole copy). A failure of the source or of the checks is kept in ``failure``: the
+    request only sees a body cut short, the caller re-raises the real cause.
+    """
+
+    def __init__(self, chunks: AsyncIterable[bytes], length: int, summer: Adler32, md5: bool,
+                 expected_checksum: str | None, path: str) -> None:
+        self._chunks = chunks
+        self.length = length
+        self.summer = summer
+        self.md5 = hashlib.md5() if md5 else None
+        self.expected_checksum = expected_checksum
+        self.path = path
+        self.size = 0
+        self.started = False
+        self.failure: Exception | None = None
+
+    def read(self, amt: int = -1) -> bytes:
+        raise io.UnsupportedOperation("a streaming PUT body is sent by aiohttp, not read")
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset or whence or self.started:
+            raise io.UnsupportedOperation("a streaming PUT cannot be replayed")
+        return 0
+
+    def _digest(self, chunk: bytes) -> None:
+        self.summer.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Each chunk is hashed in a worker thread while the previous one is being sent; the
+        last is held back until size and adler32 matched, so a wrong source never completes
+        the request."""
+        self.started = True
+        hashing: asyncio.Future[None] | None = None
+        held: bytes | None = None
+        try:
+            async for chunk in self._chunks:
+                self.size += len(chunk)
+                if self.size > self.length:
+                    raise SizeMismatch(f"source has more than the {self.length} bytes announced",
+                                       side="source", expected=self.length, actual=self.size,
+                                       path=self.path)
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(asyncio.to_thread(self._digest, chunk))
+                if held is not None:
+                    yield held
+                held = chunk
+            if hashing is not None:
+                await hashing
+            check_expected(self.size, self.summer.hexdigest(), expected_size=self.length,
+                           expected_checksum=self.expected_checksum, path=self.path)
+        except Exception as exc:
+            self.failure = exc
+            raise
+        finally:
+            if hashing is not None and not hashing.done():
+                hashing.cancel()  # the thread finishes its chunk; nothing waits for it
+        if held is not None:
+            yield held
+
+
 class Upload:
     """One object upload; ``run`` does it all and returns what was stored."""
 
@@ -78,6 +185,11 @@ class Upload:
 
     async def run(self, chunks: AsyncIterable[bytes], size_hint: int | None,
                   expected_size: int | None, expected_checksum: str | None) -> WriteResult:
+        settings = self.settings
+        if (size_hint is not None and settings.part_size < size_hint
+                and size_hint <= settings.multipart_threshold
+                and expected_size in (None, size_hint)):
+            return await self._stream_put(chunks, size_hint, expected_checksum)
         parts = _parts(chunks, part_size_for(self.settings, size_hint))
         try:
             first = await anext(parts, [])
@@ -101,6 +213,39 @@ class Upload:
         await self.client.put_object(Bucket=self.settings.bucket, Key=self.key, Body=data,
                                      Metadata={META_CHECKSUM: result.checksum},
                                      **self._md5_arg(md5))
+        return result
+
+    async def _stream_put(self, chunks: AsyncIterable[bytes], size: int,
+                          expected_checksum: str | None) -> WriteResult:
+        body = _StreamBody(chunks, size, self.summer, self.settings.content_md5,
+                           expected_checksum, self.path)
+        metadata = {META_CHECKSUM: expected_checksum} if expected_checksum else {}
+        try:
+            answer = await self.client.put_object(Bucket=self.settings.bucket, Key=self.key,
+                                                  Body=body, ContentLength=size,
+                                                  Metadata=metadata)
+        except Exception as exc:
+            if body.failure is not None:  # the source or the checks cut the body short
+                raise body.failure from None
+            if isinstance(exc, bce.UnseekableStreamError):  # botocore wanted to retry
+                raise Unreachable(
+                    f"S3 endpoint failed during a streaming PUT, which cannot be replayed "
+                    f"({self.settings.endpoint_url or 'AWS'} s3://{self.settings.bucket})",
+                    path=self.path) from None
+            raise
+        # the last chunk left only after the checks passed: the server has exactly those bytes
+        result = WriteResult(body.size, self.summer.hexdigest())
+        if body.md5 is not None:
+            sent = body.md5.hexdigest()
+            stored = str(answer.get("ETag", "")).strip('"').lower()
+            if stored != sent:
+                with suppress(Exception):
+                    await asyncio.shield(self.client.delete_object(
+                        Bucket=self.settings.bucket, Key=self.key))
+                raise ChecksumMismatch(
+                    f"the server stored a body with MD5 (ETag) {stored or 'missing'}, "
+                    f"not the {sent} sent; object deleted", side="target", expected=sent,
+                    actual=stored, path=self.path)
         return result
 
     async def _multipart(self, first: list[bytes], second: list[bytes],
@@ -155,11 +300,16 @@ class Upload:
                 MultipartUpload={"Parts": [{"ETag": etags[n], "PartNumber": n}
                                            for n in sorted(etags)]})
             return result
-        except BaseException:
+        except BaseException as exc:
+            if _code(exc) == "NoSuchUpload":  # see _cause: let the other parts tell why
+                await asyncio.wait(tasks, timeout=self.settings.connect_timeout)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with suppress(Exception):  # unreachable: purge_partial removes the parts later
                 await asyncio.shield(self.client.abort_multipart_upload(
                     Bucket=bucket, Key=self.key, UploadId=upload_id))
-            raise
+            cause = _cause(exc, tasks)
+            if cause is exc:
+                raise
+            raise cause from None
