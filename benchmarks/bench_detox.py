@@ -254,14 +254,9 @@ async def run(args: argparse.Namespace) -> int:
         occupancy = await set_capacities(url, args.over, args.seed)
         port = free_port()
         log = workdir / "serve.log"
-        # The server's request body limit (64 MiB) is below a 10M-replica plan's decisions:
-        # raise it for this server only (see docs/detox-benchmark.md).
-        launcher = ("import sys; import inventory.server.app as a; base = a.ServerConfig; "
-                    "a.ServerConfig = lambda *p, **k: base(*p, **{**k, 'max_body': "
-                    f"{args.max_body}}}); from inventory.cli import main; "
-                    "sys.exit(main(sys.argv[1:]))")
-        cmd = [sys.executable, "-c", launcher, "serve"] if args.max_body else [
-            sys.executable, "-m", "inventory.cli", "serve"]
+        # A 10M-replica plan is ~176 MB: within the server's default plan limit (1 GiB,
+        # `max_plan_body`), above its general request limit (64 MiB).
+        cmd = [sys.executable, "-m", "inventory.cli", "serve"]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [*cmd, "--port", str(port), "--data-dir", str(workdir / "data"),
@@ -351,8 +346,6 @@ def main() -> int:
     p.add_argument("--over", type=float, default=0.2,
                    help="share of storages over the high watermark")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-body", type=int, default=1 << 30,
-                   help="the server's request body limit for this run (0: its default)")
     p.add_argument("--keep", action="store_true", help="keep the database")
     p.add_argument("--db", help="run on a copy of this database (made by an earlier --keep run, "
                    "never changed itself)")

@@ -34,7 +34,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
 CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule",
-               "workers"}
+               "workers", "max_body", "max_plan_body"}
 MAX_WORKERS = 64
 
 
@@ -49,6 +49,8 @@ class ServeSettings:
     fileops: dict[str, Any] = field(default_factory=dict)
     schedule: list[Any] = field(default_factory=list)
     workers: int = 1
+    max_body: int | str | None = None  # request bodies; default app.MAX_BODY (64 MiB)
+    max_plan_body: int | str | None = None  # Detox/Dealer plans; default 1 GiB
 
 
 def add_commands(subparsers: Any) -> None:
@@ -107,6 +109,9 @@ def read_config(path: str) -> dict[str, Any]:
         raise CLIError(f"{path}: port: expected an integer")
     if "workers" in data:
         check_workers(data["workers"], f"{path}: workers")
+    for key in ("max_body", "max_plan_body"):
+        if key in data:
+            body_limit(data[key], f"{path}: {key}")
     config_tokens(data.get("tokens", []), path)  # fail now, not at start
     fileops_limits(data.get("fileops", {}), path)
     try:
@@ -114,6 +119,22 @@ def read_config(path: str) -> dict[str, Any]:
     except ScheduleError as exc:
         raise CLIError(str(exc)) from None
     return data
+
+
+def body_limit(value: Any, where: str) -> int:
+    """A request size limit: bytes, or a size with a unit (``64 MiB``), at least 1 KiB."""
+    from inventory.errors import BadRequest
+    from inventory.validate import byte_size
+
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise CLIError(f"{where}: expected bytes, e.g. 67108864 or '64 MiB'")
+    try:
+        size = byte_size(value, where)
+    except BadRequest as exc:
+        raise CLIError(f"{where}: {exc.message}") from None
+    if size < 1024:
+        raise CLIError(f"{where}: expected at least 1 KiB, got {size} bytes")
+    return size
 
 
 def fileops_limits(entries: Any, path: str) -> FileOpsLimits:
@@ -160,9 +181,11 @@ def run_serve(args: argparse.Namespace) -> int:
         store = open_store(settings.db, settings.data_dir)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    limits = {key: body_limit(getattr(settings, key), key)
+              for key in ("max_body", "max_plan_body") if getattr(settings, key) is not None}
     config = ServerConfig(store=store, loopback=is_loopback(settings.host),
                           tokens=config_tokens(settings.tokens, "config"),
-                          fileops=fileops_limits(settings.fileops, "config"))
+                          fileops=fileops_limits(settings.fileops, "config"), **limits)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
@@ -259,7 +282,8 @@ async def start_read_workers(runner: Any, state: Any, count: int, token: str, ho
     spec = WorkerSpec(db=state.store.describe() if settings.db is None else settings.db,
                       data_dir=settings.data_dir, host=host, port=port, socket=runtime.socket,
                       shared=runtime.shared, token=token, config_tokens=settings.tokens,
-                      loopback=state.open_mode, log_level=settings.log_level)
+                      loopback=state.open_mode, log_level=settings.log_level,
+                      max_body=runner.app._client_max_size)
     state.read_workers = ReadWorkers(count, spec)
     state.read_workers.start()
     return runtime

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -53,6 +54,10 @@ async def test_config_file_sets_port_and_data_dir(tmp_path, server_process):
     ("colour: red\n", "unknown setting(s) colour"),
     ("- a\n- b\n", "expected a mapping"),
     ("port: : :\n", "not valid YAML"),
+    ("max_body: tiny\n", "max_body: expected bytes"),
+    ("max_plan_body: 10\n", "max_plan_body: expected at least 1 KiB"),
+    ("max_body: [1]\n", "max_body: expected bytes"),
+    ("workers: 0\n", "workers: expected a number of processes"),
 ])
 def test_bad_config_is_one_line_on_stderr(tmp_path, content, message):
     config = tmp_path / "dlm.yaml"
@@ -131,3 +136,33 @@ def test_no_command_and_unknown_command_exit_non_zero(capsys):
     assert info.value.code == 2
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+async def test_body_limits_from_the_config(tmp_path, server_process):
+    """``max_body`` bounds every request; ``max_plan_body`` only the cycle plans, which carry
+    every decision of a cycle and outgrow the general limit past a few million replicas."""
+    port = free_port()
+    config = tmp_path / "dlm.yaml"
+    config.write_text(f"port: {port}\ndata_dir: {tmp_path / 'data'}\nmax_body: 2 KiB\n"
+                      f"max_plan_body: 100 KiB\n")
+    proc = server_process(None)
+    proc.args = [sys.executable, "-m", "inventory.cli", "serve", "--config", str(config)]
+    proc.port = port
+    proc.start()
+    await wait_healthy(proc.url)
+    junk = b"{" + b" " * 50_000 + b"}"
+    async with aiohttp.ClientSession(proc.url) as http:
+        async with http.post("/v1/items", data=junk,
+                             headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["error"]["field"] == "body"
+        # the same body is within a plan's limit: decoded, and refused for what it is
+        async with http.post("/v1/cycles/detox", data=junk,
+                             headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400, await resp.text()
+        async with http.post("/v1/cycles/dealer", data=junk * 3,
+                             headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 413
+            assert "102400 bytes" in (await resp.json())["error"]["message"]
+        async with http.get("/v1/history") as resp:
+            assert (await resp.json())["cycles"] == []

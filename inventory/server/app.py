@@ -28,12 +28,14 @@ from inventory.server import (
 )
 from inventory.server.auth import authenticate
 from inventory.server.middleware import front
-from inventory.server.state import STATE, ServerState
+from inventory.server.state import PLAN_LIMIT, STATE, ServerState
 from inventory.store import Store
 
 log = logging.getLogger("dlm.server")
 
 MAX_BODY = 64 * 1024 * 1024
+# A cycle plan carries every decision: ~18 bytes a replica judged (176 MB at 10M replicas).
+MAX_PLAN_BODY = 1024 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -42,7 +44,8 @@ class ServerConfig:
 
     store: Store
     feed_max_changes: int = 1_000_000
-    max_body: int = MAX_BODY
+    max_body: int = MAX_BODY  # bytes of a request body
+    max_plan_body: int = MAX_PLAN_BODY  # bytes of a Detox or Dealer plan (/v1/cycles/*)
     fileops: FileOpsLimits | None = field(default_factory=FileOpsLimits)  # None: no engine
     loopback: bool = True  # listening on a loopback address only: open mode allowed
     tokens: list[Token] = field(default_factory=list)  # from the config file, not stored
@@ -51,6 +54,7 @@ class ServerConfig:
 def make_app(config: ServerConfig) -> web.Application:
     app = web.Application(middlewares=[front, authenticate],
                           client_max_size=config.max_body)
+    app[PLAN_LIMIT] = config.max_plan_body
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,
                    metrics, routes_consistency, dashboard_routes):

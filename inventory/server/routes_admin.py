@@ -23,7 +23,7 @@ from inventory.objects import (
 )
 from inventory.server.auth import requester, requires
 from inventory.server.bodies import decode, query_int, respond
-from inventory.server.state import state_of
+from inventory.server.state import PLAN_LIMIT, state_of
 from inventory.specs import DealerPlanIn, DetoxPlanIn, OperationRequest, RequestSpec, TokenSpec
 from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken
 from inventory.writes_cycles import ApplyDealerPlan, ApplyDetoxPlan
@@ -231,7 +231,7 @@ async def list_cycles(request: web.Request) -> web.Response:
 @requires("operator")
 async def apply_detox_plan(request: web.Request) -> web.Response:
     """Detox sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
-    plan = await decode(request, DetoxPlanIn)
+    plan = await decode(request, DetoxPlanIn, limit=request.app[PLAN_LIMIT])
     validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
     state = state_of(request)
     cycle = await state.scheduler.write(ApplyDetoxPlan(plan))
@@ -244,7 +244,7 @@ async def apply_detox_plan(request: web.Request) -> web.Response:
 @requires("operator")
 async def apply_dealer_plan(request: web.Request) -> web.Response:
     """Dealer sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
-    plan = await decode(request, DealerPlanIn)
+    plan = await decode(request, DealerPlanIn, limit=request.app[PLAN_LIMIT])
     validate.epoch_value(plan.started, "started")
     state = state_of(request)
     cycle = await state.scheduler.write(ApplyDealerPlan(plan))

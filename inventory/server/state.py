@@ -30,6 +30,7 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+PLAN_LIMIT = web.AppKey("plan_limit", int)  # bytes a Detox or Dealer plan may have
 
 
 def state_of(request: web.Request) -> ServerState:
