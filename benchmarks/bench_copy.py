@@ -2,8 +2,9 @@
 
 1. POSIX -> POSIX: N files of S MB copied by ``cp`` (one process, all files) and by
    ``inventory.storage.copy`` (adler32 verified against the expected checksum, fsync of every
-   file and directory) with ``--concurrency`` copies at once, for each ``copy_method``. ``cp``
-   does not fsync, so ``cp + sync`` (the same durability) is timed too.
+   file and directory) with ``--concurrency`` copies at once, for each ``copy_method``, and with
+   ``--engine-concurrency`` at once (the file-operations engine's default per-storage limit,
+   4). ``cp`` does not fsync, so ``cp + sync`` (the same durability) is timed too.
 2. POSIX -> S3: the same files uploaded by ``rclone copy`` (default settings) and by
    ``inventory.storage.copy`` (verified), both to one ``rclone serve s3`` started here on
    127.0.0.1: with the default ``multipart_threshold`` (files below it go in one streaming PUT,
@@ -36,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inventory.fileops.limits import FileOpsLimits
 from inventory.storage import PosixBackend, adler32_of, backend_for, copy
 from inventory.storage.checksum import IMPLEMENTATION
 
@@ -132,6 +134,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2,
                         help="POSIX copies at once (one per core)")
+    parser.add_argument("--engine-concurrency", type=int,
+                        default=FileOpsLimits().per_storage,
+                        help="also time DLM kernel copies this many at once (default: the "
+                             "engine's per-storage limit)")
     parser.add_argument("--s3-concurrency", type=int, default=4,
                         help="uploads at once (rclone's --transfers default)")
     parser.add_argument("--part-size-mb", type=int, default=16)
@@ -167,6 +173,10 @@ def main() -> None:
         for label, config in variants:
             contenders.append((label, lambda config=config: asyncio.run(
                 copy_all(src, "posix", str(dst), config, sums, size, args.concurrency))))
+        if args.engine_concurrency != args.concurrency:
+            contenders.append((f"dlm kernel (verify, fsync), {args.engine_concurrency} at once",
+                               lambda: asyncio.run(copy_all(src, "posix", str(dst), {}, sums,
+                                                            size, args.engine_concurrency))))
         rows = interleaved(args.rounds, prepare, contenders)
         report(f"POSIX -> POSIX ({args.concurrency} DLM copies at once)", total_mb, rows, "cp")
 

@@ -16,6 +16,7 @@ import pytest
 from inventory.storage import (
     Backend,
     ChecksumMismatch,
+    ConfigError,
     NotFound,
     PathConflict,
     PosixBackend,
@@ -203,3 +204,28 @@ async def test_space_and_purge_partial(backend: Backend, tmp_path: Path) -> None
         assert await backend.purge_partial(3600) == 0  # too recent
         assert await backend.purge_partial(0) == 1
         assert await backend.purge_partial(0) == 0
+
+
+@pytest.mark.parametrize("writeback", [0, 4096, 2 << 20])
+async def test_posix_early_writeback_setting(tmp_path: Path, writeback: int) -> None:
+    """Early writeback (sync_file_range every ``writeback`` bytes) changes only when the disk
+    writes: copies and streamed writes hold the same bytes and checksum, with every size of
+    step, and it is off without fsync."""
+    data = os.urandom((3 << 20) + 12345)
+    (tmp_path / "src").mkdir()
+    src = backend_for("posix", str(tmp_path / "src"), {})
+    dst = backend_for("posix", str(tmp_path / "dst"), {"writeback": writeback})
+    assert isinstance(dst, PosixBackend) and dst.writeback == writeback
+    (tmp_path / "dst").mkdir()
+    await src.write("f", stream(data, 100_000))
+    await dst.write("streamed", stream(data, 100_000), expected_checksum=adler32_of(data))
+    result = await dst.copy_from(src, "f", "copied", expected_size=len(data),
+                                 expected_checksum=adler32_of(data))
+    assert result is not None and result.checksum == adler32_of(data)
+    for name in ("streamed", "copied"):
+        assert (tmp_path / "dst" / name).read_bytes() == data
+    await src.close()
+    await dst.close()
+    assert PosixBackend(tmp_path, fsync=False).writeback == 0
+    with pytest.raises(ConfigError):
+        backend_for("posix", str(tmp_path), {"writeback": "2M"})

@@ -15,7 +15,8 @@ from inventory.storage.errors import ConfigError
 from inventory.storage.posix import PosixBackend
 from inventory.storage.s3 import S3Backend
 
-_POSIX_KEYS = {"fsync": bool, "threads": int, "chunk_size": int, "copy_method": str}
+_POSIX_KEYS = {"fsync": bool, "threads": int, "chunk_size": int, "copy_method": str,
+               "writeback": int}
 
 
 def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:

@@ -16,11 +16,18 @@ adler32 (the page it reads is the one the copy needs, so the disk is read once) 
 ``copy_file_range`` moves the same range inside the kernel, falling back to ``sendfile`` and then
 to writing the buffer. ``benchmarks/bench_copy.py`` measures this against a read+write loop
 (``copy_method="read"``); see docs/copy-benchmark.md for why "kernel" is the default.
+
+With fsync on, every write (copy or stream) starts the writeback of each ``writeback`` bytes as
+soon as they are written (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux: it queues the
+writes and does not wait for them): the disk writes while the copy goes on instead of after it,
+and the fsync before the rename only waits for the tail. The fsync still covers every page and
+reports any write error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import secrets
@@ -64,7 +71,34 @@ DEFAULT_CHUNK = 8 << 20
 # The kernel copy's unit: the buffer pread fills for adler32 stays in the CPU cache, which
 # measured 20-40% faster than 8 MiB chunks (docs/copy-benchmark.md).
 COPY_CHUNK = 512 << 10
+# With fsync on, writeback of what was written is started every this many bytes
+# (sync_file_range), so the disk works during the copy and the final fsync waits for little:
+# 20 x 100 MB went from 0.54x to 0.88x of plain cp's time; 2 MiB measured a little better than
+# 1, 4 or 8 MiB (docs/copy-benchmark.md).
+WRITEBACK_EVERY = 2 << 20
+_SYNC_FILE_RANGE_WRITE = 2
 _LIST_BATCH = 1000
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, count: int) -> None:
+    """Start writing ``count`` bytes at ``offset`` to disk without waiting for them (ctypes
+    releases the GIL). Only a head start for the fsync that follows, which still waits for
+    every page and reports any write error, so a failure here is ignored."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
 
 _ERRNO_CLASS: dict[int, type[StorageError]] = {
     errno.ENOENT: NotFound,
@@ -85,11 +119,13 @@ class _Stopped(Exception):
 class _Temp:
     """A temporary file being written: closed and unlinked by ``discard`` unless committed."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "flushed", "path", "written")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path: str | None = path
+        self.written = 0  # bytes appended so far
+        self.flushed = 0  # bytes whose writeback was started
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -129,14 +165,16 @@ class PosixBackend(Backend):
 
     ``fsync=False`` skips fsync (only for scratch storages whose contents may be lost in a
     crash); ``threads`` bounds concurrent system calls; ``chunk_size`` is the unit of reads,
-    checksum updates and kernel copies.
+    checksum updates and kernel copies; ``writeback`` is how many bytes are written between two
+    starts of early writeback (0: none, the fsync at the end does it all).
     """
 
     kind = "posix"
 
     def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = DEFAULT_CHUNK,
                  fsync: bool = True, threads: int = 8,
-                 copy_method: CopyMethod = "kernel") -> None:
+                 copy_method: CopyMethod = "kernel",
+                 writeback: int = WRITEBACK_EVERY) -> None:
         if copy_method not in ("kernel", "read"):
             raise ValueError(f"copy_method must be 'kernel' or 'read', not {copy_method!r}")
         self.root = os.path.abspath(os.fspath(root))
@@ -144,6 +182,7 @@ class PosixBackend(Backend):
         self.chunk_size = chunk_size
         self.fsync = fsync
         self.copy_method: CopyMethod = copy_method
+        self.writeback = writeback if fsync and writeback > 0 else 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dlm-posix")
 
     def __repr__(self) -> str:
@@ -274,6 +313,10 @@ class PosixBackend(Backend):
         for chunk in batch:
             summer.update(chunk)
             _write_all(temp.fd, chunk)
+            temp.written += len(chunk)
+        if self.writeback and temp.written - temp.flushed >= self.writeback:
+            _start_writeback(temp.fd, temp.flushed, temp.written - temp.flushed)
+            temp.flushed = temp.written
 
     def _commit(self, temp: _Temp, full: str, result: WriteResult, path: str) -> None:
         """Check what the file system holds, record the checksum, make it durable, rename."""
@@ -384,7 +427,7 @@ class PosixBackend(Backend):
         buf = bytearray(min(self.chunk_size, COPY_CHUNK))
         view = memoryview(buf)
         kernel = self.copy_method == "kernel"
-        offset = 0
+        offset = flushed = 0
         while True:
             if stop.is_set():
                 raise _Stopped
@@ -397,6 +440,9 @@ class PosixBackend(Backend):
             if not kernel:
                 _write_all(fo, view[:got])
             offset += got
+            if self.writeback and offset - flushed >= self.writeback:
+                _start_writeback(fo, flushed, offset - flushed)
+                flushed = offset
         return WriteResult(offset, summer.hexdigest())
 
     @staticmethod
