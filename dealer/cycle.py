@@ -12,9 +12,9 @@ from typing import Any
 import msgpack
 
 from dealer.planner import DealerPlan, plan_cycle
-from detox.cycle import plan_header
+from detox.cycle import fresh_snapshot, plan_header
 from inventory import model
-from inventory.client import Client
+from inventory.client import Client, Snapshot
 from policies import Policy
 
 DECISION_COLUMNS = ("oid", "target_id", "source_id", "rule", "line", "size")
@@ -26,6 +26,7 @@ class CycleResult:
     snapshot_version: int
     seconds: dict[str, float]
     applied: dict[str, Any] | None
+    snapshot: Snapshot | None = None  # to catch up for the next cycle (``dlm dealer --every``)
 
 
 def encode_decisions(plan: DealerPlan) -> bytes:
@@ -36,13 +37,14 @@ def encode_decisions(plan: DealerPlan) -> bytes:
 
 async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,
                     now: float | None = None,
-                    progress: Callable[[str, int, int], None] | None = None) -> CycleResult:
+                    progress: Callable[[str, int, int], None] | None = None,
+                    snapshot: Snapshot | None = None) -> CycleResult:
     """One cycle; ``progress(stage, done, total)`` follows it (snapshot records, then the
-    planning and applying stages) for a progress bar."""
+    planning and applying stages) for a progress bar. With the ``snapshot`` of an earlier cycle,
+    that one is caught up through the change feed instead of a new one being taken."""
     started = time.time()
     t0 = time.perf_counter()
-    snap = await client.snapshot(
-        None if progress is None else lambda done, total: progress("snapshot", done, total))
+    snap = await fresh_snapshot(client, snapshot, progress)
     storages = await client.request("GET", "/v1/storages")
     requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
     t1 = time.perf_counter()
@@ -66,7 +68,7 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
         })
     t3 = time.perf_counter()
     return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
-                                            "apply": t3 - t2}, applied)
+                                            "apply": t3 - t2}, applied, snap)
 
 
 def format_report(result: CycleResult, *, dry_run: bool) -> str:

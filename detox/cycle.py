@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import time
 import zlib
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from inventory import model
 from inventory.client import Client, Snapshot
 from policies import Policy
 
+log = logging.getLogger("dlm.detox")
+
 DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
 
 
@@ -30,6 +33,7 @@ class CycleResult:
     snapshot_version: int
     seconds: dict[str, float]
     applied: dict[str, Any] | None  # the server's answer (None for a dry run)
+    snapshot: Snapshot | None = None  # to catch up for the next cycle (``dlm detox --every``)
 
 
 def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytearray:
@@ -68,13 +72,14 @@ def _compressobj() -> Any:
 
 async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,
                     now: float | None = None,
-                    progress: Callable[[str, int, int], None] | None = None) -> CycleResult:
+                    progress: Callable[[str, int, int], None] | None = None,
+                    snapshot: Snapshot | None = None) -> CycleResult:
     """One cycle; ``progress(stage, done, total)`` follows it (snapshot records, then the
-    planning and applying stages) for a progress bar."""
+    planning and applying stages) for a progress bar. With the ``snapshot`` of an earlier cycle,
+    that one is caught up through the change feed instead of a new one being taken."""
     started = time.time()
     t0 = time.perf_counter()
-    snap = await client.snapshot(
-        None if progress is None else lambda done, total: progress("snapshot", done, total))
+    snap = await fresh_snapshot(client, snapshot, progress)
     t1 = time.perf_counter()
     # The snapshot is millions of long-lived objects: out of the cyclic collector's sight for
     # the cycle, or every collection the plan's allocations trigger walks all of them.
@@ -109,7 +114,23 @@ async def _plan_and_apply(client: Client, policy: Policy, policy_text: str, snap
         applied = await client.post_msgpack("/v1/cycles/detox", body)
     t3 = time.perf_counter()
     return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
-                                            "apply": t3 - t2}, applied)
+                                            "apply": t3 - t2}, applied, snap)
+
+
+async def fresh_snapshot(client: Client, kept: Snapshot | None,
+                         progress: Callable[[str, int, int], None] | None) -> Snapshot:
+    """The inventory as it is now: ``kept`` (an earlier cycle's snapshot) brought up to date
+    through the change feed when the server still has the changes since it, else a new
+    snapshot (the first cycle, or after the server restarted or the feed moved on)."""
+    if kept is not None:
+        if progress is not None:
+            progress("catching up", 0, 0)
+        if await client.catch_up(kept):
+            return kept
+        log.info("the change feed no longer reaches the kept snapshot; taking a new one",
+                 extra={"snapshot_version": kept.version})
+    return await client.snapshot(
+        None if progress is None else lambda done, total: progress("snapshot", done, total))
 
 
 def plan_header(policy: Policy, policy_text: str, snapshot_version: int,

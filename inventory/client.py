@@ -376,6 +376,22 @@ class Client:
         return await self.request("GET", "/v1/changes",
                                   params={"since": since, "wait": wait, "limit": limit})
 
+    async def catch_up(self, snap: Snapshot, limit: int = 100_000) -> bool:
+        """Bring ``snap`` to the server's current version through the change feed (what a
+        long-running Detox or Dealer does instead of a new snapshot per cycle). False when the
+        server no longer keeps the changes it would need: take a new snapshot then."""
+        while True:
+            try:
+                page = await self.changes(snap.version, limit=limit)
+            except errors.Gone:
+                return False
+            for _version, changes in page["transactions"]:
+                for kind, record in changes:
+                    snap.apply(kind, record)
+            if page["version"] == snap.version:
+                return True
+            snap.version = page["version"]
+
     async def snapshot(self, progress: Callable[[int, int], None] | None = None) -> Snapshot:
         """The whole inventory, streamed and decoded incrementally; ``progress(done, total)``
         is told how many item and replica records have arrived (for a progress bar)."""

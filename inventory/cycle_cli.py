@@ -71,6 +71,7 @@ async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
                 every: float | None, run_cycle: RunCycle, format_report: FormatReport) -> int:
     log = logging.getLogger(f"dlm.{name}")
     async with Client(args.url or default_url(), args.token) as client:
+        kept = None  # the last cycle's snapshot: the next one catches it up through the feed
         while True:
             problem = None
             # A progress line on a terminal (tqdm stays silent when stderr is not one).
@@ -86,13 +87,14 @@ async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
 
             try:
                 result = await run_cycle(client, policy, text, dry_run=args.dry_run,
-                                         progress=progress)
+                                         progress=progress, snapshot=kept)
             except (aiohttp.ClientError, OSError) as exc:
                 problem = f"cannot reach the DLM server at {client.url} ({exc})"
             except errors.DLMError as exc:
                 problem = exc.message + (f" ({exc.field})" if exc.field else "")
             else:
                 bar.close()
+                kept = result.snapshot if every is not None else None
                 if args.json:
                     body = result.plan.summary()
                     body["applied"] = result.applied

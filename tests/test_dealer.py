@@ -203,3 +203,19 @@ async def test_dry_run_and_cli(grid, capsys, tmp_path):
                                           grid.url, "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0 and "Dealer dry run" in out and "phase LIQUID" in out
+
+
+async def test_a_kept_snapshot_caught_up_through_the_feed_sees_new_items(grid):
+    """`dlm dealer --every` catches its last snapshot up through the change feed: an item
+    ingested since is copied as a new snapshot would have it copied."""
+    await grid.storage("g1")
+    await grid.storage("g2")
+    policy = load_policy_text(POLICY, "t.policy")
+    first = await run_cycle(grid.client, policy, POLICY)
+    assert first.plan.copies == []
+    await grid.item("new", target_phase="LIQUID")
+    kept = await run_cycle(grid.client, policy, POLICY, dry_run=True, snapshot=first.snapshot)
+    fresh = await run_cycle(grid.client, policy, POLICY, dry_run=True)
+    assert kept.snapshot is first.snapshot
+    assert [(c.oid, c.target_id) for c in kept.plan.copies] == \
+        [(c.oid, c.target_id) for c in fresh.plan.copies] != []

@@ -226,3 +226,48 @@ async def test_copies_pinned_by_a_request_survive_detox(site):
     assert result.applied["summary"]["dropped"]["pinned"] == 1
     await settle(c)
     assert "disk1" in await replicas_of(c, pinned_oid)
+
+
+def _plan_key(plan) -> tuple:
+    return (sorted((d.oid, d.storage_id, d.rule) for d in plan.deletions),
+            sorted(plan.expirations), plan.summary()["storages"])
+
+
+async def test_a_kept_snapshot_caught_up_through_the_feed_plans_like_a_new_one(site):
+    """`dlm detox --every` keeps its snapshot between cycles and catches it up through the
+    change feed: the next plan must be the one a new snapshot gives."""
+    c = site.client
+    policy = load_policy_text(POLICY, "test.policy")
+    first = await run_cycle(c, policy, POLICY)
+    assert first.plan.deletions and first.snapshot is not None
+    await settle(c)
+    # the inventory moves on: the deletions done, new items, an expiry, a storage change
+    for i in range(5):
+        await c.add_item(item_name=f"late/{i}", storage="disk1", size=150)
+    await c.request("PATCH", f"/v1/items/{site.items['set/f6']}",
+                    json={"expire_at": "2000-01-01T00:00:00Z"})
+    await c.request("PATCH", "/v1/storages/disk2", json={"capacity": 150_000})
+    kept = await run_cycle(c, policy, POLICY, dry_run=True, snapshot=first.snapshot)
+    assert kept.snapshot is first.snapshot  # caught up, not taken again
+    fresh = await run_cycle(c, policy, POLICY, dry_run=True)
+    assert kept.snapshot_version == fresh.snapshot_version
+    assert kept.plan.deletions, "the new items put disk1 over its watermark again"
+    assert _plan_key(kept.plan) == _plan_key(fresh.plan)
+
+
+async def test_a_kept_snapshot_the_feed_no_longer_reaches_is_taken_again(db_url, tmp_path):
+    srv = InProcessServer(db_url, tmp_path, fileops=None, feed_max_changes=10)
+    await srv.start()
+    try:
+        c = srv.client
+        await c.add_storage(name="disk1", kind="posix", root=str(tmp_path), capacity=10**6)
+        policy = load_policy_text(POLICY, "test.policy")
+        first = await run_cycle(c, policy, POLICY, dry_run=True)
+        for batch in range(3):  # 3 x 10 items and replicas: past what the feed keeps
+            await c.add_items({"item_name": f"b{batch}/{i}", "storage": "disk1", "size": 1}
+                              for i in range(10))
+        second = await run_cycle(c, policy, POLICY, dry_run=True, snapshot=first.snapshot)
+        assert second.snapshot is not first.snapshot
+        assert len(second.snapshot.items) == 30
+    finally:
+        await srv.stop()
