@@ -162,6 +162,19 @@ async def test_server_killed_mid_streaming_put(s3: Callable[..., S3Backend],
     await assert_nothing(dst, own_s3_server, "big")
 
 
+@pytest.mark.parametrize("config", [{"content_md5": False}, {"sign_payload": True}])
+async def test_signed_payload_never_streams(s3: Callable[..., S3Backend],
+                                            config: dict[str, bool]) -> None:
+    """SigV4 with a signed payload needs the body's SHA-256 first: over part_size, multipart."""
+    data = DATA[:PART + 1]
+    dst = s3(**config)
+    seen = await operations(dst)
+    result = await dst.write("f", stream(data), len(data), expected_checksum=adler32_of(data))
+    assert result.checksum == adler32_of(data)
+    assert seen[0] == "CreateMultipartUpload" and seen[-1] == "CompleteMultipartUpload"
+    assert (await dst.stat("f")).size == len(data)
+
+
 async def test_multipart_threshold_config() -> None:
     assert S3Backend.from_storage("b", {"endpoint_url": "http://x"}).settings \
         .multipart_threshold == 200 << 20

@@ -94,6 +94,11 @@ class S3Settings:
             raise ConfigError("s3 max_concurrency must be at least 1")
         return settings
 
+    @property
+    def signs_payload(self) -> bool:
+        """Whether SigV4 covers a SHA-256 of each body (which needs the whole body first)."""
+        return self.sign_payload or not self.content_md5
+
     def same_endpoint(self, other: S3Settings) -> bool:
         """True when a server-side copy from ``other`` can work: same service, same identity."""
         return (self.endpoint_url == other.endpoint_url and self.region == other.region
@@ -114,7 +119,7 @@ class S3Settings:
             # itself covered by the signature, already protects each body, which is what
             # botocore settles for over https.
             s3={"addressing_style": style,
-                "payload_signing_enabled": self.sign_payload or not self.content_md5},
+                "payload_signing_enabled": self.signs_payload},
         )
 
 

@@ -21,6 +21,8 @@ Three ways, by size (``size_hint``, the source's size):
   MD5 of what was sent: a mismatch deletes the object and raises ``ChecksumMismatch`` on the
   target side. (A damaged body is thus visible for the moment between the PUT and the delete,
   and is never reported as a good copy.)
+  A signed payload (``sign_payload``, or ``content_md5`` off) needs the SHA-256 of the whole
+  body before the request, so then these objects go multipart.
 - larger, or of unknown size: multipart, ``part_size`` parts (at least ``MIN_PART``), each with
   Content-MD5. Memory is bounded by ``(max_concurrency + 1) * part_size``.
 
@@ -188,7 +190,7 @@ class Upload:
         settings = self.settings
         if (size_hint is not None and settings.part_size < size_hint
                 and size_hint <= settings.multipart_threshold
-                and expected_size in (None, size_hint)):
+                and expected_size in (None, size_hint) and not settings.signs_payload):
             return await self._stream_put(chunks, size_hint, expected_checksum)
         parts = _parts(chunks, part_size_for(self.settings, size_hint))
         try:
