@@ -24,6 +24,9 @@ OPERATION_KINDS: tuple[str, ...] = ("copy", "delete")
 CYCLE_KINDS: tuple[str, ...] = ("detox", "dealer", "consistency")
 
 
+CONFIG_TOKEN_CREATED = 0.0  # the creation time given to tokens of the config file
+
+
 class Row:
     """A dataclass stored as one row of ``table``; fields named in ``uuid_fields`` are oids
     (ints in memory), ``json_fields`` are JSON in the database."""
@@ -67,8 +70,13 @@ class Token(Row):
     name: str
     role: str
     sha256: str
-    created: float
+    created: float  # CONFIG_TOKEN_CREATED for a token listed in the server's config file
     expires_at: float | None = None
+
+    @property
+    def from_config(self) -> bool:
+        """Listed in the config file: not stored, back at every start, so not deletable."""
+        return self.created == CONFIG_TOKEN_CREATED
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ import yaml
 
 from inventory.cli import CLIError
 from inventory.fileops.limits import FileOpsLimits
-from inventory.objects import ROLES, Token
+from inventory.objects import CONFIG_TOKEN_CREATED, ROLES, Token
 from inventory.schedule import Job, Schedule, ScheduleError, internal_token, parse_schedule
 
 # The server itself (aiohttp, the stores, the storage backends) is imported when `dlm serve`
@@ -165,7 +165,8 @@ def config_tokens(entries: Any, path: str) -> list[Token]:
         digest = str(entry["sha256"]).lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise CLIError(f"{where}: sha256: expected 64 hex digits (sha256 of the token)")
-        tokens.append(Token(str(entry["name"]), entry["role"], digest, 0.0, None))
+        tokens.append(Token(str(entry["name"]), entry["role"], digest, CONFIG_TOKEN_CREATED,
+                            None))
     return tokens
 
 

@@ -524,8 +524,12 @@ class DeleteToken(Write):
         self.name = name
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
-        if self.name not in inv.tokens:
+        token = inv.tokens.get(self.name)
+        if token is None:
             raise NotFound(f"no token named {self.name!r}", "name")
+        if token.from_config:
+            raise Conflict(f"token {self.name!r} is listed in the server's config file: remove "
+                           f"it there and restart the server", "name")
         name = self.name
 
         def apply(inv: Inventory) -> None:

@@ -149,6 +149,11 @@ async def test_config_tokens_allow_a_non_loopback_server(tmp_path, server_proces
     assert status == 401
     status, _, _ = await status_of(proc.url, "GET", "/v1/items", secret)
     assert status == 200
+    # a config token cannot be deleted through the API (it would come back at the next start)
+    status, body, _ = await status_of(proc.url, "DELETE", "/v1/tokens/ops", secret)
+    assert status == 409 and "config file" in body["error"]["message"], body
+    status, _, _ = await status_of(proc.url, "GET", "/v1/items", secret)
+    assert status == 200
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -526,7 +526,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/tokens"): Op(
         "All tokens (never their secrets)", "operator", {200: TokenList}, tag="tokens"),
     ("DELETE", "/v1/tokens/{name}"): Op(
-        "Delete a token", "operator", {204: None}, (404, 503),
+        "Delete a token", "operator", {204: None}, (404, 409, 503),
         (path("name", {"type": "string"}, "the token's name"),), tag="tokens"),
     # --------------------------------------------------------------- requests, ops, history
     ("POST", "/v1/requests"): Op(
