@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from inventory import model
+from inventory.client import Client
 from inventory.feed import item_rows_wire, replica_rows_wire, storage_wire
 from inventory.inventory import Inventory
 from inventory.mirror import apply_transactions
@@ -176,6 +177,14 @@ async def test_reads_from_workers_see_every_acknowledged_write(served):
     status, body, _ = await _call("GET", srv.url + "/v1/items", params={"prefix": "rw/",
                                                                         "limit": "1000"})
     assert len(body["items"]) == 60
+    # streamed answers (the snapshot) and msgpack bodies pass through a worker unchanged
+    for _ in range(6):
+        async with Client(srv.url, token="") as client:
+            snap = await client.snapshot()
+            assert len(snap.items) == 60 and len(snap.replica_records()) == 60
+            await client.post_msgpack("/v1/accesses", [{"oid": item["oid"], "count": 1}])
+    status, shown, _ = await _call("GET", srv.url + f"/v1/items/{item['oid']}")
+    assert shown["access_count"] == 6
 
 
 async def test_tokens_created_and_deleted_take_effect_on_every_process(served):

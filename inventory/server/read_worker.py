@@ -181,9 +181,10 @@ def make_read_app(state: ServerState, follower: Follower, session: aiohttp.Clien
                 if key.lower() not in _HOP or key.lower() == "content-length":
                     response.headers.add(key, value)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(256 << 10):
-                await response.write(chunk)
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):  # the client left: nothing to do
+                async for chunk in upstream.content.iter_chunked(256 << 10):
+                    await response.write(chunk)
+                await response.write_eof()
             return response
 
     @web.middleware
