@@ -20,6 +20,7 @@ space, then the highest throughput.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -217,6 +218,18 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         free = (st.capacity - st.used) / st.capacity if st.capacity else 0.0
         return (-st.reliability, -free, -st.throughput, st.name)
 
+    # Every storage by rank, kept sorted as copies fill them (one moves per copy): a copy's
+    # destination is the first in rank order that passes the checks, found without filtering
+    # and sorting all storages for each copy (that was most of a cycle's planning time).
+    ranked: list[tuple[tuple, int]] = sorted((rank(st), sid) for sid, st in states.items())
+    rank_of = {sid: key for key, sid in ranked}
+
+    def rerank(st: StorageState) -> None:
+        old = (rank_of[st.id], st.id)
+        del ranked[bisect.bisect_left(ranked, old)]
+        key = rank_of[st.id] = rank(st)
+        bisect.insort(ranked, (key, st.id))
+
     def source_for(oid: str, placement=None) -> int | None:
         view = item_view(oid)
         good = [r[_R["storage_id"]] for r in by_item.get(oid, ())
@@ -245,6 +258,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         holders.setdefault(oid, set()).add(st.id)
         weights[oid] = weights.get(oid, 0) + st.phase_weight
         st.cached = None
+        rerank(st)
         return True
 
     def best_destination(oid: str, accept, *, hard_only: bool = False,
@@ -252,15 +266,13 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         view = item_view(oid)
         size = size_of(oid)
         held = holders.get(oid, set())
-        # cheap checks first, then the policy's `to` on the best-ranked until one accepts
-        candidates = [st for sid, st in states.items()
-                      if sid not in held and sid not in avoid
-                      and st.view_args["status"] == "online"
-                      and (hard_only or st.usable)
-                      and fits(st, size, hard_only=hard_only)]
-        candidates.sort(key=rank)
-        for st in candidates:
-            if accept(view, st):
+        # in rank order, cheap checks first, then the policy's `to`, until one accepts
+        for _key, sid in ranked:
+            if sid in held or sid in avoid:
+                continue
+            st = states[sid]
+            if st.view_args["status"] == "online" and (hard_only or st.usable) \
+                    and fits(st, size, hard_only=hard_only) and accept(view, st):
                 return st
         return None
 
@@ -387,6 +399,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                 if add_copy(oid, low, "balance", balance.line):
                     high.used -= size  # Detox will reclaim the copy on the full storage
                     high.cached = None
+                    rerank(high)
                     moved += size
                     progressed = True
                     break
