@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sortedcontainers import SortedList
+from sortedcontainers import SortedList, SortedSet
 
 from inventory import model
 from inventory.objects import CopyRequest, Cycle, Operation, Row, Token
@@ -254,6 +254,9 @@ class Inventory:
         self.token_generation = 0  # counts token changes: read-only servers reload on a change
         self.requests: dict[int, CopyRequest] = {}
         self.operations: dict[int, Operation] = {}
+        # ids of the queued operations, in order: the file operations engine looks for work
+        # here on every wake-up (hundreds of thousands of operations may be kept).
+        self.queued_operations: SortedSet = SortedSet()
         self.cycles: dict[int, Cycle] = {}
 
     # ---------------------------------------------------------------- storages
@@ -307,6 +310,10 @@ class Inventory:
                 self.requests[obj.id] = obj
             case Operation():
                 self.operations[obj.id] = obj
+                if obj.state == "queued":
+                    self.queued_operations.add(obj.id)
+                else:
+                    self.queued_operations.discard(obj.id)
             case Cycle():
                 self.cycles[obj.id] = obj
             case _:

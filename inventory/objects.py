@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from inventory import model
@@ -25,6 +25,7 @@ CYCLE_KINDS: tuple[str, ...] = ("detox", "dealer", "consistency")
 
 
 CONFIG_TOKEN_CREATED = 0.0  # the creation time given to tokens of the config file
+_COLUMNS: dict[type, tuple[str, ...]] = {}  # per Row class, its fields' names in order
 
 
 class Row:
@@ -38,15 +39,23 @@ class Row:
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        names = _COLUMNS.get(cls)
+        if names is None:
+            names = _COLUMNS[cls] = tuple(f.name for f in fields(cls))
+        return names
 
     def db_row(self, uuid_out: UuidOut = model.format_uuid) -> tuple:
+        # getattr per column, not dataclasses.astuple: that one deep-copies every value and
+        # was most of the time a Dealer plan of 300k copies spent writing its operations.
+        uuids, jsons = self.uuid_fields, self.json_fields
         out = []
-        for f, value in zip(fields(self), astuple(self), strict=True):
-            if value is not None and f.name in self.uuid_fields:
-                value = uuid_out(value)
-            elif value is not None and f.name in self.json_fields:
-                value = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        for name in self.columns():
+            value = getattr(self, name)
+            if value is not None:
+                if name in uuids:
+                    value = uuid_out(value)
+                elif name in jsons:
+                    value = json.dumps(value, separators=(",", ":"), sort_keys=True)
             out.append(value)
         return tuple(out)
 

@@ -135,3 +135,22 @@ def test_uids_name_their_item_and_storage():
     uid = model.replica_uid(oid, 4242)
     assert model.split_uid(uid) == (oid, 4242)
     assert model.parse_uuid(model.format_uuid(uid)) == uid
+
+
+def test_queued_operations_follow_the_operations_states():
+    """The file operations engine reads its work from ``queued_operations`` (oldest first)."""
+    import dataclasses
+
+    from inventory.objects import Operation
+
+    inv = Inventory()
+    ops = [Operation(i, "copy", model.new_oid(), None, 1, "dealer", "queued", 0, None, 0.0, 0.0)
+           for i in (3, 1, 2)]
+    inv.load_objects(ops)
+    assert list(inv.queued_operations) == [1, 2, 3]
+    inv.put_object(dataclasses.replace(ops[1], state="running"))  # id 1
+    inv.put_object(dataclasses.replace(ops[0], state="done"))  # id 3
+    assert list(inv.queued_operations) == [2]
+    inv.put_object(dataclasses.replace(ops[1], state="queued", attempts=1))  # retried
+    assert list(inv.queued_operations) == [1, 2]
+    assert inv.operations[1].attempts == 1

@@ -134,8 +134,9 @@ class FileOpsEngine:
         limits = self.limits
         now = model.now()
         inv = self.inventory
-        for op in sorted((o for o in inv.operations.values() if o.state == "queued"),
-                         key=lambda o: o.id):
+        operations = inv.operations
+        for op_id in inv.queued_operations:  # oldest first
+            op = operations[op_id]
             if len(self._running) >= limits.workers:
                 return
             if op.id in self._running or (op.not_before is not None and op.not_before > now):
