@@ -4,7 +4,6 @@ requests in; plan computed; plan sent; report out. The decision is ``dealer.plan
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import msgpack
 
 from dealer.planner import DealerPlan, plan_cycle
-from detox.cycle import fresh_snapshot, plan_header
+from detox.cycle import compressobj, fresh_snapshot, plan_header
 from inventory import model
 from inventory.client import Client, Snapshot
 from policies import Policy
@@ -31,8 +30,9 @@ class CycleResult:
 
 def encode_decisions(plan: DealerPlan) -> bytes:
     rows = [[c.oid, c.target_id, c.source_id, c.reason, c.line, c.size] for c in plan.copies]
-    return zlib.compress(msgpack.packb({"columns": DECISION_COLUMNS, "rows": rows},
-                                       use_bin_type=True), 6)
+    packer = compressobj()  # level 1: level 6 cost 0.6 s for the 312k copies of a 1M cycle
+    return packer.compress(msgpack.packb({"columns": DECISION_COLUMNS, "rows": rows},
+                                         use_bin_type=True)) + packer.flush()
 
 
 async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run: bool = False,

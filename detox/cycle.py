@@ -45,7 +45,7 @@ def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytearray:
     decisions = plan.decisions
     n = len(decisions)
     packer = msgpack.Packer(use_bin_type=True)
-    compressor = _compressobj()
+    compressor = compressobj()
     out = bytearray(compressor.compress(packer.pack_map_header(2) + packer.pack("columns")
                                         + packer.pack(DECISION_COLUMNS) + packer.pack("rows")
                                         + packer.pack_array_header(n)))
@@ -61,7 +61,7 @@ def _array_header_size(n: int) -> int:
     return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
 
-def _compressobj() -> Any:
+def compressobj() -> Any:
     """zlib at level 1 (ISA-L's when installed: the same format, several times faster)."""
     try:
         from isal import isal_zlib
