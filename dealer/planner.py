@@ -21,7 +21,7 @@ space, then the highest throughput.
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,7 +240,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                     if placement.accepts_source(view, states[s].view(), now)] or good
         if not good:
             return None
-        return min(good, key=lambda s: rank(states[s]))
+        return min(good, key=rank_of.__getitem__)
 
     def add_copy(oid: str, st: StorageState, reason: str, line: int, placement=None) -> bool:
         nonlocal total_queued
@@ -406,13 +406,14 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
             if not progressed:
                 break
 
+    copies_to = Counter(c.target_id for c in plan.copies)
     for sid, st in sorted(states.items(), key=lambda kv: kv[1].name):
         plan.storages.append({
             "name": st.name, "status": st.view_args["status"], "capacity": st.capacity,
             "occupancy_before": round(before[sid], 6),
             "occupancy_after": round(st.view().occupancy, 6),
             "queued_bytes": st.queued,
-            "queued_copies": sum(1 for c in plan.copies if c.target_id == sid),
+            "queued_copies": copies_to[sid],
             "reliability": st.reliability,
         })
     return plan
