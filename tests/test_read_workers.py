@@ -225,6 +225,9 @@ async def test_a_killed_worker_is_started_again_and_a_killed_primary_takes_its_w
         assert time.monotonic() < deadline, again
         await asyncio.sleep(0.1)
     assert again["last_exit"] == -signal.SIGKILL
+    async with aiohttp.ClientSession() as session, session.get(srv.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "dlm_read_workers_serving 1.0" in text and "dlm_read_worker_starts_total 2.0" in text
     srv.kill()  # SIGKILL: the worker must not outlive it (it would answer stale reads)
     deadline = time.monotonic() + 10
     while _alive(again["pid"]):

@@ -116,6 +116,14 @@ class InventoryCollector(Collector):
                 if isinstance(st, dict) and "used_after" in st:
                     partition.add_metric([name, str(st.get("name"))], st["used_after"])
         yield partition
+        if state.read_workers is not None:
+            workers = state.read_workers.describe()
+            yield GaugeMetricFamily("dlm_read_workers_serving", "Read workers answering "
+                                    "item queries (dlm serve --workers)",
+                                    value=sum(w["serving"] for w in workers))
+            yield CounterMetricFamily("dlm_read_worker_starts", "Read worker processes "
+                                      "started, restarts included",
+                                      value=sum(w["starts"] for w in workers))
 
 
 def latest_by_policy(cycles, kind: str) -> list:
