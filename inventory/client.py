@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from operator import itemgetter
@@ -372,9 +373,27 @@ class Client:
 
     # ------------------------------------------------------------------ feed
 
-    async def changes(self, since: int, *, wait: int = 0, limit: int = 10_000) -> dict[str, Any]:
-        return await self.request("GET", "/v1/changes",
-                                  params={"since": since, "wait": wait, "limit": limit})
+    async def changes(self, since: int, *, wait: int = 0, limit: int = 10_000,
+                      kinds: Sequence[str] | None = None) -> dict[str, Any]:
+        """Committed transactions after ``since`` (``kinds``: only those record kinds), read
+        as msgpack: a catch-up can be hundreds of thousands of records."""
+        params = {"since": str(since), "wait": str(wait), "limit": str(limit)}
+        if kinds is not None:
+            params["kinds"] = ",".join(kinds)
+        try:
+            async with self._session.get(self.url + "/v1/changes", params=params,
+                                         headers={"Accept": "application/msgpack"}) as resp:
+                data = await resp.read()
+        except aiohttp.ClientConnectionError as exc:
+            raise ServerUnreachable(f"cannot reach the DLM server at {self.url} ({exc})",
+                                    self.url) from None
+        if resp.content_type == "application/msgpack":
+            body = msgpack.unpackb(data, raw=False)
+        else:
+            body = _json_or_none(data)
+        if resp.status >= 400:
+            raise _error_from(resp.status, body)
+        return body
 
     async def catch_up(self, snap: Snapshot, limit: int = 100_000) -> bool:
         """Bring ``snap`` to the server's current version through the change feed (what a
@@ -382,7 +401,7 @@ class Client:
         server no longer keeps the changes it would need: take a new snapshot then."""
         while True:
             try:
-                page = await self.changes(snap.version, limit=limit)
+                page = await self.changes(snap.version, limit=limit, kinds=SNAPSHOT_KINDS)
             except errors.Gone:
                 return False
             for _version, changes in page["transactions"]:
@@ -521,6 +540,14 @@ def _snapshot_record(snap: Snapshot, obj: Sequence[Any]) -> bool:
 
 
 _first = itemgetter(0)
+SNAPSHOT_KINDS = ("item", "replica", "storage")  # what a Snapshot holds of the feed
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:  # not JSON: a proxy's error page, say
+        return None
 
 
 def _error_from(status: int, body: Any) -> errors.DLMError:

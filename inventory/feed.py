@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from inventory import model
@@ -71,6 +71,7 @@ def object_wire(obj: Row) -> list[Any]:
             for f in dataclasses.fields(obj)]
 
 
+CHANGE_KINDS = ("item", "replica", "storage", "request", "operation", "cycle")
 _ENCODERS = {"item": item_wire, "replica": replica_wire, "storage": storage_wire,
              "request": object_wire, "operation": object_wire, "cycle": object_wire}
 
@@ -150,9 +151,12 @@ class ChangeFeed:
         for listener in self.listeners:
             listener(version)
 
-    def since(self, version: int, limit: int) -> tuple[list[list[Any]], int]:
+    def since(self, version: int, limit: int, kinds: Collection[str] | None = None
+              ) -> tuple[list[list[Any]], int]:
         """Changes after ``version`` (whole transactions, about ``limit`` records) and the
-        version they lead to. Raises LookupError when that history is no longer kept."""
+        version they lead to. Raises LookupError when that history is no longer kept.
+        With ``kinds``, only records of those kinds are sent (and counted); transactions left
+        without any are skipped, the version still moves past them."""
         if version < self.base_version:
             raise LookupError(version)
         out: list[list[Any]] = []
@@ -161,9 +165,12 @@ class ChangeFeed:
         for entry_version, changes in self._entries:
             if entry_version <= version:
                 continue
-            if out and records + len(changes) > limit:
+            if kinds is not None:
+                changes = [(k, r) for k, r in changes if k in kinds]
+            if records and records + len(changes) > limit:
                 break
-            out.append([entry_version, [change_wire(k, r) for k, r in changes]])
+            if changes:
+                out.append([entry_version, [change_wire(k, r) for k, r in changes]])
             records += len(changes)
             reached = entry_version
         return out, reached

@@ -120,6 +120,27 @@ async def test_changes_limit_splits_between_transactions(sqlite_server):
     assert len(rest["transactions"]) == 3 and rest["version"] == start + 4
 
 
+async def test_changes_of_some_kinds_only(sqlite_server, http):
+    client = sqlite_server.client
+    await client.add_storage(name="disk1", kind="posix", root="/d1", capacity=10**9)
+    start = (await client.health())["version"]
+    item = await client.add_item(item_name="k/1", storage="disk1", size=1)
+    await client.add_request(item["oid"], "disk1")  # a transaction with a request only
+    await client.add_item(item_name="k/2")
+    page = await client.changes(start, kinds=["item"])
+    assert page["version"] == start + 3  # past the request's transaction
+    assert [[k for k, _ in changes] for _v, changes in page["transactions"]] == [["item"],
+                                                                               ["item"]]
+    everything = await client.changes(start)
+    assert [[k for k, _ in changes] for _v, changes in everything["transactions"]] == [
+        ["item", "replica"], ["request"], ["item"]]
+    async with http.get("/v1/changes", params={"since": str(start),
+                                               "kinds": "item,tokens"}) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["field"] == "kinds"
+        assert "'tokens'" in body["error"]["message"]
+
+
 async def test_versions_survive_a_restart(server):
     await seed(server.client, 3)
     before = (await server.client.health())["version"]

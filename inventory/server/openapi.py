@@ -586,7 +586,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             query("since", {"type": "integer", "minimum": 0}, "the version already seen",
                   required=True),
             query("wait", integer(0, 300), "seconds to wait for a change (long poll)"),
-            query("limit", integer(1, 1_000_000), "about this many records (default 10,000)")),
+            query("limit", integer(1, 1_000_000), "about this many records (default 10,000)"),
+            query("kinds", {"type": "string"}, "only these kinds of records, comma-separated "
+                  "(item, replica, storage, request, operation, cycle)")),
         tag="feed"),
 }
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from inventory.errors import BadRequest, Gone
 from inventory.feed import (
+    CHANGE_KINDS,
     WIRE_ITEM_FIELDS,
     WIRE_REPLICA_FIELDS,
     WIRE_STORAGE_FIELDS,
@@ -103,10 +104,17 @@ async def changes(request: web.Request) -> web.Response:
                          "since")
     wait = query_int(request, "wait", 0, 0, 300)
     limit = query_int(request, "limit", 10_000, 1, 1_000_000)
+    kinds = None
+    if "kinds" in request.query:
+        kinds = frozenset(request.query["kinds"].split(","))
+        unknown = sorted(kinds - set(CHANGE_KINDS))
+        if unknown:
+            raise BadRequest(f"unknown kind(s) {', '.join(map(repr, unknown))}; expected a "
+                             f"comma-separated list of {', '.join(CHANGE_KINDS)}", "kinds")
     if wait:
         await feed.wait(since, wait)
     try:
-        transactions, reached = feed.since(since, limit)
+        transactions, reached = feed.since(since, limit, kinds)
     except LookupError:
         raise Gone(f"changes after version {since} are no longer kept (oldest kept: "
                    f"{feed.base_version}); take a new snapshot", "since") from None
