@@ -226,23 +226,28 @@ def gib(n: float) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
 
+async def copy_database(source: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(ADMIN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+    finally:
+        await conn.close()
+
+
 async def run(args: argparse.Namespace) -> int:
     n_items = args.replicas // 2
     spec = generate.Spec(items=n_items, replicas=2, storages=args.storages, seed=args.seed)
     name = f"dlm_bench_detox_{os.getpid()}"
     url = ADMIN.rsplit("/", 1)[0] + "/" + name
     created_db = False
+    kept = None  # with --keep: the generated inventory, left as generated
     proc = None
     workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-detox-"))
     try:
         if args.db:  # a fresh copy: the cycle changes the inventory it runs on
-            import asyncpg
-
-            conn = await asyncpg.connect(ADMIN)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.db}"')
-            finally:
-                await conn.close()
+            await copy_database(args.db, name)
             created_db = True
         else:
             print(f"generating {args.replicas:,} replicas ({n_items:,} items) on "
@@ -251,6 +256,10 @@ async def run(args: argparse.Namespace) -> int:
             created_db = True
             stats = await generate.write_postgres(url, spec)
             print(f"  written in {stats['seconds']:.1f} s", file=sys.stderr)
+            if args.keep:  # the cycle runs on a copy: what is kept stays as generated
+                kept, name = name, f"{name}_run"
+                url = ADMIN.rsplit("/", 1)[0] + "/" + name
+                await copy_database(kept, name)
         occupancy = await set_capacities(url, args.over, args.seed)
         port = free_port()
         log = workdir / "serve.log"
@@ -303,10 +312,10 @@ async def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if created_db and (args.db or not args.keep):
+        if created_db:
             await generate.drop_database(ADMIN, name)
-        elif created_db:
-            print(f"kept database {name} (reuse: --db {name})", file=sys.stderr)
+        if kept:
+            print(f"kept database {kept} (reuse: --db {kept})", file=sys.stderr)
 
     snapshot_size = marks["rss_after_snapshot"] - marks["rss_before_snapshot"]
     extra = peak_after - marks["rss_after_snapshot"]
