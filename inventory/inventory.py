@@ -239,6 +239,7 @@ class Inventory:
         self.r_next_in_item = array("i")
         self.r_prev_on_storage = array("i")
         self.r_next_on_storage = array("i")
+        self.free_replica_rows: list[int] = []  # rows removed replicas left empty, for reuse
         # indexes
         self.by_oid: dict[int, int] = {}
         self.latest_by_name: dict[str, int] = {}
@@ -520,9 +521,49 @@ class Inventory:
     # ---------------------------------------------------------------- replicas
 
     def add_replica(self, rec: ReplicaRecord) -> int:
-        return self.add_replicas([rec]).start
+        return self.add_replicas([rec])[0]
 
-    def add_replicas(self, records: Sequence[ReplicaRecord]) -> range:
+    def add_replicas(self, records: Sequence[ReplicaRecord]) -> Sequence[int]:
+        """Add replicas and return their rows: first into the rows removed replicas left
+        empty (a server that runs for months deletes and copies millions), then appended
+        column by column (the load at start, and large batches)."""
+        free = self.free_replica_rows
+        if not free:
+            return self._append_replicas(records)
+        reused = min(len(free), len(records))
+        rows = [self._fill_free_row(rec, free.pop()) for rec in records[:reused]]
+        if reused < len(records):
+            rows.extend(self._append_replicas(records[reused:]))
+        return rows
+
+    def _fill_free_row(self, rec: ReplicaRecord, row: int) -> int:
+        """One replica into an empty row, linked first in its item's and storage's lists."""
+        item = self.by_oid[rec.oid]
+        self.r_item[row] = item
+        self.r_storage[row] = rec.storage_id
+        self.r_state[row] = rec.state
+        self.r_size[row] = -1 if rec.size is None else rec.size
+        self.r_created[row] = rec.created
+        self.r_verified[row] = _time(rec.last_verified)
+        self.r_checksum.set(row, rec.checksum)
+        for sparse, value in ((self.r_uri, rec.uri), (self.r_expire, rec.expire_at)):
+            if value is not None:
+                sparse[row] = value
+        self.r_next_in_item[row] = self.i_first_replica[item]
+        self.i_first_replica[item] = row
+        storage = self.storages[rec.storage_id]
+        head = storage.head
+        self.r_next_on_storage[row] = head
+        self.r_prev_on_storage[row] = NONE
+        if head != NONE:
+            self.r_prev_on_storage[head] = row
+        storage.head = row
+        storage.replica_count += 1
+        storage.used += self._replica_bytes(row)
+        self.counts.replicas += 1
+        return row
+
+    def _append_replicas(self, records: Sequence[ReplicaRecord]) -> range:
         """Append replicas column by column and link each into its item's and storage's list."""
         start = len(self.r_item)
         n = len(records)
@@ -610,7 +651,7 @@ class Inventory:
 
     def remove_replica(self, row: int) -> None:
         """Unlink a replica from its item and storage; its row stays empty (``r_item`` NONE)
-        until the next restart compacts the columns."""
+        until a new replica takes it (or a restart compacts the columns)."""
         item = self.r_item[row]
         storage = self.storages[self.r_storage[row]]
         storage.used -= self._replica_bytes(row)
@@ -634,6 +675,7 @@ class Inventory:
         for sparse in (self.r_uri, self.r_expire):
             sparse.pop(row, None)
         self.r_item[row] = NONE
+        self.free_replica_rows.append(row)
         self.counts.replicas -= 1
 
     def _replica_bytes(self, row: int) -> int:

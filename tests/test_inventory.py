@@ -154,3 +154,51 @@ def test_queued_operations_follow_the_operations_states():
     inv.put_object(dataclasses.replace(ops[1], state="queued", attempts=1))  # retried
     assert list(inv.queued_operations) == [1, 2]
     assert inv.operations[1].attempts == 1
+
+
+def _seen(inv: Inventory) -> tuple:
+    """Everything the inventory says about replicas, independent of row numbers."""
+    from inventory.feed import replica_rows_wire
+
+    per_item = sorted((inv.i_name[r], sorted(inv.r_storage[x] for x in inv.replica_rows_of_item(r)))
+                      for r in inv.item_rows())
+    per_storage = sorted((sid, sorted(inv.i_name[inv.r_item[x]]
+                                      for x in inv.replica_rows_on_storage(sid)),
+                          s.used, s.replica_count) for sid, s in inv.storages.items())
+    return (sorted(replica_rows_wire(inv, 0, len(inv.r_item))), per_item, per_storage,
+            inv.counts.replicas)
+
+
+def test_rows_of_removed_replicas_are_reused_and_nothing_else_changes(inv):
+    """Removed replicas leave rows that new ones take: a server deleting and copying for months
+    does not grow; the inventory reads exactly as one built from the surviving records."""
+    items = [item(f"r/{i}", size=10 + i) for i in range(6)]
+    inv.add_items(items)
+    records = {(it.oid, sid): ReplicaRecord(it.oid, sid, f"/u/{i}" if i == 2 else None,
+                                            model.COMPLETE, None if i == 3 else 10 + i,
+                                            f"{i:08x}", 1.0, 99.0 if i == 4 else None, None)
+               for i, it in enumerate(items) for sid in (1, 2)}
+    inv.add_replicas(list(records.values()))
+    width = len(inv.r_item)
+    for key in [(items[0].oid, 1), (items[2].oid, 2), (items[3].oid, 1), (items[5].oid, 2)]:
+        inv.remove_replica(inv.replica_row(*key))
+        del records[key]
+    assert len(inv.free_replica_rows) == 4
+    new = [ReplicaRecord(items[0].oid, 1, None, model.REPLICA_STATE["copying"], None, None,
+                         2.0, None, None),
+           ReplicaRecord(items[1].oid, 3, "/elsewhere", model.COMPLETE, 11, "0000000b", 2.0,
+                         5.0, 3.0)]
+    rows = inv.add_replicas(new)
+    assert len(inv.r_item) == width and len(inv.free_replica_rows) == 2  # two rows reused
+    assert [inv.replica_record(r) for r in rows] == new
+    more = [ReplicaRecord(items[i].oid, 4, None, model.COMPLETE, 1, None, 3.0, None, None)
+            for i in range(4)]
+    inv.add_replicas(more)  # two into free rows, two appended
+    assert len(inv.r_item) == width + 2 and not inv.free_replica_rows
+    records.update({(r.oid, r.storage_id): r for r in [*new, *more]})
+    fresh = Inventory()
+    for sid in inv.storages:
+        fresh.add_storage(inv.storages[sid].record())
+    fresh.add_items(items)
+    fresh.add_replicas(list(records.values()))
+    assert _seen(inv) == _seen(fresh)

@@ -83,6 +83,10 @@ async def test_the_feed_applied_to_a_loaded_copy_gives_the_primary_inventory(qui
         [OperationSpec("delete", model.parse_uuid(made[2]["oid"]), disk1)], "detox"))
     await state.scheduler.write(StartOperation(queued.id))
     await state.scheduler.write(CompleteOperation(queued.id))
+    freed = len(state.inventory.free_replica_rows)
+    assert freed == 1
+    await client.add_item(item_name="reuses/the/row", storage="disk2", size=5)
+    assert len(state.inventory.free_replica_rows) == freed - 1
 
     page = await client.changes(loaded_at)
     assert page["transactions"], "the writes above are in the feed"
@@ -93,6 +97,15 @@ async def test_the_feed_applied_to_a_loaded_copy_gives_the_primary_inventory(qui
     # applying the same transactions again changes nothing (a worker may see them twice)
     assert apply_transactions(copy, page["transactions"]) == 0
     assert _everything(copy) == _everything(state.inventory)
+    # and both are what the database holds (memory reused the removed replica's row)
+    loaded = Inventory()
+    store = open_store(server.db_url, str(tmp_path / "mirror"))
+    await store.open()
+    try:
+        await store.load(loaded)
+    finally:
+        await store.close()
+    assert _everything(loaded) == _everything(state.inventory)
 
 
 # ----------------------------------------------------------------------------- the processes
