@@ -226,16 +226,6 @@ def gib(n: float) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
 
-async def copy_database(source: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(ADMIN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
-    finally:
-        await conn.close()
-
-
 async def run(args: argparse.Namespace) -> int:
     n_items = args.replicas // 2
     spec = generate.Spec(items=n_items, replicas=2, storages=args.storages, seed=args.seed)
@@ -247,7 +237,7 @@ async def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-detox-"))
     try:
         if args.db:  # a fresh copy: the cycle changes the inventory it runs on
-            await copy_database(args.db, name)
+            await generate.create_database(ADMIN, name, template=args.db)
             created_db = True
         else:
             print(f"generating {args.replicas:,} replicas ({n_items:,} items) on "
@@ -259,7 +249,7 @@ async def run(args: argparse.Namespace) -> int:
             if args.keep:  # the cycle runs on a copy: what is kept stays as generated
                 kept, name = name, f"{name}_run"
                 url = ADMIN.rsplit("/", 1)[0] + "/" + name
-                await copy_database(kept, name)
+                await generate.create_database(ADMIN, name, template=kept)
         occupancy = await set_capacities(url, args.over, args.seed)
         port = free_port()
         log = workdir / "serve.log"

@@ -274,13 +274,15 @@ def write_sqlite(path: str, spec: Spec) -> dict[str, float]:
     return {"items": n_items, "replicas": n_replicas, "seconds": time.perf_counter() - started}
 
 
-async def create_database(admin_url: str, name: str) -> str:
-    """CREATE DATABASE ``name`` on the server of ``admin_url``; the URL of the new database."""
+async def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    """CREATE DATABASE ``name`` on the server of ``admin_url`` (a copy of ``template`` if
+    given); the URL of the new database."""
     import asyncpg
 
     conn = await asyncpg.connect(admin_url)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await conn.close()
     return admin_url.rsplit("/", 1)[0] + "/" + name

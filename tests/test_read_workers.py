@@ -35,6 +35,18 @@ def _everything(inv: Inventory) -> tuple:
     return items, replicas, storages, per_storage, objects, inv.counts.items, inv.counts.replicas
 
 
+async def _loaded(db_url: str, tmp_path) -> Inventory:
+    """The inventory as a fresh load from the database gives it."""
+    inv = Inventory()
+    store = open_store(db_url, str(tmp_path / "mirror"))
+    await store.open()
+    try:
+        await store.load(inv)
+    finally:
+        await store.close()
+    return inv
+
+
 @pytest.fixture
 async def quiet_server(db_url, tmp_path):
     """A server without the file operations engine: the test plays the engine's part."""
@@ -55,13 +67,7 @@ async def test_the_feed_applied_to_a_loaded_copy_gives_the_primary_inventory(qui
                              phase="LIQUID")
     await client.add_items({"item_name": f"early/{i}", "storage": "disk1", "size": i + 1}
                            for i in range(20))
-    copy = Inventory()  # what a read worker loads at its start
-    store = open_store(server.db_url, str(tmp_path / "mirror"))
-    await store.open()
-    try:
-        await store.load(copy)
-    finally:
-        await store.close()
+    copy = await _loaded(server.db_url, tmp_path)  # what a read worker loads at its start
     loaded_at = copy.version
 
     made = await client.add_items({"item_name": f"late/{i}", "storage": "disk1", "size": 7,
@@ -98,14 +104,7 @@ async def test_the_feed_applied_to_a_loaded_copy_gives_the_primary_inventory(qui
     assert apply_transactions(copy, page["transactions"]) == 0
     assert _everything(copy) == _everything(state.inventory)
     # and both are what the database holds (memory reused the removed replica's row)
-    loaded = Inventory()
-    store = open_store(server.db_url, str(tmp_path / "mirror"))
-    await store.open()
-    try:
-        await store.load(loaded)
-    finally:
-        await store.close()
-    assert _everything(loaded) == _everything(state.inventory)
+    assert _everything(await _loaded(server.db_url, tmp_path)) == _everything(state.inventory)
 
 
 # ----------------------------------------------------------------------------- the processes
