@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from dealer.planner import DealerPlan, plan_cycle
-from detox.cycle import compressobj, fresh_snapshot, plan_header
+from detox.cycle import CycleResult, compressobj, plan_header, run_stages
 from inventory import model
 from inventory.client import Client, Snapshot
 from policies import Policy
 
 DECISION_COLUMNS = ("oid", "target_id", "source_id", "rule", "line", "size")
-
-
-@dataclass(slots=True)
-class CycleResult:
-    plan: DealerPlan
-    snapshot_version: int
-    seconds: dict[str, float]
-    applied: dict[str, Any] | None
-    snapshot: Snapshot | None = None  # to catch up for the next cycle (``dlm dealer --every``)
 
 
 def encode_decisions(plan: DealerPlan) -> bytes:
@@ -43,32 +33,31 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
     planning and applying stages) for a progress bar. With the ``snapshot`` of an earlier cycle,
     that one is caught up through the change feed instead of a new one being taken."""
     started = time.time()
-    t0 = time.perf_counter()
-    snap = await fresh_snapshot(client, snapshot, progress)
-    storages = await client.request("GET", "/v1/storages")
-    requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
-    t1 = time.perf_counter()
-    reliability = {s["name"]: s.get("reliability") or {} for s in storages["storages"]}
-    if progress is not None:
-        progress("plan", 0, 0)
-    plan = plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
-                      started if now is None else now, reliability=reliability,
-                      requests=requests["requests"])
-    t2 = time.perf_counter()
-    applied = None
-    if not dry_run:
-        if progress is not None:
-            progress("apply", 0, 0)
-        applied = await client.post_msgpack("/v1/cycles/dealer", {
+
+    async def context() -> tuple[dict, dict]:
+        """Beside the snapshot: the storages' measured reliability and open copy requests."""
+        storages = await client.request("GET", "/v1/storages")
+        requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
+        return storages, requests
+
+    def plan(snap: Snapshot, extra: tuple[dict, dict]) -> DealerPlan:
+        storages, requests = extra
+        reliability = {s["name"]: s.get("reliability") or {} for s in storages["storages"]}
+        return plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
+                          started if now is None else now, reliability=reliability,
+                          requests=requests["requests"])
+
+    def body(plan: DealerPlan, snap: Snapshot) -> dict[str, Any]:
+        return {
             **plan_header(policy, policy_text, snap.version, started),
             "copies": [[c.oid, c.target_id, c.source_id, c.reason, c.line]
                        for c in plan.copies],
             "requests_done": plan.requests_done, "summary": plan.summary(),
             "decisions": encode_decisions(plan),
-        })
-    t3 = time.perf_counter()
-    return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
-                                            "apply": t3 - t2}, applied, snap)
+        }
+
+    return await run_stages(client, "/v1/cycles/dealer", plan, body, dry_run=dry_run,
+                            progress=progress, kept=snapshot, context=context)
 
 
 def format_report(result: CycleResult, *, dry_run: bool) -> str:

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,14 @@ DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
 
 @dataclass(slots=True)
 class CycleResult:
-    plan: DetoxPlan
+    """What a Detox or Dealer cycle did: its plan, the snapshot it planned on (kept by
+    ``dlm detox|dealer --every`` to catch up for the next cycle), the server's answer."""
+
+    plan: Any  # DetoxPlan or dealer.planner.DealerPlan
     snapshot_version: int
     seconds: dict[str, float]
     applied: dict[str, Any] | None  # the server's answer (None for a dry run)
-    snapshot: Snapshot | None = None  # to catch up for the next cycle (``dlm detox --every``)
+    snapshot: Snapshot | None = None
 
 
 def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytearray:
@@ -78,43 +81,53 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
     planning and applying stages) for a progress bar. With the ``snapshot`` of an earlier cycle,
     that one is caught up through the change feed instead of a new one being taken."""
     started = time.time()
-    t0 = time.perf_counter()
-    snap = await fresh_snapshot(client, snapshot, progress)
-    t1 = time.perf_counter()
-    # The snapshot is millions of long-lived objects: out of the cyclic collector's sight for
-    # the cycle, or every collection the plan's allocations trigger walks all of them.
-    gc.freeze()
-    try:
-        return await _plan_and_apply(client, policy, policy_text, snap, started, now, dry_run,
-                                     t0, t1, progress)
-    finally:
-        gc.unfreeze()
 
+    def plan(snap: Snapshot, _context: None) -> DetoxPlan:
+        return plan_cycle(policy, snap.storages, snap.items, snap.replica_records(),
+                          started if now is None else now)
 
-async def _plan_and_apply(client: Client, policy: Policy, policy_text: str, snap: Snapshot,
-                          started: float, now: float | None, dry_run: bool, t0: float,
-                          t1: float, progress: Callable[[str, int, int], None] | None
-                          ) -> CycleResult:
-    if progress is not None:
-        progress("plan", 0, 0)
-    plan = plan_cycle(policy, snap.storages, snap.items, snap.replica_records(),
-                      started if now is None else now)
-    t2 = time.perf_counter()
-    applied = None
-    if not dry_run:
-        if progress is not None:
-            progress("apply", 0, 0)
-        body = {
+    def body(plan: DetoxPlan, snap: Snapshot) -> dict[str, Any]:
+        return {
             **plan_header(policy, policy_text, snap.version, started),
             "expirations": plan.expirations,
             "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
             "summary": plan.summary(),
             "decisions": encode_decisions(plan),
         }
-        applied = await client.post_msgpack("/v1/cycles/detox", body)
-    t3 = time.perf_counter()
-    return CycleResult(plan, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
-                                            "apply": t3 - t2}, applied, snap)
+
+    return await run_stages(client, "/v1/cycles/detox", plan, body, dry_run=dry_run,
+                            progress=progress, kept=snapshot)
+
+
+async def run_stages(client: Client, path: str, plan: Callable[[Snapshot, Any], Any],
+                     body: Callable[[Any, Snapshot], dict[str, Any]], *, dry_run: bool,
+                     progress: Callable[[str, int, int], None] | None, kept: Snapshot | None,
+                     context: Callable[[], Awaitable[Any]] | None = None) -> CycleResult:
+    """The stages every cycle goes through, timed: the snapshot (a new one, or ``kept`` caught
+    up) and whatever else the plan reads (``context``), the plan, and unless ``dry_run`` the
+    plan's POST to ``path``. Detox and Dealer differ only in ``plan`` and ``body``."""
+    t0 = time.perf_counter()
+    snap = await fresh_snapshot(client, kept, progress)
+    extra = None if context is None else await context()
+    t1 = time.perf_counter()
+    # The snapshot is millions of long-lived objects: out of the cyclic collector's sight for
+    # the cycle, or every collection the plan's allocations trigger walks all of them.
+    gc.freeze()
+    try:
+        if progress is not None:
+            progress("plan", 0, 0)
+        planned = plan(snap, extra)
+        t2 = time.perf_counter()
+        applied = None
+        if not dry_run:
+            if progress is not None:
+                progress("apply", 0, 0)
+            applied = await client.post_msgpack(path, body(planned, snap))
+        t3 = time.perf_counter()
+    finally:
+        gc.unfreeze()
+    return CycleResult(planned, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
+                                               "apply": t3 - t2}, applied, snap)
 
 
 async def fresh_snapshot(client: Client, kept: Snapshot | None,
