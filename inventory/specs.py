@@ -128,8 +128,9 @@ class OperationRequest(msgspec.Struct, forbid_unknown_fields=True):
     source: str | None = None
 
 
-class DetoxPlanIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A Detox cycle's plan, sent by the Detox process to be applied as one write."""
+class CyclePlanIn(msgspec.Struct, forbid_unknown_fields=True):
+    """What every cycle plan carries: which policy, which snapshot, when
+    (``detox.cycle.plan_header``), its summary and its compressed decisions."""
 
     policy_name: str
     policy_file: str
@@ -137,22 +138,19 @@ class DetoxPlanIn(msgspec.Struct, forbid_unknown_fields=True):
     policy_sha256: str
     snapshot_version: Annotated[int, msgspec.Meta(ge=0)]
     started: float
-    expirations: list[str]
-    deletions: list[tuple[str, int, str, int]]  # oid, storage id, rule label, rule line
     summary: dict[str, Any]
     decisions: bytes  # zlib-compressed msgpack: {"columns": [...], "rows": [...]}
 
 
-class DealerPlanIn(msgspec.Struct, forbid_unknown_fields=True):
+class DetoxPlanIn(CyclePlanIn):
+    """A Detox cycle's plan, sent by the Detox process to be applied as one write."""
+
+    expirations: list[str]
+    deletions: list[tuple[str, int, str, int]]  # oid, storage id, rule label, rule line
+
+
+class DealerPlanIn(CyclePlanIn):
     """A Dealer cycle's plan, sent by the Dealer process to be applied as one write."""
 
-    policy_name: str
-    policy_file: str
-    policy_text: str
-    policy_sha256: str
-    snapshot_version: Annotated[int, msgspec.Meta(ge=0)]
-    started: float
     copies: list[tuple[str, int, int | None, str, int]]  # oid, target, source, reason, line
     requests_done: list[int]
-    summary: dict[str, Any]
-    decisions: bytes

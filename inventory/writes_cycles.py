@@ -17,7 +17,7 @@ from inventory.errors import BadRequest, DLMError
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation
 from inventory.records import ItemRecord, ReplicaRecord
-from inventory.specs import DealerPlanIn, DetoxPlanIn
+from inventory.specs import CyclePlanIn, DealerPlanIn, DetoxPlanIn
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
 from inventory.writes import Pending, Prepared, Write
@@ -32,12 +32,12 @@ from inventory.writes_ops import (
 SETTLED = {model.COMPLETE, model.REPLICA_STATE["corrupt"], model.REPLICA_STATE["missing"]}
 
 
-def _check_hash(plan: DetoxPlanIn | DealerPlanIn) -> None:
+def _check_hash(plan: CyclePlanIn) -> None:
     if hashlib.sha256(plan.policy_text.encode()).hexdigest() != plan.policy_sha256:
         raise BadRequest("policy_sha256 is not the hash of policy_text", "policy_sha256")
 
 
-def _cycle(kind: str, plan: DetoxPlanIn | DealerPlanIn, inv: Inventory, pending: Pending,
+def _cycle(kind: str, plan: CyclePlanIn, inv: Inventory, pending: Pending,
            summary: dict, now: float) -> tuple[Cycle, list[DbOp]]:
     """The cycle record and its compressed decisions (the cycle row first: the report refers
     to it)."""

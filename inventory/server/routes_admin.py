@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -24,8 +25,15 @@ from inventory.objects import (
 from inventory.server.auth import requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.state import PLAN_LIMIT, state_of
-from inventory.specs import DealerPlanIn, DetoxPlanIn, OperationRequest, RequestSpec, TokenSpec
-from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken
+from inventory.specs import (
+    CyclePlanIn,
+    DealerPlanIn,
+    DetoxPlanIn,
+    OperationRequest,
+    RequestSpec,
+    TokenSpec,
+)
+from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken, Write
 from inventory.writes_cycles import ApplyDealerPlan, ApplyDetoxPlan
 from inventory.writes_ops import CancelOperation, OperationSpec, QueueOperations
 
@@ -231,25 +239,24 @@ async def list_cycles(request: web.Request) -> web.Response:
 @requires("operator")
 async def apply_detox_plan(request: web.Request) -> web.Response:
     """Detox sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
-    plan = await decode(request, DetoxPlanIn, limit=request.app[PLAN_LIMIT])
-    validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
-    state = state_of(request)
-    cycle = await state.scheduler.write(ApplyDetoxPlan(plan))
-    if state.engine is not None:
-        state.engine.wake()
-    return respond(request, cycle_json(cycle), status=201)
+    return await _apply_plan(request, DetoxPlanIn, ApplyDetoxPlan)
 
 
 @routes.post("/v1/cycles/dealer")
 @requires("operator")
 async def apply_dealer_plan(request: web.Request) -> web.Response:
     """Dealer sends its plan here; it is applied as one write (see inventory/writes_cycles.py)."""
-    plan = await decode(request, DealerPlanIn, limit=request.app[PLAN_LIMIT])
-    validate.epoch_value(plan.started, "started")
+    return await _apply_plan(request, DealerPlanIn, ApplyDealerPlan)
+
+
+async def _apply_plan(request: web.Request, spec: type[CyclePlanIn],
+                      write: Callable[[Any], Write]) -> web.Response:
+    plan = await decode(request, spec, limit=request.app[PLAN_LIMIT])
+    validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
     state = state_of(request)
-    cycle = await state.scheduler.write(ApplyDealerPlan(plan))
+    cycle = await state.scheduler.write(write(plan))
     if state.engine is not None:
-        state.engine.wake()
+        state.engine.wake()  # the plan queued operations
     return respond(request, cycle_json(cycle), status=201)
 
 
