@@ -162,15 +162,19 @@ class Client:
         await self._session.close()
 
     async def request(self, method: str, path: str, *, json: Any = None,
-                      params: dict[str, Any] | None = None) -> Any:
-        """One call; the decoded JSON answer (``None`` for an empty one, such as a 204)."""
+                      params: dict[str, Any] | None = None, data: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> Any:
+        """One call; the decoded answer (JSON, or msgpack when the server sends it; ``None``
+        for an empty one, such as a 204). Errors become DLMErrors, an unreachable server
+        ServerUnreachable."""
         try:
-            async with self._session.request(method, self.url + path, json=json,
-                                             params=params) as resp:
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:  # not JSON: a proxy's error page, say
-                    body = None
+            async with self._session.request(method, self.url + path, json=json, data=data,
+                                             params=params, headers=headers) as resp:
+                raw = await resp.read()
+                if resp.content_type == MSGPACK:
+                    body = msgpack.unpackb(raw, raw=False)
+                else:
+                    body = _json_or_none(raw)
                 if resp.status >= 400:
                     raise _error_from(resp.status, body)
                 return body
@@ -186,21 +190,9 @@ class Client:
                                     f"have been applied", self.url) from None
 
     async def post_msgpack(self, path: str, body: Any) -> Any:
-        """POST a msgpack body (large or binary payloads, such as a Detox plan); JSON answer."""
-        data = msgpack.packb(body, use_bin_type=True)
-        try:
-            async with self._session.post(self.url + path, data=data, headers={
-                    "Content-Type": "application/msgpack"}) as resp:
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    answer = None
-                if resp.status >= 400:
-                    raise _error_from(resp.status, answer)
-                return answer
-        except aiohttp.ClientConnectionError:
-            raise ServerUnreachable(f"cannot reach the DLM server at {self.url}",
-                                    self.url) from None
+        """POST a msgpack body (large or binary payloads, such as a Detox plan)."""
+        return await self.request("POST", path, data=msgpack.packb(body, use_bin_type=True),
+                                  headers={"Content-Type": MSGPACK})
 
     async def _pages(self, path: str, key: str,
                      params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
@@ -380,20 +372,8 @@ class Client:
         params = {"since": str(since), "wait": str(wait), "limit": str(limit)}
         if kinds is not None:
             params["kinds"] = ",".join(kinds)
-        try:
-            async with self._session.get(self.url + "/v1/changes", params=params,
-                                         headers={"Accept": "application/msgpack"}) as resp:
-                data = await resp.read()
-        except aiohttp.ClientConnectionError as exc:
-            raise ServerUnreachable(f"cannot reach the DLM server at {self.url} ({exc})",
-                                    self.url) from None
-        if resp.content_type == "application/msgpack":
-            body = msgpack.unpackb(data, raw=False)
-        else:
-            body = _json_or_none(data)
-        if resp.status >= 400:
-            raise _error_from(resp.status, body)
-        return body
+        return await self.request("GET", "/v1/changes", params=params,
+                                  headers={"Accept": MSGPACK})
 
     async def catch_up(self, snap: Snapshot, limit: int = 100_000) -> bool:
         """Bring ``snap`` to the server's current version through the change feed (what a
@@ -540,6 +520,7 @@ def _snapshot_record(snap: Snapshot, obj: Sequence[Any]) -> bool:
 
 
 _first = itemgetter(0)
+MSGPACK = "application/msgpack"
 SNAPSHOT_KINDS = ("item", "replica", "storage")  # what a Snapshot holds of the feed
 
 
