@@ -372,6 +372,19 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     add_replica, add_code, add_size = (decisions.replicas.append, decisions.codes.append,
                                        decisions.sizes.append)
 
+    def delete_if_safe(rep: Sequence[Any], size: int, rule: Any, index: int) -> bool:
+        """Plan a rule's deletion unless the safety net forbids it (then the replica counts
+        as protected, by the safety reason). Whether it was planned."""
+        sid, oid = rep[R_SID], rep[R_OID]
+        reason = safety(oid, sid, rep[R_STATE])
+        if reason:
+            protected[sid][reason] += size
+            add(rep, code(SAFE, f"{reason} ({rule.label})", rule.line), size)
+            return False
+        plan_deletion(oid, rep, size, rule.label, rule.line, index)
+        add(rep, code(DELETED, rule.label, rule.line), size)
+        return True
+
     # ---- 1. expired items: every settled payload goes
     if expired_reps:
         position = {id(rep): index for index, rep in enumerate(replicas)} \
@@ -451,15 +464,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
 
     # ---- 3a. `delete` decisions, everywhere
     for index, rep, size, rule in deletes:
-        sid = rep[R_SID]
-        oid = rep[R_OID]
-        reason = safety(oid, sid, rep[R_STATE])
-        if reason:
-            protected[sid][reason] += size
-            add(rep, code(SAFE, f"{reason} ({rule.label})", rule.line), size)
-            continue
-        plan_deletion(oid, rep, size, rule.label, rule.line, index)
-        add(rep, code(DELETED, rule.label, rule.line), size)
+        delete_if_safe(rep, size, rule, index)
     del deletes
 
     # ---- 3b. triggered storages: most protected first, candidates in the policy's order
@@ -477,14 +482,8 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         while position < len(queue) and not satisfied(view):
             _key, index, rep, size, rule = queue[position]
             position += 1
-            oid = rep[R_OID]
-            reason = safety(oid, sid, rep[R_STATE])
-            if reason:
-                protected[sid][reason] += size
-                add(rep, code(SAFE, f"{reason} ({rule.label})", rule.line), size)
+            if not delete_if_safe(rep, size, rule, index):
                 continue
-            plan_deletion(oid, rep, size, rule.label, rule.line, index)
-            add(rep, code(DELETED, rule.label, rule.line), size)
             # the view as storage_view(sid) would build it now
             used = part_used[sid] if view.quota else total_used[sid]
             view.used = used
