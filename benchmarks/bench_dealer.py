@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(HERE))
 
 import generate  # noqa: E402
+from serving import dlm_server  # noqa: E402
 
 from dealer.cycle import run_cycle  # noqa: E402
 from inventory import model  # noqa: E402
@@ -67,25 +66,10 @@ def baseline(snap) -> tuple[float, int]:
     return time.perf_counter() - started, below
 
 
-async def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 1800) -> dict:
-    deadline = time.monotonic() + timeout
-    async with Client(url, token="") as client:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dlm serve exited with {proc.returncode}")
-            try:
-                return await client.health()
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-
-
 async def run(args: argparse.Namespace) -> int:
     name = f"dlm_bench_dealer_{os.getpid()}"
     url = ADMIN.rsplit("/", 1)[0] + "/" + name
     workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-dealer-"))
-    proc = None
     try:
         spec = generate.Spec(items=args.replicas // 2, replicas=2, storages=args.storages,
                              seed=args.seed)
@@ -93,27 +77,17 @@ async def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         await generate.create_database(ADMIN, name)
         await generate.write_postgres(url, spec)
-        with socket_port() as port:
-            pass
-        with open(workdir / "serve.log", "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "inventory.cli", "serve", "--port", str(port),
-                 "--data-dir", str(workdir / "data"), "--db", url, "--log-level", "warning"],
-                stdout=out, stderr=out, cwd=REPO)
-        base = f"http://127.0.0.1:{port}"
-        health = await wait_healthy(base, proc)
         policy = load_policy_text(POLICY, "bench-dealer.policy")
-        load = os.getloadavg()
-        async with Client(base, token="", timeout=3600) as client:
-            t0 = time.perf_counter()
-            result = await run_cycle(client, policy, POLICY)
-            total = time.perf_counter() - t0
-            snap = await client.snapshot()
+        async with dlm_server(url, workdir, timeout=1800) as server:
+            health = server.health
+            load = os.getloadavg()
+            async with Client(server.url, token="", timeout=3600) as client:
+                t0 = time.perf_counter()
+                result = await run_cycle(client, policy, POLICY)
+                total = time.perf_counter() - t0
+                snap = await client.snapshot()
         base_s, below = baseline(snap)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
         await generate.drop_database(ADMIN, name)
     secs = result.seconds
     summary = result.plan.summary()
@@ -130,20 +104,6 @@ async def run(args: argparse.Namespace) -> int:
           f"items below target. Plan / baseline: {secs['plan'] / base_s:.1f}x. "
           f"Target at 10M replicas: < {TARGET_SECONDS:.0f} s end to end.")
     return 0
-
-
-class socket_port:
-    """A free loopback port (closed again before the server binds it)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        return self._sock.getsockname()[1]
-
-    def __exit__(self, *exc: object) -> None:
-        self._sock.close()
 
 
 def main() -> int:

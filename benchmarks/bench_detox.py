@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ if __package__ in (None, ""):
 
 import bench_policy  # noqa: E402
 import generate  # noqa: E402
+from serving import cpu_seconds, dlm_server  # noqa: E402
 
 from detox.cycle import run_cycle  # noqa: E402
 from inventory.client import Client  # noqa: E402
@@ -72,12 +70,6 @@ def status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -85,14 +77,6 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def set_capacities(url: str, over: float, seed: int) -> dict[int, float]:
@@ -114,20 +98,6 @@ async def set_capacities(url: str, over: float, seed: int) -> dict[int, float]:
     finally:
         await conn.close()
     return occupancy
-
-
-async def wait_healthy(client: Client, proc: subprocess.Popen, log: Path,
-                       timeout: float = 900) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dlm serve exited with {proc.returncode}:\n"
-                               + log.read_text()[-3000:])
-        with contextlib.suppress(Exception):
-            return await client.health()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"server not healthy after {timeout} s")
-        await asyncio.sleep(0.2)
 
 
 class TimedClient(Client):
@@ -233,7 +203,6 @@ async def run(args: argparse.Namespace) -> int:
     url = ADMIN.rsplit("/", 1)[0] + "/" + name
     created_db = False
     kept = None  # with --keep: the generated inventory, left as generated
-    proc = None
     workdir = Path(tempfile.mkdtemp(prefix="dlm-bench-detox-"))
     try:
         if args.db:  # a fresh copy: the cycle changes the inventory it runs on
@@ -251,57 +220,42 @@ async def run(args: argparse.Namespace) -> int:
                 url = ADMIN.rsplit("/", 1)[0] + "/" + name
                 await generate.create_database(ADMIN, name, template=kept)
         occupancy = await set_capacities(url, args.over, args.seed)
-        port = free_port()
-        log = workdir / "serve.log"
+        policy = load_policy_text(POLICY, "bench-detox.policy")
         # A 10M-replica plan is ~176 MB: within the server's default plan limit (1 GiB,
         # `max_plan_body`), above its general request limit (64 MiB).
-        cmd = [sys.executable, "-m", "inventory.cli", "serve"]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [*cmd, "--port", str(port), "--data-dir", str(workdir / "data"),
-                 "--db", url, "--log-level", "warning"],
-                stdout=out, stderr=out, cwd=REPO)
-        policy = load_policy_text(POLICY, "bench-detox.policy")
-        async with TimedClient(f"http://127.0.0.1:{port}", token="", timeout=3600) as client:
-            client.marks = {}
-            client.server_pid = proc.pid
-            t0 = time.perf_counter()
-            health = await wait_healthy(client, proc, log)
-            print(f"server ready in {time.perf_counter() - t0:.1f} s ({health.get('items')} "
+        async with dlm_server(url, workdir, timeout=900) as server:
+            health = server.health
+            print(f"server ready in {server.ready_seconds:.1f} s ({health.get('items')} "
                   f"items, {health.get('replicas')} replicas)", file=sys.stderr)
-            await asyncio.sleep(1.0)
-            load = os.getloadavg()
-            t0 = time.perf_counter()
-            result = await run_cycle(client, policy, POLICY, now=NOW)
-            total = time.perf_counter() - t0
-            peak_after = status_kb("VmHWM")
-            marks = dict(client.marks)  # the second cycle's POST notes its own
-            summary = result.plan.summary()
-            n = len(result.plan.decisions)
-            secs, applied = result.seconds, result.applied["summary"]
-            second = None
-            if args.cycles > 1:  # `dlm detox --every`: the kept snapshot caught up by the feed
-                t1 = time.perf_counter()
-                again = await run_cycle(client, policy, POLICY, now=NOW,
-                                        snapshot=result.snapshot)
-                second = {**again.seconds, "total": time.perf_counter() - t1,
-                          "deletions": len(again.plan.deletions)}
-                del again
-            del result  # its decisions hold the snapshot's replica records: free them first
-            gc.collect()
-            snap = await client.snapshot()  # the same inventory again, for the baseline
+            async with TimedClient(server.url, token="", timeout=3600) as client:
+                client.marks = {}
+                client.server_pid = server.proc.pid
+                await asyncio.sleep(1.0)
+                load = os.getloadavg()
+                t0 = time.perf_counter()
+                result = await run_cycle(client, policy, POLICY, now=NOW)
+                total = time.perf_counter() - t0
+                peak_after = status_kb("VmHWM")
+                marks = dict(client.marks)  # the second cycle's POST notes its own
+                summary = result.plan.summary()
+                n = len(result.plan.decisions)
+                secs, applied = result.seconds, result.applied["summary"]
+                second = None
+                if args.cycles > 1:  # `dlm detox --every`: the kept snapshot caught up by the feed
+                    t1 = time.perf_counter()
+                    again = await run_cycle(client, policy, POLICY, now=NOW,
+                                            snapshot=result.snapshot)
+                    second = {**again.seconds, "total": time.perf_counter() - t1,
+                              "deletions": len(again.plan.deletions)}
+                    del again
+                del result  # its decisions hold the snapshot's replica records: free them first
+                gc.collect()
+                snap = await client.snapshot()  # the same inventory again, for the baseline
         gc.freeze()  # as run_cycle does for its snapshot
         base_s, base_counts = baseline(policy, snap, NOW)
         gc.unfreeze()
         del snap
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         if created_db:
             await generate.drop_database(ADMIN, name)
         if kept:

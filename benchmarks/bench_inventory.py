@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(HERE))
 
 import generate  # noqa: E402
+from serving import cpu_seconds, dlm_server  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_LOAD_S = 15.0
@@ -156,66 +154,15 @@ def child_main(kind: str, url: str) -> int:
 
 # =========================================================================== inject
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dlm serve exited with {proc.returncode}:\n"
-                                   + log.read_text()[-3000:])
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url + "/v1/health") as resp:
-                    if resp.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not healthy after {timeout} s")
-            await asyncio.sleep(0.05)
-
-
 async def serve_startup(db_url: str, workdir: Path) -> dict:
     """``dlm serve`` on the loaded database: its own load time (/v1/health) and its RSS."""
-    import aiohttp
-
-    port = free_port()
-    log = workdir / "serve-startup.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inventory.cli", "serve", "--port", str(port), "--data-dir",
-             str(workdir / "data"), "--db", db_url, "--log-level", "warning"],
-            stdout=out, stderr=out, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        await wait_healthy(base, proc, log, timeout=300)
-        ready = time.perf_counter() - started
-        async with aiohttp.ClientSession() as session, session.get(base + "/v1/health") as resp:
-            health = await resp.json()
-        with open(f"/proc/{proc.pid}/statm") as f:
+    async with dlm_server(db_url, workdir, timeout=300) as server:
+        health = server.health
+        with open(f"/proc/{server.proc.pid}/statm") as f:
             server_rss = int(f.read().split()[1]) * PAGE
-        return {"ready_seconds": ready, "load_seconds": health.get("load_seconds"),
+        return {"ready_seconds": server.ready_seconds, "load_seconds": health.get("load_seconds"),
                 "items": health.get("items"), "replicas": health.get("replicas"),
                 "rss": server_rss}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int,
@@ -224,16 +171,8 @@ async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int
     import aiohttp
     import msgspec
 
-    port = free_port()
-    log = workdir / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inventory.cli", "serve", "--port", str(port), "--data-dir",
-             str(workdir / "data"), "--db", db_url, "--log-level", "warning"],
-            stdout=out, stderr=out, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_healthy(base, proc, log)
+    async with dlm_server(db_url, workdir) as server:
+        base, proc = server.url, server.proc
         encode = msgspec.json.encode
         bodies, chunk = [], []
         for body in generate.item_specs(spec):
@@ -279,13 +218,6 @@ async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int
         return {"seconds": seconds, "items": done, "replicas": health["replicas"],
                 "server_cpu": cpu, "p50": latencies[len(latencies) // 2],
                 "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def raw_copy(db_url: str, spec: generate.Spec) -> dict:

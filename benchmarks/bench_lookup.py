@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import generate  # noqa: E402
-from bench_inventory import free_port, wait_healthy  # noqa: E402
+from serving import dlm_server, free_port, start, stop, wait_healthy  # noqa: E402
 
 BASELINE_SQL = """
 SELECT d.oid::text, d.item_name, d.item_version, d.item_type, d.item_state, d.target_phase,
@@ -176,20 +175,6 @@ async def drive_wrk(base: str, names: list[str], seconds: int, concurrency: int,
     return result
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=out, cwd=REPO)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def bench(args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -231,26 +216,19 @@ def keep_best(results: dict[str, dict], key: str, result: dict) -> None:
 
 async def measure_dlm(args: argparse.Namespace, db_url: str, names: list[str], workers: int,
                       workdir: Path) -> dict:
-    port = free_port()
-    proc = start([sys.executable, "-m", "inventory.cli", "serve", "--port", str(port),
-                  "--data-dir", str(workdir / "data"), "--db", db_url, "--log-level", "warning",
-                  "--workers", str(workers)], workdir / "dlm.log")
-    try:
-        base = f"http://127.0.0.1:{port}"
-        await wait_healthy(base, proc, workdir / "dlm.log", 600)
-        await wait_workers(base, workers - 1, proc)
-        return await run_load(args, base, names, workdir)
-    finally:
-        stop(proc)
+    async with dlm_server(db_url, workdir, "--workers", str(workers)) as server:
+        await wait_workers(server.url, workers - 1, server.proc)
+        return await run_load(args, server.url, names, workdir)
 
 
 async def measure_sql(args: argparse.Namespace, db_url: str, names: list[str],
                       workdir: Path) -> dict:
     port = free_port()
+    log = workdir / "baseline.log"
     proc = start([sys.executable, __file__, "--baseline-server", db_url, str(port),
-                  str(args.pool)], workdir / "baseline.log")
+                  str(args.pool)], log)
     try:
-        await wait_healthy(f"http://127.0.0.1:{port}", proc, workdir / "baseline.log", 120)
+        await wait_healthy(f"http://127.0.0.1:{port}", proc, log, 120)
         return await run_load(args, f"http://127.0.0.1:{port}", names, workdir)
     finally:
         stop(proc)

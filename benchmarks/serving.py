@@ -1,0 +1,94 @@
+"""``dlm serve`` as the benchmarks run it: a subprocess on a free loopback port, its output in a
+log file, stopped with SIGTERM (then SIGKILL) whatever happens to the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=out, cwd=REPO)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen, log: Path,
+                       timeout: float = 120) -> dict[str, Any]:
+    """The server's ``/v1/health`` once it answers 200 (it loads the inventory first)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}:\n"
+                                   + log.read_text()[-3000:])
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url + "/v1/health") as resp:
+                    if resp.status == 200:
+                        return await resp.json()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not healthy after {timeout} s")
+            await asyncio.sleep(0.1)
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    health: dict[str, Any] = field(default_factory=dict)  # /v1/health when it became ready
+    ready_seconds: float = 0.0  # from start to healthy
+
+
+@contextlib.asynccontextmanager
+async def dlm_server(db_url: str, workdir: Path, *extra: str,
+                     timeout: float = 600) -> AsyncIterator[Server]:
+    """``dlm serve --db DB_URL`` until the block ends; ``extra`` are more flags."""
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    started = time.perf_counter()
+    proc = start([sys.executable, "-m", "inventory.cli", "serve", "--port", str(port),
+                  "--data-dir", str(workdir / "data"), "--db", db_url, "--log-level", "warning",
+                  *extra], log)
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        server.health = await wait_healthy(server.url, proc, log, timeout)
+        server.ready_seconds = time.perf_counter() - started
+        yield server
+    finally:
+        stop(proc)
