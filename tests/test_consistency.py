@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,29 +15,15 @@ from consistency import cycle as consistency_cycle
 from consistency.cycle import Options, run_consistency
 from inventory.fileops.engine import FileOpsLimits
 from inventory.storage.factory import backend_for
-from tests.conftest import InProcessServer
+from tests.conftest import InProcessServer, adler, settle
 from tests.s3server import BUCKET, s3_server  # noqa: F401  (fixture)
 
 FAST = FileOpsLimits(workers=4, per_storage=4, retry_base=0.05, poll=0.05)
 OLD = time.time() - 3 * 86400  # well past the 24 h grace period
 
 
-def adler(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
-
-
 def age(path: Path, when: float = OLD) -> None:
     os.utime(path, (when, when))
-
-
-async def settle(client, timeout: float = 30) -> list[dict]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        ops = (await client.request("GET", "/v1/operations", params={"limit": "10000"}))
-        if all(o["state"] in ("done", "failed", "cancelled") for o in ops["operations"]):
-            return ops["operations"]
-        assert asyncio.get_running_loop().time() < deadline, ops
-        await asyncio.sleep(0.05)
 
 
 async def make_site(tmp_path: Path, **config) -> InProcessServer:

@@ -7,11 +7,9 @@ that fails, a copy request, a draining storage and a consistency report.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from inventory.inventory import Inventory
 from inventory.records import StorageRecord
 from inventory.server.state import STATE
 from policies import load_policy_text
-from tests.conftest import InProcessServer
+from tests.conftest import InProcessServer, adler, settle
 
 POLICY = """
 partition "all" { }
@@ -44,20 +42,6 @@ detox {
 FAST = FileOpsLimits(workers=4, per_storage=4, retry_base=0.01, retry_max=0.02, max_attempts=2,
                      poll=0.05)
 OLD = time.time() - 3 * 86400  # older than the consistency grace period
-
-
-def adler(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
-
-
-async def settle(client, timeout: float = 30) -> list[dict]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        ops = (await client.request("GET", "/v1/operations", params={"limit": "10000"}))
-        if all(o["state"] in ("done", "failed", "cancelled") for o in ops["operations"]):
-            return ops["operations"]
-        assert asyncio.get_running_loop().time() < deadline, ops
-        await asyncio.sleep(0.05)
 
 
 async def seed(srv: InProcessServer, tmp_path: Path) -> dict:
