@@ -283,8 +283,7 @@ async def start_read_workers(runner: Any, state: Any, count: int, token: str, ho
     spec = WorkerSpec(db=state.store.describe() if settings.db is None else settings.db,
                       data_dir=settings.data_dir, host=host, port=port, socket=runtime.socket,
                       shared=runtime.shared, token=token, config_tokens=settings.tokens,
-                      loopback=state.open_mode, log_level=settings.log_level,
-                      max_body=runner.app._client_max_size)
+                      loopback=state.open_mode, log_level=settings.log_level)
     state.read_workers = ReadWorkers(count, spec)
     state.read_workers.start()
     return runtime

@@ -68,7 +68,6 @@ class Follower:
         self.token_generation = self.shared.read()[1]  # read before the tokens are loaded
         self._advanced = asyncio.Event()
         self._token_reload: asyncio.Task | None = None
-        self.applied_records = 0
 
     @property
     def inventory(self) -> Inventory:
@@ -141,7 +140,7 @@ class Follower:
                 await asyncio.sleep(1.0)
                 continue
             answer = msgpack.unpackb(body, raw=False)
-            self.applied_records += apply_transactions(self.inventory, answer["transactions"])
+            apply_transactions(self.inventory, answer["transactions"])
             self._advanced.set()
             self._advanced = asyncio.Event()
 
@@ -159,8 +158,8 @@ async def load_inventory(store: Store, config_tokens: list[Token]) -> Inventory:
     return inventory
 
 
-def make_read_app(state: ServerState, follower: Follower, session: aiohttp.ClientSession,
-                  max_body: int) -> web.Application:
+def make_read_app(state: ServerState, follower: Follower,
+                  session: aiohttp.ClientSession) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         """Send the request to the primary and stream its answer back unchanged."""
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
@@ -199,7 +198,9 @@ def make_read_app(state: ServerState, follower: Follower, session: aiohttp.Clien
         return response
 
     worker = str(follower.spec.index)
-    app = web.Application(middlewares=[front, serve_or_forward], client_max_size=max_body)
+    # No body is read here: the item queries have none, everything else streams to the
+    # primary, whose limits apply.
+    app = web.Application(middlewares=[front, serve_or_forward])
     app[STATE] = state
     for path, handler in LOCAL_ROUTES:
         app.router.add_get(path, handler)
@@ -230,7 +231,7 @@ async def run(spec: WorkerSpec) -> int:
         state.inventory = await load_inventory(store, tokens)
         state.load_seconds = time.perf_counter() - started
         state.internal_token_hash = hashlib.sha256(spec.token.encode()).hexdigest()
-        runner = web.AppRunner(make_read_app(state, follower, session, spec.max_body),
+        runner = web.AppRunner(make_read_app(state, follower, session),
                                access_log=None, handle_signals=False)
         await runner.setup()
         following = asyncio.create_task(follower.run())

@@ -76,7 +76,6 @@ class WorkerSpec:
     token: str  # the internal token the worker sends to the primary
     config_tokens: list[dict[str, Any]] = field(default_factory=list)
     loopback: bool = True
-    max_body: int = 64 << 20
     log_level: str = "info"
     index: int = 1
 
