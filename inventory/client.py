@@ -426,6 +426,33 @@ class Client:
                 raise errors.Unavailable("the snapshot stream ended early")
             return snap
 
+    async def column_snapshot(self, with_: Collection[str] = (),
+                              progress: Callable[[int, int], None] | None = None) -> Any:
+        """The inventory as numpy columns (``inventory.columns.ColumnSnapshot``), with the
+        optional fields in ``with_`` (``name``, ``metadata``); ``progress(done, total)`` is told
+        the bytes of columns received."""
+        from inventory.columns import ColumnReader  # numpy: only for the processes that plan
+
+        query = f"?with={','.join(with_)}" if with_ else ""
+        async with self._session.get(self.url + "/v1/snapshot/columns" + query) as resp:
+            if resp.status >= 400:
+                raise _error_from(resp.status, await resp.json(content_type=None))
+            reader = ColumnReader()
+            unpacker = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=1 << 30)
+            async for chunk in resp.content.iter_any():
+                unpacker.feed(chunk)
+                for obj in unpacker:
+                    try:
+                        reader.feed(obj)
+                    except RuntimeError as e:
+                        raise errors.Unavailable(str(e)) from None
+                    if progress is not None and obj[0] == "column":
+                        progress(reader.received, reader.total)
+            try:
+                return reader.snapshot()
+            except ValueError as e:
+                raise errors.Unavailable(f"the column snapshot is incomplete: {e}") from None
+
 
 class SyncClient:
     """The ``Client`` for code without an event loop: every coroutine method becomes a blocking

@@ -13,6 +13,7 @@ import asyncio
 import msgpack
 from aiohttp import web
 
+from inventory import columns
 from inventory.errors import BadRequest, Gone
 from inventory.feed import (
     CHANGE_KINDS,
@@ -82,6 +83,34 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     else:
         await response.write(pack(["changes", tail]))
         await response.write(pack(["end", {"version": reached}]))
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/snapshot/columns")
+async def column_snapshot(request: web.Request) -> web.StreamResponse:
+    """The inventory as columns (``inventory.columns``): what Detox plans on."""
+    state = state_of(request)
+    wanted = frozenset(filter(None, request.query.get("with", "").split(",")))
+    unknown = sorted(wanted - set(columns.OPTIONAL))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected a "
+                         f"comma-separated list of {', '.join(columns.OPTIONAL)}", "with")
+    copied = columns.copy_columns(state.inventory, wanted)  # no await before this returns
+    response = web.StreamResponse(headers={"Content-Type": MSGPACK,
+                                           "X-DLM-Version": str(copied["version"])})
+    await response.prepare(request)
+    if request.transport is not None:
+        request.transport.set_write_buffer_limits(high=SEND_AHEAD)
+    if request.method == "HEAD":
+        await response.write_eof()
+        return response
+    _name, role = request.get(IDENTITY, (None, None))
+    secrets = role == "operator"
+    pack = msgpack.Packer(use_bin_type=True).pack
+    async for message in columns.encode_stream(
+            copied, lambda s: storage_wire(s, secrets=secrets), pack):
+        await response.write(message)
     await response.write_eof()
     return response
 

@@ -1,0 +1,114 @@
+"""GET /v1/snapshot/columns: the inventory as columns, equal to the record snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from detox.cycle import run_cycle
+from inventory import columns, errors
+from policies import load_policy_text
+from tests.conftest import adler, settle
+
+DROP_DISK2 = """
+partition "all" { }
+detox {
+    delete "off disk2" if replica.storage == "disk2"
+    default protect "keep"
+}
+"""
+
+
+async def populate(c, tmp_path) -> list[str]:
+    for name in ("disk1", "disk2"):
+        (tmp_path / name).mkdir()
+        await c.add_storage(name=name, kind="posix", root=str(tmp_path / name),
+                            capacity=10**9, phase="GAS")
+    oids = []
+    for i in range(30):
+        item = await c.add_item(
+            item_name=f"set/f{i}", storage="disk1", size=100 + i, checksum=adler(b"x" * i),
+            target_phase="GAS", metadata={"run": i, "tags": ["a", "b"]} if i % 3 == 0 else None,
+            owner=f"user{i % 2}" if i % 5 else None, group="ska" if i % 2 else "cms",
+            expire_at=f"2300-01-{i % 28 + 1:02d}T00:00:00Z" if i % 7 == 0 else None)
+        oids.append(item["oid"])
+        if i % 2:
+            await c.request("PATCH", f"/v1/items/{item['oid']}", json={"storage": "disk2"})
+        if i % 4 == 0:
+            await c.request("POST", f"/v1/items/{item['oid']}/accesses", json={"count": i + 1})
+    return oids
+
+
+async def test_the_column_snapshot_equals_the_record_snapshot(server, tmp_path):
+    c = server.client
+    await populate(c, tmp_path)
+    snap = await c.snapshot()
+    records = list(snap.replica_records())
+    cs = await c.column_snapshot(["name", "metadata"])
+    expected = columns.from_records(snap.version, snap.storages, snap.items, records)
+    assert cs.version == snap.version
+    assert sorted(map(tuple, cs.storages)) == sorted(map(tuple, expected.storages))
+    # item rows are the server's rows, in registration order, as the record snapshot's items
+    for name, column in expected.items.items():
+        got = cs.items[name]
+        if name in ("owner", "group"):  # codes into each side's own table
+            table, exp_table = ((cs.owners, expected.owners) if name == "owner"
+                                else (cs.groups, expected.groups))
+            assert [table[x] for x in got] == [exp_table[x] for x in column]
+        else:
+            np.testing.assert_array_equal(got, column, err_msg=name)
+    assert cs.names == expected.names
+    assert cs.metadata == expected.metadata
+    # replicas: the same set (the server's row order need not be the record stream's)
+    def replica_rows(s):
+        return sorted(zip(s.replicas["item"].tolist(), s.replicas["storage_id"].tolist(),
+                          s.replicas["state"].tolist(), s.replicas["size"].tolist(),
+                          s.replicas["created"].tolist(),
+                          np.nan_to_num(s.replicas["expire_at"], nan=-1).tolist(),
+                          strict=True))
+    assert replica_rows(cs) == replica_rows(expected)
+    assert cs.oid_text(0) == next(iter(snap.items))
+    uids = {cs.replica_uid_text(i) for i in range(cs.replica_count)}
+    assert uids == set(snap.replicas)
+
+
+async def test_removed_replicas_leave_no_rows_and_optional_fields_are_asked_for(server,
+                                                                               tmp_path):
+    c = server.client
+    await populate(c, tmp_path)
+    for i in range(30):
+        (tmp_path / "disk2" / "set").mkdir(exist_ok=True)
+        (tmp_path / "disk2" / f"set/f{i}").write_bytes(b"x" * (100 + i))
+    policy = load_policy_text(DROP_DISK2, "drop.policy")
+    result = await run_cycle(c, policy, DROP_DISK2)
+    assert len(result.plan.deletions) == 15
+    await settle(c)
+    cs = await c.column_snapshot()
+    assert cs.names is None and cs.metadata is None
+    snap = await c.snapshot()
+    assert cs.replica_count == len(snap.replicas)
+    assert (cs.replicas["item"] >= 0).all()
+
+
+async def test_writes_during_the_stream_are_not_in_it(server, tmp_path):
+    """The columns are copied in one step: a write acknowledged after the request started
+    streaming is in the next snapshot, not half in this one."""
+    c = server.client
+    await populate(c, tmp_path)
+    before = (await c.request("GET", "/v1/health"))["version"]
+    stream = asyncio.create_task(c.column_snapshot(["name"]))
+    await c.add_item(item_name="late", storage="disk1", size=1, checksum=adler(b""),
+                     target_phase="GAS")
+    cs = await stream
+    if cs.version == before:
+        assert "late" not in cs.names
+    else:
+        assert cs.names[-1] == "late" and cs.item_count == len(cs.names)
+
+
+async def test_unknown_optional_field_is_refused(server):
+    with pytest.raises(errors.BadRequest) as e:
+        await server.client.column_snapshot(["names"])
+    assert e.value.field == "with" and "'names'" in str(e.value)
