@@ -13,18 +13,17 @@ describes.
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-import msgpack
 from aiohttp import web
 
 from inventory import model
 from inventory.dashboard import figures, fragments
 from inventory.dashboard.history import history_of
 from inventory.dashboard.markup import h, page, slot
+from inventory.decisions import decode as decode_decisions
 from inventory.errors import BadRequest, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import Cycle
@@ -360,22 +359,6 @@ def _cycle(inv: Inventory, request: web.Request) -> Cycle:
     return cycle
 
 
-def decoded_decisions(blob: bytes | None) -> tuple[list[str], list[list[Any]]]:
-    """The stored decisions (zlib-compressed msgpack ``{"columns", "rows"}``, written by
-    ``detox.cycle.encode_decisions``); nothing when absent or unreadable."""
-    if not blob:
-        return [], []
-    try:
-        data = msgpack.unpackb(zlib.decompress(blob), raw=False)
-        columns, rows = list(data["columns"]), data["rows"]
-    except (zlib.error, ValueError, KeyError, TypeError, msgpack.UnpackException):
-        return [], []
-    if not isinstance(rows, list) or not all(
-            isinstance(r, list) and len(r) == len(columns) for r in rows):
-        return [], []
-    return columns, rows
-
-
 def _with_storage(inv: Inventory, record: dict[str, Any]) -> dict[str, Any]:
     storage_id = record.get("storage_id")
     storage = inv.storages.get(storage_id) if isinstance(storage_id, int) else None
@@ -387,7 +370,7 @@ def select_decisions(blob: bytes | None, inv: Inventory, wanted: dict[str, str],
                      limit: int) -> tuple[list[dict[str, Any]], int | None]:
     """A page of a cycle's decisions matching ``wanted`` (storage name, rule, outcome), and
     the cursor of the next page. Run in a thread: a cycle may hold millions."""
-    columns, rows = decoded_decisions(blob)
+    columns, rows = decode_decisions(blob)
     out: list[dict[str, Any]] = []
     for index in range(offset, len(rows)):
         record = _with_storage(inv, dict(zip(columns, rows[index], strict=True)))
@@ -402,7 +385,7 @@ def select_decisions(blob: bytes | None, inv: Inventory, wanted: dict[str, str],
 def decisions_about(blob: bytes | None, inv: Inventory, oid: int) -> list[dict[str, Any]]:
     """The decisions of one cycle about the replicas of one item (a replica's uid is its
     item's oid with the storage id in the last 16 bits)."""
-    columns, rows = decoded_decisions(blob)
+    columns, rows = decode_decisions(blob)
     if "uid" not in columns:
         return []
     at = columns.index("uid")

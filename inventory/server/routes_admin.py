@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
 from aiohttp import web
 
 from inventory import model, validate
+from inventory.decisions import decode as decode_decisions
 from inventory.errors import BadRequest, DLMError, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import (
@@ -268,7 +267,7 @@ async def cycle_decisions(request: web.Request) -> web.Response:
     if cycle is None:
         raise NotFound(f"no cycle {request.match_info['id']}", "id")
     blob = await state.store.cycle_decisions(cycle.id)
-    columns, rows = ([], []) if blob is None else _decode_decisions(blob)
+    columns, rows = decode_decisions(blob)
     limit = query_int(request, "limit", 1000, 1, 100_000)
     offset = query_int(request, "cursor", 0, 0, 2**62)
     wanted = {k: request.query[k] for k in ("storage", "rule", "outcome") if k in request.query}
@@ -287,19 +286,6 @@ async def cycle_decisions(request: web.Request) -> web.Response:
             break
         out.append(record)
     return respond(request, {"decisions": out, "cursor": next_cursor})
-
-
-def _decode_decisions(blob: bytes) -> tuple[list[str], list[list[Any]]]:
-    try:
-        data = msgpack.unpackb(zlib.decompress(blob), raw=False)
-        columns, rows = list(data["columns"]), data["rows"]
-    except (zlib.error, ValueError, KeyError, TypeError, msgpack.UnpackException):
-        return [], []
-    # The blob comes from a client: rows that do not fit the columns would fail every page.
-    if not isinstance(rows, list) or not all(isinstance(c, str) for c in columns) or not all(
-            isinstance(r, list) and len(r) == len(columns) for r in rows):
-        return [], []
-    return columns, rows
 
 
 @routes.get("/v1/history/{id}")

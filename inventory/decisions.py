@@ -1,0 +1,64 @@
+"""The stored decisions of a cycle: the two encodings a planner sends and the one decoder.
+
+A cycle's decisions are one blob, zlib-compressed msgpack, stored as sent and decoded only when
+someone reads them (``GET /v1/history/{id}/decisions``, the dashboard):
+
+- rows: ``{"columns": [...], "rows": [[uid, storage_id, outcome, rule, line, size], ...]}``,
+  what the record planners and Consistency write;
+- columns: ``{"format": "columns", "columns": [...], "kinds": [[outcome, rule, line], ...],
+  "oids": 16 bytes per item, "item": <i4, "storage_id": <u2, "code": <i4, "size": <i8}``, what
+  the column planner writes: a decision is its item (an index into ``oids``), its storage, its
+  kind and its size, 18 bytes instead of a ~90-byte msgpack row, built without a Python object
+  per decision (10M decisions encode in well under a second).
+"""
+
+from __future__ import annotations
+
+import zlib
+from array import array
+from typing import Any
+
+import msgpack
+
+from inventory import model
+
+DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
+_WIDTH = {"item": ("i", 4), "storage_id": ("H", 2), "code": ("i", 4), "size": ("q", 8)}
+
+
+def decode(blob: bytes | None) -> tuple[list[str], list[list[Any]]]:
+    """The decisions as columns and rows, whichever encoding was stored; nothing when absent
+    or unreadable (the blob comes from a client: a malformed one must not fail every read)."""
+    if not blob:
+        return [], []
+    try:
+        data = msgpack.unpackb(zlib.decompress(blob), raw=False)
+        if isinstance(data, dict) and data.get("format") == "columns":
+            return list(DECISION_COLUMNS), _rows_of_columns(data)
+        columns, rows = list(data["columns"]), data["rows"]
+    except (zlib.error, ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException):
+        return [], []
+    if not isinstance(rows, list) or not all(isinstance(c, str) for c in columns) or not all(
+            isinstance(r, list) and len(r) == len(columns) for r in rows):
+        return [], []
+    return columns, rows
+
+
+def _rows_of_columns(data: dict[str, Any]) -> list[list[Any]]:
+    arrays = {}
+    for name, (code, width) in _WIDTH.items():
+        raw = data[name]
+        if len(raw) % width:
+            raise ValueError(f"column {name}: {len(raw)} bytes")
+        arrays[name] = array(code, raw)
+    n = len(arrays["code"])
+    if any(len(a) != n for a in arrays.values()):
+        raise ValueError("columns of different lengths")
+    oids = data["oids"]
+    texts = [model.format_uuid(int.from_bytes(oids[i:i + 16], "big"))[:-4]
+             for i in range(0, len(oids), 16)]
+    kinds = [tuple(k) for k in data["kinds"]]
+    hex4 = [f"{sid:04x}" for sid in range(1 << 16)]
+    return [[texts[item] + hex4[sid], sid, *kinds[code], size] for item, sid, code, size in
+            zip(arrays["item"], arrays["storage_id"], arrays["code"], arrays["size"],
+                strict=True)]
