@@ -17,14 +17,17 @@ from typing import Any
 
 import msgpack
 
+from detox.columns import ColumnDecisions, needed_fields, plan_columns
+from detox.columns import supports as supports_columns
 from detox.planner import DetoxPlan, plan_cycle
 from inventory import model
 from inventory.client import Client, Snapshot
+from inventory.columns import ColumnSnapshot
+from inventory.decisions import DECISION_COLUMNS
 from policies import Policy
 
 log = logging.getLogger("dlm.detox")
 
-DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
 
 
 @dataclass(slots=True)
@@ -46,6 +49,10 @@ def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytearray:
     Streamed: rows are packed ``chunk`` at a time (one C call each; the chunk's own array
     header dropped) and compressed as they come, so no list of every row is ever built."""
     decisions = plan.decisions
+    if isinstance(decisions, ColumnDecisions):  # the column planner's: encoded as columns
+        compressor = compressobj()
+        packed = msgpack.packb(decisions.encode(), use_bin_type=True)
+        return bytearray(compressor.compress(packed) + compressor.flush())
     n = len(decisions)
     packer = msgpack.Packer(use_bin_type=True)
     compressor = compressobj()
@@ -77,10 +84,18 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
                     now: float | None = None,
                     progress: Callable[[str, int, int], None] | None = None,
                     snapshot: Snapshot | None = None) -> CycleResult:
-    """One cycle; ``progress(stage, done, total)`` follows it (snapshot records, then the
-    planning and applying stages) for a progress bar. With the ``snapshot`` of an earlier cycle,
-    that one is caught up through the change feed instead of a new one being taken."""
+    """One cycle; ``progress(stage, done, total)`` follows it (the snapshot, then the
+    planning and applying stages) for a progress bar.
+
+    Planned on columns (``detox.columns``) when the policy allows it, which every policy
+    without a comparison of two attributes does: a new column snapshot each cycle (it costs
+    less than catching up a record snapshot would). Otherwise on records, and then with the
+    ``snapshot`` of an earlier cycle, that one is caught up through the change feed instead of
+    a new one being taken."""
     started = time.time()
+    if supports_columns(policy):
+        return await _run_on_columns(client, policy, policy_text, started if now is None else now,
+                                     started, dry_run=dry_run, progress=progress)
 
     def plan(snap: Snapshot, _context: None) -> DetoxPlan:
         return plan_cycle(policy, snap.storages, snap.items, snap.replica_records(),
@@ -99,15 +114,43 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
                             progress=progress, kept=snapshot)
 
 
+async def _run_on_columns(client: Client, policy: Policy, policy_text: str, now: float,
+                          started: float, *, dry_run: bool,
+                          progress: Callable[[str, int, int], None] | None) -> CycleResult:
+    async def snapshot() -> ColumnSnapshot:
+        report = None if progress is None else (
+            lambda done, total: progress("snapshot (MiB)", done >> 20, total >> 20))
+        return await client.column_snapshot(needed_fields(policy), report)
+
+    def plan(snap: ColumnSnapshot, _context: None) -> DetoxPlan:
+        return plan_columns(policy, snap, now)
+
+    def body(plan: DetoxPlan, snap: ColumnSnapshot) -> dict[str, Any]:
+        return {
+            **plan_header(policy, policy_text, snap.version, started),
+            "expirations": plan.expirations,
+            "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
+            "summary": plan.summary(),
+            "decisions": encode_decisions(plan),
+        }
+
+    result = await run_stages(client, "/v1/cycles/detox", plan, body, dry_run=dry_run,
+                              progress=progress, kept=None, take=snapshot)
+    result.snapshot = None  # nothing to catch up: the next cycle takes a new one
+    return result
+
+
 async def run_stages(client: Client, path: str, plan: Callable[[Snapshot, Any], Any],
                      body: Callable[[Any, Snapshot], dict[str, Any]], *, dry_run: bool,
                      progress: Callable[[str, int, int], None] | None, kept: Snapshot | None,
-                     context: Callable[[], Awaitable[Any]] | None = None) -> CycleResult:
-    """The stages every cycle goes through, timed: the snapshot (a new one, or ``kept`` caught
-    up) and whatever else the plan reads (``context``), the plan, and unless ``dry_run`` the
-    plan's POST to ``path``. Detox and Dealer differ only in ``plan`` and ``body``."""
+                     context: Callable[[], Awaitable[Any]] | None = None,
+                     take: Callable[[], Awaitable[Any]] | None = None) -> CycleResult:
+    """The stages every cycle goes through, timed: the snapshot (``take()``; by default a new
+    record snapshot, or ``kept`` caught up) and whatever else the plan reads (``context``), the
+    plan, and unless ``dry_run`` the plan's POST to ``path``. Detox and Dealer differ only in
+    ``plan`` and ``body``."""
     t0 = time.perf_counter()
-    snap = await fresh_snapshot(client, kept, progress)
+    snap = await (take() if take is not None else fresh_snapshot(client, kept, progress))
     extra = None if context is None else await context()
     t1 = time.perf_counter()
     # The snapshot is millions of long-lived objects: out of the cyclic collector's sight for

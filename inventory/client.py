@@ -446,7 +446,7 @@ class Client:
                         reader.feed(obj)
                     except RuntimeError as e:
                         raise errors.Unavailable(str(e)) from None
-                    if progress is not None and obj[0] == "column":
+                    if progress is not None and isinstance(obj, tuple) and obj[0] == "column":
                         progress(reader.received, reader.total)
             try:
                 return reader.snapshot()
