@@ -39,6 +39,7 @@ import numpy as np
 from inventory import model
 
 FORMAT = "dlm-columns/1"
+MEDIA_TYPE = "application/vnd.dlm-columns+msgpack"  # raw arrays inside: not JSON-able
 CHUNK_BYTES = 8 << 20  # bytes of a fixed-width column per message
 TEXT_CHUNK = 50_000  # strings or sparse entries per message
 

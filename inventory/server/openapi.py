@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from inventory import model, specs
+from inventory.columns import MEDIA_TYPE as COLUMNS_MEDIA_TYPE
 from inventory.objects import (
     CYCLE_KINDS,
     OPERATION_KINDS,
@@ -45,6 +46,7 @@ log = logging.getLogger("dlm.server")
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
+COLUMNS = COLUMNS_MEDIA_TYPE
 REF = "#/components/schemas/{name}"
 
 # ----------------------------------------------------------------------- response shapes
@@ -580,6 +582,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         description="A stream of msgpack objects: a header, `storages`, `items` and "
                     "`replicas` chunks, the `changes` committed meanwhile and `end` (see the "
                     "REST API document)."),
+    ("GET", "/v1/snapshot/columns"): Op(
+        "The whole inventory as columns, a msgpack stream", "reader", {200: "columns"},
+        (400,), (query("with", {"type": "string"}, "optional fields, comma-separated: name "
+                       "(item names), metadata (item metadata)"),), tag="feed",
+        description="One version of the inventory, every fixed-width column copied at once "
+                    "and sent as raw little-endian arrays (what Detox plans on; see the REST "
+                    "API document)."),
     ("GET", "/v1/changes"): Op(
         "Committed changes after a version (long poll with `wait`)", "reader",
         {200: Changes}, (400, 410), (
@@ -653,6 +662,15 @@ def _operation(method: str, template: str, op: Op, refs: dict[Any, dict[str, Any
         answer: dict[str, Any] = {"description": _STATUS_TEXT[status]}
         if tp == "text":
             answer["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        elif tp == "columns":  # msgpack objects carrying raw arrays: binary, not JSON-able
+            answer["content"] = {COLUMNS: {"schema": {
+                "type": "string", "format": "binary",
+                "description": "msgpack objects: a header (format dlm-columns/1, version, "
+                               "counts, column dtypes, owner and group tables), storages, "
+                               "column chunks as bytes, names and metadata when asked, end"}}}
+            answer["headers"] = {"X-DLM-Version": {
+                "description": "the inventory version of the snapshot",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
         elif tp is Snapshot:  # msgpack only, a stream of objects
             answer["content"] = {MSGPACK: {"schema": refs[Snapshot]}}
             answer["headers"] = {"X-DLM-Version": {

@@ -97,7 +97,7 @@ async def column_snapshot(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected a "
                          f"comma-separated list of {', '.join(columns.OPTIONAL)}", "with")
     copied = columns.copy_columns(state.inventory, wanted)  # no await before this returns
-    response = web.StreamResponse(headers={"Content-Type": MSGPACK,
+    response = web.StreamResponse(headers={"Content-Type": columns.MEDIA_TYPE,
                                            "X-DLM-Version": str(copied["version"])})
     await response.prepare(request)
     if request.transport is not None:
