@@ -79,19 +79,27 @@ def needed_fields(policy: Policy) -> list[str]:
     return out
 
 
-def exact_sums(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+def exact_sums(keys: np.ndarray, values: np.ndarray, n: int,
+               chunk: int = 1 << 20) -> np.ndarray:
     """Per key, the exact int64 sum of ``values``: ``bincount`` adds in float64, which loses
-    bytes past 2**53; split into 24-bit halves, each half's sums stay exact."""
-    values = values.astype(np.int64, copy=False)
-    low = np.bincount(keys, weights=values & 0xFFFFFF, minlength=n)
-    high = np.bincount(keys, weights=values >> 24, minlength=n)
-    return (high.astype(np.int64) << 24) + low.astype(np.int64)
+    bytes past 2**53; split into 24-bit halves, each half's sums stay exact. A chunk at a
+    time, so the float copies stay small."""
+    out = np.zeros(n, dtype=np.int64)
+    for lo in range(0, len(keys), chunk):
+        k = keys[lo:lo + chunk]
+        v = values[lo:lo + chunk].astype(np.int64, copy=False)
+        low = np.bincount(k, weights=v & 0xFFFFFF, minlength=n)
+        high = np.bincount(k, weights=v >> 24, minlength=n)
+        out += (high.astype(np.int64) << 24) + low.astype(np.int64)
+    return out
 
 
 class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
     """Every replica's decision as four columns (replica index, code, size) and the table of
     kinds, read as ``(uid, storage id, outcome, rule label, rule line, size)`` tuples like
     ``detox.planner.Decisions``."""
+
+    ENCODED_PAIRS = 8
 
     def __init__(self, snap: ColumnSnapshot) -> None:
         self._snap = snap
@@ -166,19 +174,26 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
         size = exact_sums(self.codes, self.sizes, len(self.kinds)).tolist()
         return count, size
 
-    def encode(self) -> dict[str, Any]:
-        """The decisions in ``inventory.decisions``' column encoding (not yet compressed)."""
-        items = self._snap.replicas["item"][self.index]
-        distinct, position = np.unique(items, return_inverse=True)
-        return {
-            "format": "columns", "columns": list(DECISION_COLUMNS),
-            "kinds": [list(k) for k in self.kinds],
-            "oids": self._snap.items["oid"][distinct].tobytes(),
-            "item": position.astype("<i4").tobytes(),
-            "storage_id": self._snap.replicas["storage_id"][self.index].astype("<u2").tobytes(),
-            "code": self.codes.astype("<i4").tobytes(),
-            "size": self.sizes.astype("<i8").tobytes(),
-        }
+    def encode(self) -> Iterator[tuple[str, Any]]:
+        """The decisions in ``inventory.decisions``' column encoding, as the map's
+        ``ENCODED_PAIRS`` (key, value) pairs, each built when asked for: the caller packs and compresses
+        one at a time, so only one column's bytes exist at once."""
+        replicas, index = self._snap.replicas, self.index
+        # items in first-decision order, numbered densely: a replica's item is its position
+        item_rows = replicas["item"][index]
+        mark = np.full(self._snap.item_count, -1, dtype=np.int64)
+        distinct = np.flatnonzero(np.bincount(item_rows, minlength=self._snap.item_count))
+        mark[distinct] = np.arange(len(distinct))
+        yield "format", "columns"
+        yield "columns", list(DECISION_COLUMNS)
+        yield "kinds", [list(k) for k in self.kinds]
+        yield "oids", self._snap.items["oid"][distinct].tobytes()
+        del distinct
+        yield "item", mark[item_rows].astype("<i4").tobytes()
+        del mark, item_rows
+        yield "storage_id", replicas["storage_id"][index].astype("<u2").tobytes()
+        yield "code", self.codes.astype("<i4").tobytes()
+        yield "size", self.sizes.astype("<i8").tobytes()
 
 
 def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
@@ -232,7 +247,10 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         rs = r_sid[rows]
 
         def item_numeric(values: np.ndarray, null: np.ndarray | None = None) -> Numeric:
-            return Numeric(values[ri], None if null is None else null[ri])
+            return Numeric(values, null, ri)
+
+        def replica_numeric(values: np.ndarray, null: np.ndarray | None = None) -> Numeric:
+            return Numeric(values, null, rows)
 
         def popularity() -> Numeric:
             access = items["access_count"]
@@ -240,7 +258,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             valid = (access != 0) & ~np.isnan(last)
             elapsed = np.maximum(now - np.where(valid, last, now), 0.0)
             value = np.where(valid, access * np.power(0.5, elapsed / half_life), 0.0)
-            return Numeric(value[ri])
+            return Numeric(value, None, ri)
 
         def parent_name(k: int) -> str | None:
             parent = int(items["parent"][k])
@@ -255,10 +273,10 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         builders: dict[tuple[str, str], Any] = {
             ("item", "name"): lambda: Lazy(ri, n_items, value=snap.names.__getitem__),
             ("item", "version"): lambda: item_numeric(items["version"]),
-            ("item", "type"): lambda: Coded(items["type"][ri], model.ITEM_TYPES),
-            ("item", "state"): lambda: Coded(state_now[ri], model.ITEM_STATES),
-            ("item", "phase"): lambda: Coded(np.minimum(weight, 4)[ri], _PHASE_OF_WEIGHT),
-            ("item", "target_phase"): lambda: Coded(items["target_phase"][ri], model.PHASES),
+            ("item", "type"): lambda: Coded(items["type"], model.ITEM_TYPES, ri),
+            ("item", "state"): lambda: Coded(state_now, model.ITEM_STATES, ri),
+            ("item", "phase"): lambda: Coded(np.minimum(weight, 4), _PHASE_OF_WEIGHT, ri),
+            ("item", "target_phase"): lambda: Coded(items["target_phase"], model.PHASES, ri),
             ("item", "size"): lambda: item_numeric(item_size),
             ("item", "created"): lambda: item_numeric(items["created"]),
             ("item", "expire_at"): lambda: item_numeric(items["expire_at"],
@@ -271,16 +289,16 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             ("item", "last_access"): lambda: item_numeric(items["last_access"],
                                                            np.isnan(items["last_access"])),
             ("item", "parent"): lambda: Lazy(ri, n_items, value=parent_name),
-            ("item", "owner"): lambda: Coded(items["owner"][ri], snap.owners),
-            ("item", "group"): lambda: Coded(items["group"][ri], snap.groups),
+            ("item", "owner"): lambda: Coded(items["owner"], snap.owners, ri),
+            ("item", "group"): lambda: Coded(items["group"], snap.groups, ri),
             ("replica", "storage"): lambda: Coded(rs, name_table),
-            ("replica", "state"): lambda: Coded(r_state[rows], model.REPLICA_STATES),
-            ("replica", "size"): lambda: Numeric(size[rows]),
-            ("replica", "created"): lambda: Numeric(reps["created"][rows]),
-            ("replica", "is_last_copy"): lambda: Numeric(
-                (copies[ri] == 1) & (r_state[rows] == _COMPLETE)),
-            ("replica", "expire_at"): lambda: Numeric(reps["expire_at"][rows],
-                                                      np.isnan(reps["expire_at"][rows])),
+            ("replica", "state"): lambda: Coded(r_state, model.REPLICA_STATES, rows),
+            ("replica", "size"): lambda: replica_numeric(size),
+            ("replica", "created"): lambda: replica_numeric(reps["created"]),
+            ("replica", "is_last_copy"): lambda: replica_numeric(
+                (copies[r_item] == 1) & complete),
+            ("replica", "expire_at"): lambda: replica_numeric(
+                reps["expire_at"], np.isnan(reps["expire_at"])),
         }
         if storage_views is not None:
             for name in ("name", "kind", "status", "phase", "attributes", "capacity", "used",
@@ -393,16 +411,18 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     if partition.members is not None:
         inside = vector.evaluate(partition.members.source.expr, f, inside)
     chosen = vector.first_match([c.source for c in detox.conditions], f, inside)
+    del f  # its columns: the sort keys below need a new one only for candidates
     rules = (detox.outside, detox.default, *detox.rules)  # by Rule.index + 2
-    slot = np.where(inside, chosen.astype(np.int64) + 2, 0)  # 0: outside, 1: the default
-    actions = np.array([r.action for r in rules])
-    action = actions[slot]
+    slot = np.where(inside, chosen + 2, 0).astype(np.int16)  # 0: outside, 1: the default
+    del chosen
+    action_codes = {name: code for code, name in enumerate((PROTECT, DELETE, DISMISS, IGNORE))}
+    action = np.array([action_codes[r.action] for r in rules], dtype=np.int8)[slot]
     is_triggered = np.zeros(n_sids, dtype=bool)
     is_triggered[list(triggered)] = True
     rs = r_sid[rows]
-    candidate = (action == DISMISS) & is_triggered[rs] & inside
-    deleting = (action == DELETE) & inside
-    ignored = (action == IGNORE) & inside
+    candidate = (action == action_codes[DISMISS]) & is_triggered[rs] & inside
+    deleting = (action == action_codes[DELETE]) & inside
+    ignored = (action == action_codes[IGNORE]) & inside
     kept = inside & ~candidate & ~deleting & ~ignored
     kept_code = np.array([decisions.code(KEPT, r.label, r.line) for r in rules], dtype=np.int32)
     ignored_code = np.array([decisions.code(IGNORED, r.label, r.line) for r in rules],
@@ -411,7 +431,8 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     decided = kept | ignored
     decisions.extend(rows[decided], np.where(ignored, ignored_code[slot],
                                               kept_code[slot])[decided])
-    protecting = kept & (action == PROTECT)
+    protecting = kept & (action == action_codes[PROTECT])
+    del action
     n_rules = len(rules)
     by_rule = exact_sums(rs[protecting].astype(np.int64) * n_rules + slot[protecting],
                          size[rows[protecting]], n_sids * n_rules).reshape(n_sids, n_rules)
@@ -428,8 +449,10 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         return sum(protected[sid].values()) / used
 
     cand_pos = np.flatnonzero(candidate)
-    keys = vector.sort_keys([(k.attribute, k.descending) for k in detox.order], f, cand_pos)
+    keys = vector.sort_keys([(k.attribute, k.descending) for k in detox.order],
+                            frame(rows[cand_pos], works_on), np.arange(len(cand_pos)))
     order = np.lexsort((cand_pos, *reversed(keys), rs[cand_pos]))
+    del keys
     cand_pos = cand_pos[order]
     cand_sids = rs[cand_pos]
     bounds = np.searchsorted(cand_sids, np.arange(n_sids + 1))

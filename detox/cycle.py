@@ -50,9 +50,16 @@ def encode_decisions(plan: DetoxPlan, chunk: int = 50_000) -> bytearray:
     header dropped) and compressed as they come, so no list of every row is ever built."""
     decisions = plan.decisions
     if isinstance(decisions, ColumnDecisions):  # the column planner's: encoded as columns
+        packer = msgpack.Packer(use_bin_type=True)
         compressor = compressobj()
-        packed = msgpack.packb(decisions.encode(), use_bin_type=True)
-        return bytearray(compressor.compress(packed) + compressor.flush())
+        out = bytearray(compressor.compress(
+            packer.pack_map_header(ColumnDecisions.ENCODED_PAIRS)))
+        for key, value in decisions.encode():
+            out += compressor.compress(packer.pack(key))
+            out += compressor.compress(packer.pack(value))
+            del value
+        out += compressor.flush()
+        return out
     n = len(decisions)
     packer = msgpack.Packer(use_bin_type=True)
     compressor = compressobj()

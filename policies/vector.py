@@ -38,18 +38,24 @@ class Unsupported(Exception):
 
 @dataclass(slots=True)
 class Numeric:
-    """A number per row (int, float or bool array); ``null`` marks rows where it is none."""
+    """A number (int, float or bool array); ``null`` marks where it is none. With ``index``
+    the arrays are per item (or per storage) and ``index[row]`` is the row's entry: a leaf is
+    computed once per item and only its boolean result is spread over the rows, so no
+    row-long copy of an item column is ever made."""
 
     values: np.ndarray
     null: np.ndarray | None = None
+    index: np.ndarray | None = None
 
 
 @dataclass(slots=True)
 class Coded:
-    """A value per row drawn from a small table: ``table[codes[row]]``."""
+    """A value drawn from a small table: ``table[codes[index[row]]]`` (``index`` as for
+    ``Numeric``)."""
 
     codes: np.ndarray
     table: Sequence[Any]
+    index: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -195,19 +201,21 @@ def sort_keys(keys: Sequence[tuple[ir.Attr, bool]], frame: Frame,
         column = frame.column(attr)
         key: np.ndarray
         if isinstance(column, Numeric):
-            key = column.values[rows]
+            at = rows if column.index is None else column.index[rows]
+            key = column.values[at]
             if key.dtype == bool:
                 key = key.astype(np.int8)
             if attr.spec.age_of:
                 key = frame.now - key
             if column.null is not None:
-                key = np.where(column.null[rows], -np.inf, key.astype(np.float64))
+                key = np.where(column.null[at], -np.inf, key.astype(np.float64))
         elif isinstance(column, Coded):
+            at = rows if column.index is None else column.index[rows]
             if attr.type.kind is Kind.ENUM:
                 ranks = np.array([PHASE_RANK.get(v, -1) for v in column.table], dtype=np.int64)
-                key = ranks[column.codes[rows]]
+                key = ranks[column.codes[at]]
             else:
-                key = _text_ranks([column.table[c] for c in column.codes[rows].tolist()])
+                key = _text_ranks([column.table[c] for c in column.codes[at].tolist()])
         else:
             values = ([column.value(k) for k in column.keys[rows].tolist()]
                       if column.value is not None else
@@ -236,13 +244,15 @@ def _leaf(node: ir.Cond, attr: ir.Attr, column: Column, frame: Frame,
           active: np.ndarray) -> np.ndarray:
     if isinstance(column, Numeric):
         result = _numeric(node, attr, column, frame.now)
-        if result is not None:
-            return result & active
-        return _by_distinct_numbers(node, column, frame, active)
+        if result is None:
+            return _by_distinct_numbers(node, column, frame, active)
+        if column.index is not None:
+            result = result[column.index]
+        return result & active
     fn = scalar_leaf(node)
     now = frame.now
     if isinstance(column, Coded):
-        codes = column.codes
+        codes = column.codes if column.index is None else column.codes[column.index]
         table = np.zeros(len(column.table), dtype=bool)
         # only the values present (a storage table has holes for storages not judged)
         present = np.flatnonzero(np.bincount(codes[active], minlength=len(column.table)))
@@ -307,8 +317,9 @@ def _by_distinct_numbers(node: ir.Cond, column: Numeric, frame: Frame,
                          active: np.ndarray) -> np.ndarray:
     """A leaf with no array form (a set test on a number): the scalar code per distinct value."""
     fn = scalar_leaf(node)
-    values = column.values[active]
-    null = column.null[active] if column.null is not None else None
+    at = active if column.index is None else column.index[active]
+    values = column.values[at]
+    null = column.null[at] if column.null is not None else None
     distinct, inverse = np.unique(values, return_inverse=True)
     table = np.array([fn(v, frame.now) for v in distinct.tolist()] or [False], dtype=bool)
     hit = table[inverse]
