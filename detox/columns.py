@@ -176,8 +176,8 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
 
     def encode(self) -> Iterator[tuple[str, Any]]:
         """The decisions in ``inventory.decisions``' column encoding, as the map's
-        ``ENCODED_PAIRS`` (key, value) pairs, each built when asked for: the caller packs and compresses
-        one at a time, so only one column's bytes exist at once."""
+        ``ENCODED_PAIRS`` (key, value) pairs, each built when asked for: the caller packs and
+        compresses one at a time, so only one column's bytes exist at once."""
         replicas, index = self._snap.replicas, self.index
         # items in first-decision order, numbered densely: a replica's item is its position
         item_rows = replicas["item"][index]
@@ -221,7 +221,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     i_state = items["state"]
     expiring = (i_state == model.READY) & (items["expire_at"] <= now)
     expiring_rows = np.flatnonzero(expiring)
-    plan.expirations = [snap.oid_text(r) for r in expiring_rows.tolist()]
+    plan.expirations = snap.oid_texts(expiring_rows)
     expired = expiring | (i_state == model.EXPIRED) | (i_state == model.DELETED)
     state_now = np.where(expiring, model.EXPIRED, i_state)
 
@@ -361,13 +361,21 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             return SAFETY_PHASE
         return None
 
-    deleted_rows: list[int] = []
-    deleted_codes: list[int] = []
+    decided_rows: list[int] = []  # the deletions' and the safety net's decisions
+    decided_codes: list[int] = []
     protected: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    # the deletions, column-wise: Deletion objects (and oid texts) are made once at the end
+    del_items: list[int] = []
+    del_sids: list[int] = []
+    del_sizes: list[int] = []
+    del_rules: list[tuple[str, int]] = []
 
-    def plan_deletion(index: int, item: int, sid: int, state: int, nbytes: int, label: str,
-                      line: int) -> None:
-        plan.deletions.append(Deletion(snap.oid_text(item), sid, nbytes, label, line))
+    def plan_deletion(index: int, item: int, sid: int, state: int, nbytes: int,
+                      rule: tuple[str, int]) -> None:
+        del_items.append(item)
+        del_sids.append(sid)
+        del_sizes.append(nbytes)
+        del_rules.append(rule)
         if state == _COMPLETE:
             gone_copies[item] += 1
             gone_weight[item] += weight_by_sid[sid]
@@ -375,18 +383,24 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         if member_of is not None and member_of[index]:
             part_used[sid] -= nbytes
 
-    def delete_if_safe(index: int, rule: Any) -> bool:
-        item, sid, state = int(r_item[index]), int(r_sid[index]), int(r_state[index])
-        nbytes = int(size[index])
+    def delete_if_safe(index: int, item: int, sid: int, state: int, nbytes: int,
+                       rule: Any) -> bool:
+        """Plan a rule's deletion unless the safety net forbids it (then the replica counts
+        as protected, by the safety reason). Whether it was planned."""
         reason = safety(item, sid, state)
-        deleted_rows.append(index)
+        decided_rows.append(index)
         if reason:
             protected[sid][reason] += nbytes
-            deleted_codes.append(decisions.code(SAFE, f"{reason} ({rule.label})", rule.line))
+            decided_codes.append(decisions.code(SAFE, f"{reason} ({rule.label})", rule.line))
             return False
-        plan_deletion(index, item, sid, state, nbytes, rule.label, rule.line)
-        deleted_codes.append(decisions.code(DELETED, rule.label, rule.line))
+        plan_deletion(index, item, sid, state, nbytes, (rule.label, rule.line))
+        decided_codes.append(decisions.code(DELETED, rule.label, rule.line))
         return True
+
+    def columns_of(indices: np.ndarray) -> zip:
+        """(index, item, storage, state, size) of replicas, as Python ints."""
+        return zip(indices.tolist(), r_item[indices].tolist(), r_sid[indices].tolist(),
+                   r_state[indices].tolist(), size[indices].tolist(), strict=True)
 
     # ---- 1. expired items: every settled payload goes, by oid
     expired_idx = np.flatnonzero(expired_rep)
@@ -394,9 +408,8 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         halves = items["oid"][r_item[expired_idx]].view(">u8").reshape(-1, 2)
         expired_idx = expired_idx[np.lexsort((halves[:, 1], halves[:, 0]))]
         code = decisions.code(DELETED, EXPIRED_LABEL, 0)
-        for index in expired_idx.tolist():
-            plan_deletion(index, int(r_item[index]), int(r_sid[index]), int(r_state[index]),
-                          int(size[index]), EXPIRED_LABEL, 0)
+        for index, item, sid, state, nbytes in columns_of(expired_idx):
+            plan_deletion(index, item, sid, state, nbytes, (EXPIRED_LABEL, 0))
         decisions.extend(expired_idx, code)
 
     # ---- 2. judge every other replica
@@ -440,8 +453,9 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         protected[int(sid)][rules[int(r)].label] += int(by_rule[sid, r])
 
     # ---- 3a. `delete` decisions, everywhere
-    for index, s in zip(rows[deleting].tolist(), slot[deleting].tolist(), strict=True):
-        delete_if_safe(index, rules[s])
+    for (index, item, sid, state, nbytes), s in zip(columns_of(rows[deleting]),
+                                                    slot[deleting].tolist(), strict=True):
+        delete_if_safe(index, item, sid, state, nbytes, rules[s])
 
     # ---- 3b. triggered storages: most protected first, candidates in the policy's order
     def protected_fraction(sid: int) -> float:
@@ -464,22 +478,27 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         view = storage_view(sid)
         limit = view.quota if view.quota else view.capacity
         position = 0
-        queue_rows = rows[queue].tolist()
-        queue_slots = slot[queue].tolist()
-        while position < len(queue_rows) and not satisfied(view):
-            index, s = queue_rows[position], queue_slots[position]
-            position += 1
-            if not delete_if_safe(index, rules[s]):
-                continue
-            used = part_used[sid] if view.quota else total_used[sid]
-            view.used = used
-            view.free = max(view.capacity - used, 0)
-            view.occupancy = (used / limit) if limit else 0.0
+        done = satisfied(view)  # re-checked only when a deletion changed the view
+        if not done:
+            for (index, item, c_sid, state, nbytes), s in zip(
+                    columns_of(rows[queue]), slot[queue].tolist(), strict=True):
+                position += 1
+                if not delete_if_safe(index, item, c_sid, state, nbytes, rules[s]):
+                    continue
+                used = part_used[sid] if view.quota else total_used[sid]
+                view.used = used
+                view.free = max(view.capacity - used, 0)
+                view.occupancy = (used / limit) if limit else 0.0
+                if satisfied(view):
+                    break
         rest = queue[position:]
         decisions.extend(rows[rest], not_needed[slot[rest]])
-    decisions.extend(np.array(deleted_rows, dtype=np.int64),
-                     np.array(deleted_codes, dtype=np.int32))
+    decisions.extend(np.array(decided_rows, dtype=np.int64),
+                     np.array(decided_codes, dtype=np.int32))
     decisions.finish(size)
+    plan.deletions = [Deletion(oid, sid, nbytes, label, line) for oid, sid, nbytes, (label, line)
+                      in zip(snap.oid_texts(np.array(del_items, dtype=np.int64)), del_sids,
+                             del_sizes, del_rules, strict=True)]
 
     # ---- 4. the outcome per storage
     deleted_by_storage: dict[int, list[int]] = defaultdict(lambda: [0, 0])

@@ -86,6 +86,12 @@ class ColumnSnapshot:
         """The UUID text of the item in ``row``."""
         return model.format_uuid(int.from_bytes(self.items["oid"][row].tobytes(), "big"))
 
+    def oid_texts(self, rows: np.ndarray) -> list[str]:
+        """The UUID texts of the items in ``rows``, formatted from one hex string."""
+        h = self.items["oid"][rows].tobytes().hex()
+        return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-"
+                f"{h[i + 20:i + 32]}" for i in range(0, len(h), 32)]
+
     def replica_uid_text(self, index: int) -> str:
         return model.format_uuid(
             int.from_bytes(self.items["oid"][self.replicas["item"][index]].tobytes(), "big")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -271,8 +272,8 @@ def _leaf(node: ir.Cond, attr: ir.Attr, column: Column, frame: Frame,
         needed = np.flatnonzero(wanted)
         value = column.value
         assert value is not None
-        by_key[needed] = np.fromiter((fn(value(k), now) for k in needed.tolist()), dtype=bool,
-                                     count=len(needed))
+        by_key[needed] = np.fromiter(map(fn, map(value, needed.tolist()), repeat(now)),
+                                     dtype=bool, count=len(needed))
     return by_key[keys] & active
 
 
