@@ -112,7 +112,7 @@ class ApplyDetoxPlan(Write):
             inv.put_object(cycle)
             return cycle
 
-        more, changes = persisted(items=expired, replicas=replicas, objects=ops)
+        more, changes = persisted(items=expired, replicas=replicas, created=ops)
         changes.append(("cycle", cycle))
         return Prepared(db_ops + more, apply, changes, rows=len(ops) + len(expired))
 
@@ -168,7 +168,7 @@ class ApplyDealerPlan(Write):
                 inv.put_object(obj)
             return cycle
 
-        more, changes = persisted(replicas=replicas, objects=[*ops, *done])
+        more, changes = persisted(replicas=replicas, objects=done, created=ops)
         changes.append(("cycle", cycle))
         return Prepared(db_ops + more, apply, changes, rows=len(ops))
 

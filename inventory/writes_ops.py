@@ -19,7 +19,7 @@ from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord
 from inventory.store.base import REPLICA_COLUMNS, replica_db_row
-from inventory.store.generic import upsert
+from inventory.store.generic import insert, upsert
 from inventory.store.ops import DbOp, DeleteRows, UpsertRows
 from inventory.writes import Change, Pending, Prepared, Write, item_upsert
 
@@ -48,9 +48,15 @@ _OBJECT_KINDS = {Operation: "operation", CopyRequest: "request", Cycle: "cycle"}
 
 
 def persisted(*, items: Sequence[ItemRecord] = (), replicas: Sequence[ReplicaRecord] = (),
-              objects: Sequence[Row] = ()) -> tuple[list[DbOp], list[Change]]:
-    """The database upserts and the change-feed records of changed items, replicas and small
-    objects (operations, requests, cycles): what every multi-record write ends with."""
+              objects: Sequence[Row] = (), created: Sequence[Row] = ()
+              ) -> tuple[list[DbOp], list[Change]]:
+    """The database writes and the change-feed records of changed items, replicas and small
+    objects (operations, requests, cycles): what every multi-record write ends with.
+
+    ``objects`` are upserted; ``created`` are objects this write makes with new ids (a cycle's
+    operations), inserted: a plain COPY on PostgreSQL instead of a staging table and an
+    ON CONFLICT check per row. Their change-feed records are the same either way.
+    """
     db_ops: list[DbOp] = []
     changes: list[Change] = []
     if items:
@@ -59,12 +65,13 @@ def persisted(*, items: Sequence[ItemRecord] = (), replicas: Sequence[ReplicaRec
     if replicas:
         db_ops.append(replica_upsert(replicas))
         changes.extend(("replica", r) for r in replicas)
-    by_class: dict[type, list[Row]] = {}
-    for obj in objects:
-        by_class.setdefault(type(obj), []).append(obj)
-    for cls, group in by_class.items():
-        db_ops.append(upsert(group))
-        changes.extend((_OBJECT_KINDS[cls], o) for o in group)
+    for write, group_of in ((insert, created), (upsert, objects)):
+        by_class: dict[type, list[Row]] = {}
+        for obj in group_of:
+            by_class.setdefault(type(obj), []).append(obj)
+        for cls, group in by_class.items():
+            db_ops.append(write(group))
+            changes.extend((_OBJECT_KINDS[cls], o) for o in group)
     return db_ops, changes
 
 

@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 from inventory.objects import TABLES
-from inventory.store.ops import DeleteRows, UpsertRows
+from inventory.store.ops import DeleteRows, InsertRows, UpsertRows
 
 
 def _names(columns: tuple[str, ...]) -> str:
@@ -25,6 +25,11 @@ def upsert_sql(op: UpsertRows, placeholder) -> str:
             f"ON CONFLICT ({_names(op.key)}) {conflict}")
 
 
+def insert_sql(op: InsertRows, placeholder) -> str:
+    values = ", ".join(placeholder(i) for i in range(1, len(op.columns) + 1))
+    return f'INSERT INTO "{op.table}" ({_names(op.columns)}) VALUES ({values})'
+
+
 def delete_sql(op: DeleteRows, placeholder) -> str:
     where = " AND ".join(f'"{c}" = {placeholder(i)}' for i, c in enumerate(op.key, 1))
     return f'DELETE FROM "{op.table}" WHERE {where}'
@@ -32,6 +37,8 @@ def delete_sql(op: DeleteRows, placeholder) -> str:
 
 def apply_sqlite(conn: sqlite3.Connection, op: Any) -> None:
     match op:
+        case InsertRows():
+            conn.executemany(insert_sql(op, lambda i: "?"), op.rows)
         case UpsertRows():
             conn.executemany(upsert_sql(op, lambda i: "?"), op.rows)
         case DeleteRows():
@@ -47,6 +54,10 @@ COPY_UPSERT_ROWS = 500
 
 async def apply_postgres(conn: Any, op: Any) -> None:
     match op:
+        case InsertRows() if len(op.rows) >= COPY_UPSERT_ROWS:
+            await conn.copy_records_to_table(op.table, records=op.rows, columns=op.columns)
+        case InsertRows():
+            await conn.executemany(insert_sql(op, lambda i: f"${i}"), op.rows)
         case UpsertRows() if len(op.rows) >= COPY_UPSERT_ROWS:
             await _copy_upsert(conn, op)
         case UpsertRows():
@@ -68,6 +79,13 @@ async def _copy_upsert(conn: Any, op: UpsertRows) -> None:
     conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
     await conn.execute(f'INSERT INTO "{op.table}" ({names}) SELECT {names} FROM "{staging}" '
                        f"ON CONFLICT ({_names(op.key)}) {conflict}")
+
+
+def insert(objects: list, uuid_out=None) -> InsertRows:
+    """The InsertRows writing these new objects (all of one ``objects.Row`` class)."""
+    cls = type(objects[0])
+    rows = [o.db_row() if uuid_out is None else o.db_row(uuid_out) for o in objects]
+    return InsertRows(cls.table, cls.columns(), rows)
 
 
 def upsert(objects: list, uuid_out=None) -> UpsertRows:

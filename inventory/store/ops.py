@@ -23,6 +23,16 @@ class InsertReplicas:
 
 
 
+@dataclass(slots=True, frozen=True)
+class InsertRows:
+    """Insert new rows, never replacing one (a duplicate key is a constraint error): the bulk
+    path for objects a write creates, e.g. a cycle's queued operations. PostgreSQL COPYs them
+    straight into the table, without the staging table and ON CONFLICT check of an upsert."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple]
+
 
 @dataclass(slots=True, frozen=True)
 class UpsertRows:
@@ -42,4 +52,4 @@ class DeleteRows:
     rows: list[tuple]
 
 
-DbOp = InsertStorage | InsertItems | InsertReplicas | UpsertRows | DeleteRows
+DbOp = InsertStorage | InsertItems | InsertReplicas | InsertRows | UpsertRows | DeleteRows
