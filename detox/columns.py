@@ -79,15 +79,16 @@ def needed_fields(policy: Policy) -> list[str]:
     return out
 
 
-def exact_sums(keys: np.ndarray, values: np.ndarray, n: int,
+def exact_sums(keys: np.ndarray, values: np.ndarray, n: int, *, at: np.ndarray | None = None,
                chunk: int = 1 << 20) -> np.ndarray:
-    """Per key, the exact int64 sum of ``values``: ``bincount`` adds in float64, which loses
-    bytes past 2**53; split into 24-bit halves, each half's sums stay exact. A chunk at a
-    time, so the float copies stay small."""
+    """Per key, the exact int64 sum of ``values`` (of ``values[at]`` with ``at``):
+    ``bincount`` adds in float64, which loses bytes past 2**53; split into 24-bit halves,
+    each half's sums stay exact. A chunk at a time, so the float copies stay small."""
     out = np.zeros(n, dtype=np.int64)
     for lo in range(0, len(keys), chunk):
         k = keys[lo:lo + chunk]
-        v = values[lo:lo + chunk].astype(np.int64, copy=False)
+        v = (values[lo:lo + chunk] if at is None else values[at[lo:lo + chunk]]).astype(
+            np.int64, copy=False)
         low = np.bincount(k, weights=v & 0xFFFFFF, minlength=n)
         high = np.bincount(k, weights=v >> 24, minlength=n)
         out += (high.astype(np.int64) << 24) + low.astype(np.int64)
@@ -95,9 +96,10 @@ def exact_sums(keys: np.ndarray, values: np.ndarray, n: int,
 
 
 class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
-    """Every replica's decision as four columns (replica index, code, size) and the table of
+    """Every replica's decision as two columns (replica position, code) and the table of
     kinds, read as ``(uid, storage id, outcome, rule label, rule line, size)`` tuples like
-    ``detox.planner.Decisions``."""
+    ``detox.planner.Decisions``: 6 bytes a decision (sizes are read from the plan's size
+    column when asked for)."""
 
     ENCODED_PAIRS = 8
 
@@ -106,9 +108,9 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
         self.kinds: list[tuple[str, str, int]] = []
         self._code_of: dict[tuple[str, str, int], int] = {}
         self._parts: list[tuple[np.ndarray, np.ndarray]] = []
-        self._index: np.ndarray | None = None
-        self._codes: np.ndarray | None = None
-        self.sizes: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.index = np.zeros(0, dtype=np.int32)  # replica positions, once finished
+        self.codes = np.zeros(0, dtype=np.int16)
+        self._size_of = np.zeros(0, dtype=np.int64)
 
     def code(self, outcome: str, label: str, line: int) -> int:
         key = (outcome, label, line)
@@ -119,36 +121,23 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
         return code
 
     def extend(self, replicas: np.ndarray, codes: np.ndarray | int) -> None:
-        replicas = np.asarray(replicas, dtype=np.int64)
-        if np.isscalar(codes) or np.ndim(codes) == 0:
-            codes = np.full(len(replicas), codes, dtype=np.int32)
-        self._parts.append((replicas, np.asarray(codes, dtype=np.int32)))
-        self._index = None
+        """Add decisions (before ``finish``)."""
+        replicas = np.asarray(replicas).astype(np.int32, copy=False)
+        if np.ndim(codes) == 0:
+            codes = np.full(len(replicas), codes, dtype=np.int16)
+        self._parts.append((replicas, np.asarray(codes).astype(np.int16, copy=False)))
 
-    def _join(self) -> None:
-        if self._index is None:
-            parts = self._parts or [(np.zeros(0, np.int64), np.zeros(0, np.int32))]
-            self._index = np.concatenate([p[0] for p in parts])
-            self._codes = np.concatenate([p[1] for p in parts])
-            self._parts = [(self._index, self._codes)]
-            self.sizes = self._sizes[self._index]
-
-    def finish(self, sizes: np.ndarray) -> None:
-        self._sizes = sizes
-        self._index = None
-        self._join()
+    def finish(self, size_of: np.ndarray) -> None:
+        """Join what was added; ``size_of`` is the size of every replica of the snapshot."""
+        if self._parts:
+            self.index = np.concatenate([p[0] for p in self._parts])
+            self.codes = np.concatenate([p[1] for p in self._parts])
+        self._parts = []
+        self._size_of = size_of
 
     @property
-    def index(self) -> np.ndarray:
-        self._join()
-        assert self._index is not None
-        return self._index
-
-    @property
-    def codes(self) -> np.ndarray:
-        self._join()
-        assert self._codes is not None
-        return self._codes
+    def sizes(self) -> np.ndarray:
+        return self._size_of[self.index]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -163,15 +152,16 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
 
     def rows(self, lo: int, hi: int) -> Iterator[tuple[str, int, str, str, int, int]]:
         snap = self._snap
-        for i, code, size in zip(self.index[lo:hi].tolist(), self.codes[lo:hi].tolist(),
-                                 self.sizes[lo:hi].tolist(), strict=True):
+        index = self.index[lo:hi]
+        for i, code, size in zip(index.tolist(), self.codes[lo:hi].tolist(),
+                                 self._size_of[index].tolist(), strict=True):
             outcome, label, line = self.kinds[code]
             yield (snap.replica_uid_text(i), int(snap.replicas["storage_id"][i]), outcome,
                    label, line, size)
 
     def totals(self) -> tuple[list[int], list[int]]:
         count = np.bincount(self.codes, minlength=len(self.kinds)).tolist()
-        size = exact_sums(self.codes, self.sizes, len(self.kinds)).tolist()
+        size = exact_sums(self.codes, self._size_of, len(self.kinds), at=self.index).tolist()
         return count, size
 
     def encode(self) -> Iterator[tuple[str, Any]]:
@@ -193,7 +183,7 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
         del mark, item_rows
         yield "storage_id", replicas["storage_id"][index].astype("<u2").tobytes()
         yield "code", self.codes.astype("<i4").tobytes()
-        yield "size", self.sizes.astype("<i8").tobytes()
+        yield "size", self.sizes.astype("<i8", copy=False).tobytes()
 
 
 def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
@@ -232,9 +222,16 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     complete = r_state == _COMPLETE
     gone_state = np.isin(r_state, _GONE)
     counted = ~gone_state
-    copies = np.bincount(r_item[complete], minlength=n_items)
-    weight = np.bincount(r_item[complete], weights=phase_weight[r_sid[complete]],
-                         minlength=n_items).astype(np.int64)
+    complete_items = r_item[complete]
+    copies = np.bincount(complete_items, minlength=n_items).astype(np.int32)
+    # per item, the sum of its complete copies' phase weights: one count per weight (0-4)
+    weight = np.zeros(n_items, dtype=np.int32)
+    complete_weights = phase_weight.astype(np.int8)[r_sid[complete]]
+    for w in np.unique(complete_weights).tolist():
+        if w:
+            weight += w * np.bincount(complete_items[complete_weights == w],
+                                      minlength=n_items).astype(np.int32)
+    del complete_items, complete_weights
     total_used = dict.fromkeys(storage_by_id, 0)
     sums = exact_sums(r_sid[counted], size[counted], n_sids)
     for sid in np.flatnonzero(sums).tolist():
@@ -418,7 +415,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     judged = ~expired[r_item] & on_storage[r_sid] & counted
     if member is not None:
         judged &= member
-    rows = np.flatnonzero(judged)
+    rows = np.flatnonzero(judged).astype(np.int32)
     f = frame(rows, works_on)
     inside = np.ones(len(rows), dtype=bool)
     if partition.members is not None:

@@ -272,10 +272,14 @@ def _leaf(node: ir.Cond, attr: ir.Attr, column: Column, frame: Frame,
         needed = np.flatnonzero(wanted)
         value = column.value
         assert value is not None
-        by_key[needed] = np.fromiter(map(fn, map(value, needed.tolist()), repeat(now)),
-                                     dtype=bool, count=len(needed))
+        for lo in range(0, len(needed), _LAZY_CHUNK):  # no list of millions of ints at once
+            chunk = needed[lo:lo + _LAZY_CHUNK]
+            by_key[chunk] = np.fromiter(map(fn, map(value, chunk.tolist()), repeat(now)),
+                                        dtype=bool, count=len(chunk))
     return by_key[keys] & active
 
+
+_LAZY_CHUNK = 1 << 16
 
 _OPS: dict[str, Callable[[Any, Any], np.ndarray]] = {
     "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
