@@ -259,7 +259,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
 
         def parent_name(k: int) -> str | None:
             parent = int(items["parent"][k])
-            return None if parent < 0 or snap.names is None else snap.names[parent]
+            return None if parent < 0 or not snap.has_names else snap.name(parent)
 
         def storage_column(name: str) -> Coded:
             table = [None] * n_sids
@@ -268,7 +268,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             return Coded(rs, table)
 
         builders: dict[tuple[str, str], Any] = {
-            ("item", "name"): lambda: Lazy(ri, n_items, value=snap.names.__getitem__),
+            ("item", "name"): lambda: Lazy(ri, n_items, value=snap.name),
             ("item", "version"): lambda: item_numeric(items["version"]),
             ("item", "type"): lambda: Coded(items["type"], model.ITEM_TYPES, ri),
             ("item", "state"): lambda: Coded(state_now, model.ITEM_STATES, ri),

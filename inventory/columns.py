@@ -19,8 +19,10 @@ Layout of the stream (msgpack objects, one after the other):
    gives their row counts, ``names`` the owner and group tables their codes index;
 2. ``["storages", [wire storage records]]``;
 3. ``["column", table, column, bytes]``: a chunk of a fixed-width column, in row order;
-4. ``["strings", "item", "name", [str, ...]]`` and ``["sparse", table, column, [[row, value],
-   ...]]`` (item metadata, replica expiry: set on few rows);
+4. ``["text", "item", "name", bytes, lengths]``: a chunk of names as UTF-8, one after the
+   other, and their lengths in bytes (``<i4``): the client keeps the bytes and decodes only the
+   names a policy reads, instead of making 10M string objects; ``["sparse", table, column,
+   [[row, value], ...]]`` (item metadata, replica expiry: set on few rows);
 5. ``["end", {"version"}]``.
 
 Rows are the server's row numbers: a replica row whose ``item`` is -1 is empty (a removed
@@ -62,8 +64,9 @@ OPTIONAL = ("name", "metadata")  # sent when asked for: ?with=name,metadata
 class ColumnSnapshot:
     """The inventory at ``version`` as numpy columns (``items[...]``, ``replicas[...]``: one
     row per item / live replica), the storages as wire records, the owner and group tables,
-    and what was asked of the optional fields: ``names`` (a list by item row) and
-    ``metadata`` (item row -> dict, only items that have some)."""
+    and what was asked of the optional fields: the item names (``name(row)``; UTF-8 bytes
+    and offsets, decoded when read) and ``metadata`` (item row -> dict, only items that have
+    some)."""
 
     version: int
     storages: list[Sequence[Any]]
@@ -71,8 +74,26 @@ class ColumnSnapshot:
     replicas: dict[str, np.ndarray]
     owners: list[str | None] = field(default_factory=lambda: [None])
     groups: list[str | None] = field(default_factory=lambda: [None])
-    names: list[str] | None = None
+    name_bytes: bytes | None = None
+    name_offsets: np.ndarray | None = None  # item row -> start in name_bytes (one more: end)
     metadata: dict[int, Any] | None = None
+
+    @property
+    def has_names(self) -> bool:
+        return self.name_offsets is not None
+
+    def name(self, row: int) -> str:
+        """The name of the item in ``row`` (the snapshot must have been asked for names)."""
+        offsets = self.name_offsets
+        assert offsets is not None and self.name_bytes is not None, "snapshot without names"
+        return self.name_bytes[offsets[row]:offsets[row + 1]].decode()
+
+    @property
+    def names(self) -> list[str] | None:
+        """Every name, decoded (tests and small inventories)."""
+        if self.name_offsets is None:
+            return None
+        return [self.name(row) for row in range(len(self.name_offsets) - 1)]
 
     @property
     def item_count(self) -> int:
@@ -166,7 +187,9 @@ async def encode_stream(copied: dict[str, Any], storage_wire: Callable[[Any], An
     names = copied.get("names")
     if names is not None:
         for lo in range(0, len(names), TEXT_CHUNK):
-            yield pack(["strings", "item", "name", names[lo:lo + TEXT_CHUNK]])
+            encoded = [name.encode() for name in names[lo:lo + TEXT_CHUNK]]
+            lengths = np.fromiter(map(len, encoded), dtype="<i4", count=len(encoded))
+            yield pack(["text", "item", "name", b"".join(encoded), lengths.tobytes()])
             await asyncio.sleep(0)
     metadata = copied.get("metadata")
     if metadata is not None:
@@ -187,7 +210,8 @@ class ColumnReader:
         self._buffers: dict[tuple[str, str], bytearray] = {}
         self._filled: dict[tuple[str, str], int] = {}
         self.storages: list[Sequence[Any]] = []
-        self.names: list[str] | None = None
+        self.names: bytearray | None = None  # UTF-8, one name after the other
+        self.name_lengths: list[np.ndarray] = []
         self.metadata: dict[int, Any] | None = None
         self.replica_expire: list[tuple[int, float]] = []
         self.ended: int | None = None
@@ -208,7 +232,7 @@ class ColumnReader:
                     self._filled[table, name] = 0
                     self.total += size
             if "names" in obj.get("optional", ()):
-                self.names = []
+                self.names = bytearray()
             if "metadata" in obj.get("optional", ()):
                 self.metadata = {}
             return
@@ -220,8 +244,9 @@ class ColumnReader:
             self._buffers[key][at:at + len(data)] = data
             self._filled[key] = at + len(data)
             self.received += len(data)
-        elif kind == "strings":
+        elif kind == "text":
             self.names.extend(obj[3])  # type: ignore[union-attr]
+            self.name_lengths.append(np.frombuffer(obj[4], dtype="<i4"))
         elif kind == "sparse":
             _, table, name, pairs = obj
             if table == "item":
@@ -256,9 +281,23 @@ class ColumnReader:
         if not live.all():  # rows removed replicas left empty
             replicas = {name: column[live] for name, column in replicas.items()}
         names = self.header["names"]
+        offsets = None
+        if self.names is not None:
+            offsets = name_offsets(self.name_lengths)
+            if len(offsets) != len(items["state"]) + 1 or offsets[-1] != len(self.names):
+                raise ValueError("item names do not match the items")
         return ColumnSnapshot(self.ended, self.storages, items, replicas,
-                              list(names["owner"]), list(names["group"]), self.names,
+                              list(names["owner"]), list(names["group"]),
+                              None if self.names is None else bytes(self.names), offsets,
                               self.metadata)
+
+
+def name_offsets(lengths: Sequence[np.ndarray]) -> np.ndarray:
+    """Where each name starts, from the names' lengths (and where the last one ends)."""
+    offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
+    if len(offsets) > 1:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    return offsets
 
 
 def from_records(version: int, storages: Sequence[Sequence[Any]],
@@ -321,5 +360,8 @@ def from_records(version: int, storages: Sequence[Sequence[Any]],
         "expire_at": times([r[fr["expire_at"]] for r in live]),
     }
     metadata = {row: r[fi["metadata"]] for row, r in enumerate(recs) if r[fi["metadata"]]}
+    encoded = [name.encode() for name in col("item_name")]
     return ColumnSnapshot(version, list(storages), items_out, reps_out, owners, groups,
-                          col("item_name"), metadata)
+                          b"".join(encoded),
+                          name_offsets([np.array(list(map(len, encoded)), dtype=np.int64)]),
+                          metadata)
