@@ -203,6 +203,16 @@ async def test_cycle_start_past_year_9999_is_refused(http: aiohttp.ClientSession
     {"columns": ["storage_id"], "rows": [5, [1]]},
     {"columns": ["storage_id", "outcome"], "rows": [[1]]},
     {"columns": ["storage_id"], "rows": [[[1]]]},
+    # the column planner's encoding: columns of different lengths, a code past the kinds,
+    # an item index past the oids, a column not a whole number of values
+    {"format": "columns", "kinds": [["keep", "x", 1]], "oids": b"\0" * 16,
+     "item": b"\0" * 8, "storage_id": b"\1\0", "code": b"\0" * 4, "size": b"\0" * 8},
+    {"format": "columns", "kinds": [["keep", "x", 1]], "oids": b"\0" * 16,
+     "item": b"\0" * 4, "storage_id": b"\1\0", "code": b"\5\0\0\0", "size": b"\0" * 8},
+    {"format": "columns", "kinds": [["keep", "x", 1]], "oids": b"\0" * 16,
+     "item": b"\3\0\0\0", "storage_id": b"\1\0", "code": b"\0" * 4, "size": b"\0" * 8},
+    {"format": "columns", "kinds": [["keep", "x", 1]], "oids": b"\0" * 16,
+     "item": b"\0" * 5, "storage_id": b"\1\0", "code": b"\0" * 4, "size": b"\0" * 8},
 ])
 async def test_malformed_decisions_are_an_empty_page(http: aiohttp.ClientSession,
                                                      decisions: dict) -> None:
