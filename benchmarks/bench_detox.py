@@ -237,6 +237,7 @@ async def run(args: argparse.Namespace) -> int:
             async with TimedClient(server.url, token="", timeout=3600) as client:
                 client.marks = {}
                 client.server_pid = server.proc.pid
+                await generate.checkpoint(ADMIN)
                 await asyncio.sleep(1.0)
                 load = os.getloadavg()
                 t0 = time.perf_counter()

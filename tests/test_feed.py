@@ -45,14 +45,12 @@ async def test_snapshot_taken_while_writes_land_is_consistent(server):
                                            "size": 1} for i in range(200))
 
     task = asyncio.create_task(writer())
-    snaps = []
+    taken = 0
     while not task.done():
-        snaps.append(await server.client.snapshot())
-    await task
-    final = await server.client.snapshot()
-    assert len(final.items) == 10 + 20 * 200
-    for snap in snaps:
-        # a snapshot at version V holds exactly what V committed: whole batches only
+        # each snapshot checked as it comes (keeping them all grew to gigabytes when the
+        # writer was slow): at version V it holds exactly what V committed, whole batches only
+        snap = await server.client.snapshot()
+        taken += 1
         batches = {}
         for record in snap.items.values():
             if record[1].startswith("w/"):
@@ -60,6 +58,11 @@ async def test_snapshot_taken_while_writes_land_is_consistent(server):
                 batches[record[1].split("/")[1]] += 1
         assert all(count == 200 for count in batches.values()), batches
         assert len(snap.replicas) == len(snap.items)
+        await asyncio.sleep(0.01)  # let the writer's batches through between snapshots
+    await task
+    assert taken
+    final = await server.client.snapshot()
+    assert len(final.items) == 10 + 20 * 200
 
 
 async def test_changes_follow_a_snapshot_exactly(server):
