@@ -558,6 +558,16 @@ def _large_binary(value: Any) -> bool:
     return isinstance(value, bytes | bytearray | memoryview) and len(value) >= _LARGE
 
 
+def _bin_header(n: int) -> bytes:
+    """The msgpack header of a bin of ``n`` bytes (bin 8, 16 or 32; msgpack's Packer has no
+    method for it)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
 async def _packed_parts(body: dict[str, Any]) -> AsyncIterator[bytes | memoryview]:
     """``body`` as msgpack, a part at a time: small values packed together, each large binary
     value as its header followed by the value itself."""
@@ -566,7 +576,7 @@ async def _packed_parts(body: dict[str, Any]) -> AsyncIterator[bytes | memoryvie
     for key, value in body.items():
         pending += packer.pack(key)
         if _large_binary(value):
-            pending += packer.pack_bin_header(len(value))
+            pending += _bin_header(len(value))
             yield bytes(pending)
             pending.clear()
             yield memoryview(value)

@@ -112,3 +112,37 @@ async def test_unknown_optional_field_is_refused(server):
     with pytest.raises(errors.BadRequest) as e:
         await server.client.column_snapshot(["names"])
     assert e.value.field == "with" and "'names'" in str(e.value)
+
+
+
+@pytest.mark.parametrize("n", [0, 255, 256, 65535, 65536, 70000])
+def test_bin_headers_of_every_width(n):
+    import msgpack
+
+    from inventory.client import _bin_header
+
+    assert msgpack.unpackb(_bin_header(n) + b"x" * n) == b"x" * n
+
+
+async def test_a_plan_with_large_binary_values_is_posted_in_parts(server, tmp_path):
+    """A plan's decisions (~100 MB at 10M replicas) are sent from where they are, not packed
+    into a second copy: the server must store exactly the bytes sent."""
+    import msgpack
+
+    from detox.cycle import plan_header
+    from inventory.client import _packed_parts
+    from inventory.server.state import STATE
+
+    body = {"policy_name": "all", "decisions": bytes(range(256)) * 8192, "summary": {"n": 1}}
+    parts = [bytes(p) async for p in _packed_parts(body)]
+    assert len(parts) == 3 and b"".join(parts) == msgpack.packb(body, use_bin_type=True)
+
+    c = server.client
+    await populate(c, tmp_path)
+    policy = load_policy_text(DROP_DISK2, "drop.policy")
+    blob = bytes(range(256)) * 8192 + b"end"  # over the 1 MiB threshold
+    answer = await c.post_msgpack("/v1/cycles/detox", {
+        **plan_header(policy, DROP_DISK2, 0, 1.7e9), "expirations": [], "deletions": [],
+        "summary": {}, "decisions": blob})
+    stored = await server.app[STATE].store.cycle_decisions(answer["id"])
+    assert bytes(stored) == blob
