@@ -682,11 +682,13 @@ class Inventory:
         size = self.r_size[row]
         return size if size >= 0 else max(self.i_size[self.r_item[row]], 0)
 
-    def replica_record(self, row: int) -> ReplicaRecord:
+    def replica_record(self, row: int, state: int | None = None) -> ReplicaRecord:
+        """The replica in ``row`` (with ``state`` instead of its own, when given)."""
         size = self.r_size[row]
         return ReplicaRecord(
             self.i_oid[self.r_item[row]], self.r_storage[row], self.r_uri.get(row),
-            self.r_state[row], None if size < 0 else size, self.r_checksum.get(row),
+            self.r_state[row] if state is None else state, None if size < 0 else size,
+            self.r_checksum.get(row),
             self.r_created[row], self.r_expire.get(row), model.opt_time(self.r_verified[row]),
         )
 

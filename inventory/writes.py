@@ -80,6 +80,15 @@ class Pending:
         row = inv.row_of_oid(oid)
         return None if row is None else inv.item_record(row)
 
+    def item_state(self, inv: Inventory, oid: int) -> int | None:
+        """``item(inv, oid).state`` without building the record (a Detox plan asks it for
+        every deletion)."""
+        rec = self.items.get(oid)
+        if rec is not None:
+            return rec.state
+        row = inv.row_of_oid(oid)
+        return None if row is None else inv.i_state[row]
+
     def has_replica(self, inv: Inventory, oid: int, storage_id: int) -> bool:
         return ((oid, storage_id) in self.new_replicas
                 or inv.replica_row(oid, storage_id) is not None)

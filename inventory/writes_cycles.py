@@ -82,8 +82,9 @@ class ApplyDetoxPlan(Write):
                     or key in pending.new_replicas:
                 dropped["changed"] += 1
                 continue
-            item = items.get(oid) or pending.item(inv, oid)
-            live = item.state not in (model.EXPIRED, model.DELETED)
+            expiring = items.get(oid)
+            state = expiring.state if expiring is not None else pending.item_state(inv, oid)
+            live = state not in (model.EXPIRED, model.DELETED)
             if live and key in pins:
                 dropped["pinned"] += 1  # a user asked for this copy until a later time
                 continue
@@ -91,7 +92,7 @@ class ApplyDetoxPlan(Write):
                 dropped["safety"] += 1
                 continue
             deleting.add(key)
-            replicas.append(inv.replica_record(row)._replace(state=DELETING))
+            replicas.append(inv.replica_record(row, state=DELETING))
             op_id = pending.next_id("operation", inv.operations)
             ops.append(Operation(op_id, "delete", oid, None, storage_id, "detox", "queued", 0,
                                  None, now, now))

@@ -109,3 +109,29 @@ async def test_a_detox_cycle_leaves_rows_a_restart_loads_back(db_url, tmp_path):
               for oid, i in zip(oids, items_before, strict=True)}
     assert states == {oids[0]: ("EXPIRED", ["deleting"]), oids[1]: ("EXPIRED", ["deleting"]),
                       oids[2]: ("READY", ["complete"]), oids[3]: ("READY", ["complete"])}
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_leaves_room_for_hot_updates_and_no_operation_item_key(pg_url,
+                                                                                     tmp_path):
+    """Migration 5: replica and item pages keep room for a row's next version (a cycle's state
+    changes are HOT updates, no new index entries) and operations do not lock their item."""
+    import asyncpg
+
+    store = open_store(pg_url, str(tmp_path))
+    await store.open()
+    try:
+        assert await store.schema_version() == 5
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        options = dict(await conn.fetch(
+            "SELECT relname, reloptions FROM pg_class WHERE relname IN ('replica', 'data_item')"))
+        assert options == {"replica": ["fillfactor=85"], "data_item": ["fillfactor=90"]}
+        keys = {r["conname"] for r in await conn.fetch(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'operation'::regclass "
+            "AND contype = 'f'")}
+        assert keys == {"operation_source_id_fkey", "operation_target_id_fkey"}
+    finally:
+        await conn.close()
