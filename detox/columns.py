@@ -257,9 +257,16 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             value = np.where(valid, access * np.power(0.5, elapsed / half_life), 0.0)
             return Numeric(value, None, ri)
 
-        def parent_name(k: int) -> str | None:
-            parent = int(items["parent"][k])
-            return None if parent < 0 or not snap.has_names else snap.name(parent)
+        def parent_names(keys: np.ndarray) -> list[str | None]:
+            parents = items["parent"][keys]
+            if not snap.has_names:
+                return [None] * len(keys)
+            named = parents >= 0
+            out: list[str | None] = [None] * len(keys)
+            for at, name in zip(np.flatnonzero(named).tolist(),
+                                snap.names_of(parents[named]), strict=True):
+                out[at] = name
+            return out
 
         def storage_column(name: str) -> Coded:
             table = [None] * n_sids
@@ -268,7 +275,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             return Coded(rs, table)
 
         builders: dict[tuple[str, str], Any] = {
-            ("item", "name"): lambda: Lazy(ri, n_items, value=snap.name),
+            ("item", "name"): lambda: Lazy(ri, n_items, values_of=snap.names_of),
             ("item", "version"): lambda: item_numeric(items["version"]),
             ("item", "type"): lambda: Coded(items["type"], model.ITEM_TYPES, ri),
             ("item", "state"): lambda: Coded(state_now, model.ITEM_STATES, ri),
@@ -285,7 +292,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             ("item", "access_count"): lambda: item_numeric(items["access_count"]),
             ("item", "last_access"): lambda: item_numeric(items["last_access"],
                                                            np.isnan(items["last_access"])),
-            ("item", "parent"): lambda: Lazy(ri, n_items, value=parent_name),
+            ("item", "parent"): lambda: Lazy(ri, n_items, values_of=parent_names),
             ("item", "owner"): lambda: Coded(items["owner"], snap.owners, ri),
             ("item", "group"): lambda: Coded(items["group"], snap.groups, ri),
             ("replica", "storage"): lambda: Coded(rs, name_table),

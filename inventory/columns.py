@@ -88,6 +88,13 @@ class ColumnSnapshot:
         assert offsets is not None and self.name_bytes is not None, "snapshot without names"
         return self.name_bytes[offsets[row]:offsets[row + 1]].decode()
 
+    def names_of(self, rows: np.ndarray) -> list[str]:
+        """The names of the items in ``rows``, decoded in one pass."""
+        offsets, data = self.name_offsets, self.name_bytes
+        assert offsets is not None and data is not None, "snapshot without names"
+        return [str(data[start:end], "utf-8") for start, end in
+                zip(offsets[rows].tolist(), offsets[rows + 1].tolist(), strict=True)]
+
     @property
     def names(self) -> list[str] | None:
         """Every name, decoded (tests and small inventories)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 from inventory import model
 from inventory.errors import BadRequest, Conflict, NotFound
@@ -61,17 +62,17 @@ def persisted(*, items: Sequence[ItemRecord] = (), replicas: Sequence[ReplicaRec
     changes: list[Change] = []
     if items:
         db_ops.append(item_upsert(items))
-        changes.extend(("item", r) for r in items)
+        changes.extend(zip(repeat("item"), items))
     if replicas:
         db_ops.append(replica_upsert(replicas))
-        changes.extend(("replica", r) for r in replicas)
+        changes.extend(zip(repeat("replica"), replicas))
     for write, group_of in ((insert, created), (upsert, objects)):
         by_class: dict[type, list[Row]] = {}
         for obj in group_of:
             by_class.setdefault(type(obj), []).append(obj)
         for cls, group in by_class.items():
             db_ops.append(write(group))
-            changes.extend((_OBJECT_KINDS[cls], o) for o in group)
+            changes.extend(zip(repeat(_OBJECT_KINDS[cls]), group))
     return db_ops, changes
 
 
@@ -388,5 +389,5 @@ class MarkReplica(Write):
         if items:
             db_ops.append(item_upsert(items))
         changes: list[Change] = [("replica", replica)]
-        changes.extend(("item", r) for r in items)
+        changes.extend(zip(repeat("item"), items))
         return Prepared(db_ops, apply, changes)

@@ -62,12 +62,13 @@ class Coded:
 @dataclass(slots=True)
 class Lazy:
     """A value per key (an item), computed only for the keys that still need it: ``keys[row]``
-    is the row's key, ``value(key)`` its value. With ``sparse`` (key -> value for the few keys
-    that have one) every other key has ``default``: the leaf is evaluated once for those."""
+    is the row's key, ``values_of(array of keys)`` their values, in bulk. With ``sparse`` (key
+    -> value for the few keys that have one) every other key has ``default``: the leaf is
+    evaluated once for those."""
 
     keys: np.ndarray
     key_count: int
-    value: Callable[[int], Any] | None = None
+    values_of: Callable[[np.ndarray], Sequence[Any]] | None = None
     sparse: Mapping[int, Any] | None = None
     default: Any = None
 
@@ -218,8 +219,8 @@ def sort_keys(keys: Sequence[tuple[ir.Attr, bool]], frame: Frame,
             else:
                 key = _text_ranks([column.table[c] for c in column.codes[at].tolist()])
         else:
-            values = ([column.value(k) for k in column.keys[rows].tolist()]
-                      if column.value is not None else
+            values = (list(column.values_of(column.keys[rows]))
+                      if column.values_of is not None else
                       [column.sparse.get(k, column.default)  # type: ignore[union-attr]
                        for k in column.keys[rows].tolist()])
             key = _text_ranks(values)
@@ -270,11 +271,11 @@ def _leaf(node: ir.Cond, attr: ir.Attr, column: Column, frame: Frame,
     else:
         by_key = np.zeros(column.key_count, dtype=bool)
         needed = np.flatnonzero(wanted)
-        value = column.value
-        assert value is not None
-        for lo in range(0, len(needed), _LAZY_CHUNK):  # no list of millions of ints at once
+        values_of = column.values_of
+        assert values_of is not None
+        for lo in range(0, len(needed), _LAZY_CHUNK):  # no list of millions of values at once
             chunk = needed[lo:lo + _LAZY_CHUNK]
-            by_key[chunk] = np.fromiter(map(fn, map(value, chunk.tolist()), repeat(now)),
+            by_key[chunk] = np.fromiter(map(fn, values_of(chunk), repeat(now)),
                                         dtype=bool, count=len(chunk))
     return by_key[keys] & active
 

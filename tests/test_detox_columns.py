@@ -46,6 +46,8 @@ RULES = [
     'dismiss "versions" if item.version > 1',
     'protect "containers" if item.type == container',
     'protect "full" if storage.occupancy > 95%',
+    'protect "child" if item.parent matches "data/*"',
+    'dismiss "orphan" if item.parent == none and item.name matches /[3-5]$/',
 ]
 ORDERS = ["item.access_count ascending", "replica.size descending", "item.created ascending",
           "item.popularity ascending, replica.size descending", "item.last_access descending",
@@ -72,9 +74,10 @@ def inventories(draw):
             {"run": None}]))
         access = draw(st.integers(0, 10))
         last = draw(st.sampled_from([None, NOW - 5, NOW - 3 * DAY, NOW + 10]))
+        parent = draw(st.sampled_from([None, None, *list(items)[-3:]]))
         items[oid] = [oid, draw(st.sampled_from(["junk/", "data/", "data/1"])) + str(i),
                       draw(st.integers(1, 3)), draw(st.sampled_from(["file", "container"])),
-                      state, draw(st.sampled_from(PHASES)), size, None, None, metadata, None,
+                      state, draw(st.sampled_from(PHASES)), size, None, None, metadata, parent,
                       NOW - draw(st.integers(0, 90)) * DAY, expire, access, last,
                       draw(st.sampled_from([None, "user1", "admin"])),
                       draw(st.sampled_from(GROUPS))]
