@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from inventory.errors import Conflict, DLMError, Unavailable
@@ -94,6 +95,22 @@ class WriterStats:
     last_group_size: int = 0
     commit_seconds: float = 0.0
     in_doubt: bool = False  # a commit's outcome is unknown until the database answers
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block. A large write (a cycle's plan) makes
+    hundreds of thousands of records, and each collection the allocations trigger walks every
+    object the server keeps (the change feed's million records): seconds of a 257k-deletion
+    plan. The block never awaits, so nothing else runs meanwhile; what it made is collected
+    later as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Scheduler:
@@ -184,13 +201,14 @@ class Scheduler:
                  ) -> list[tuple[Prepared, asyncio.Future]]:
         pending = Pending()
         ready = []
-        for write, future in group:
-            if future.done():
-                continue
-            try:
-                ready.append((write.prepare(self.inventory, pending), future))
-            except DLMError as exc:
-                future.set_exception(exc)
+        with gc_paused():
+            for write, future in group:
+                if future.done():
+                    continue
+                try:
+                    ready.append((write.prepare(self.inventory, pending), future))
+                except DLMError as exc:
+                    future.set_exception(exc)
         return ready
 
     async def _committed_after_all(self, version: int, exc: StoreError) -> bool:
@@ -223,9 +241,10 @@ class Scheduler:
             changes = []
             results = []
             try:
-                for prepared, _future in ready:
-                    results.append(prepared.apply(inv))
-                    changes.extend(prepared.changes)
+                with gc_paused():
+                    for prepared, _future in ready:
+                        results.append(prepared.apply(inv))
+                        changes.extend(prepared.changes)
             except Exception as exc:
                 # The database has the transaction and memory has part of it: serving on would
                 # mean answering from an inventory that is not the database's. Stop writing;
