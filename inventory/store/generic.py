@@ -60,6 +60,10 @@ async def apply_postgres(conn: Any, op: Any) -> None:
             await conn.executemany(insert_sql(op, lambda i: f"${i}"), op.rows)
         case UpsertRows() if len(op.rows) >= COPY_UPSERT_ROWS:
             await _copy_upsert(conn, op)
+        case UpsertRows() if len(op.rows) == 1:
+            # one row (a cycle's record, its 100 MB decisions): one bind, not executemany's
+            # pipeline, which copied a large value through its growing buffers (~1 s at 100 MB)
+            await conn.execute(upsert_sql(op, lambda i: f"${i}"), *op.rows[0])
         case UpsertRows():
             await conn.executemany(upsert_sql(op, lambda i: f"${i}"), op.rows)
         case DeleteRows():
