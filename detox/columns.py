@@ -30,9 +30,9 @@ from detox.planner import (
     SAFE,
     SAFETY_LAST_COPY,
     SAFETY_PHASE,
+    CycleStorages,
     Deletion,
     DetoxPlan,
-    StorageOutcome,
 )
 from inventory import model
 from inventory.columns import ColumnSnapshot
@@ -311,15 +311,10 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         return Frame(len(rows), now, builders)
 
     # ---- storages: quotas, views, which Detox works on and which are triggered
-    quotas: dict[int, float | None] = {}
-    for sid, s in storage_by_id.items():
-        base = StorageView.build(s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]],
-                                 phase=s[_S["phase"]], attributes=s[_S["attributes"]] or {},
-                                 capacity=s[_S["capacity"]], used=total_used[sid])
-        quotas[sid] = partition.quota_for(base) if partition.uses(base) else None
-    part_used: dict[int, int] = dict.fromkeys(storage_by_id, 0)
+    book = CycleStorages(policy, snap.storages, total_used)
+    part_used = book.part_used
     member: np.ndarray | None = None
-    if any(quotas.values()):
+    if book.has_quotas:
         rows = np.flatnonzero(counted)
         inside = np.ones(len(rows), dtype=bool)
         if partition.members is not None:
@@ -328,22 +323,10 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         member[rows[inside]] = True
         sums = exact_sums(r_sid[member], size[member], n_sids)
         for sid in np.flatnonzero(sums).tolist():
-            part_used[sid] = part_used.get(sid, 0) + int(sums[sid])
+            part_used[sid] += int(sums[sid])
 
-    def storage_view(sid: int) -> StorageView:
-        s = storage_by_id[sid]
-        quota = quotas[sid]
-        used = part_used[sid] if quota else total_used[sid]
-        return StorageView.build(
-            s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]], phase=s[_S["phase"]],
-            attributes=s[_S["attributes"]] or {}, capacity=s[_S["capacity"]], used=used,
-            quota=quota)
-
-    views = {sid: storage_view(sid) for sid in storage_by_id}
-    works_on = {sid: v for sid, v in views.items() if detox.applies_to(v)}
-    triggered = {sid for sid, v in works_on.items() if detox.triggered(v)}
-    used_before = {sid: (part_used[sid] if quotas[sid] else total_used[sid]) for sid in views}
-    occ_before = {sid: views[sid].occupancy for sid in views}
+    book.begin()
+    works_on, triggered = book.works_on, book.triggered
 
     # ---- the safety net: what may go without breaking a live item
     copies_of = copies.tolist()
@@ -462,10 +445,6 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         delete_if_safe(index, item, sid, state, nbytes, rules[s])
 
     # ---- 3b. triggered storages: most protected first, candidates in the policy's order
-    def protected_fraction(sid: int) -> float:
-        used = used_before[sid] or 1
-        return sum(protected[sid].values()) / used
-
     cand_pos = np.flatnonzero(candidate)
     keys = vector.sort_keys([(k.attribute, k.descending) for k in detox.order],
                             frame(rows[cand_pos], works_on), np.arange(len(cand_pos)))
@@ -476,26 +455,12 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     bounds = np.searchsorted(cand_sids, np.arange(n_sids + 1))
     not_needed = np.array([decisions.code(KEPT, f"not needed ({r.label})", r.line)
                            for r in rules], dtype=np.int32)
-    satisfied = detox.satisfied
-    for sid in sorted(triggered, key=lambda s: (-protected_fraction(s), s)):
+    for sid in book.protected_first(protected):
         queue = cand_pos[bounds[sid]:bounds[sid + 1]]
-        view = storage_view(sid)
-        limit = view.quota if view.quota else view.capacity
-        position = 0
-        done = satisfied(view)  # re-checked only when a deletion changed the view
-        if not done:
-            for (index, item, c_sid, state, nbytes), s in zip(
-                    columns_of(rows[queue]), slot[queue].tolist(), strict=True):
-                position += 1
-                if not delete_if_safe(index, item, c_sid, state, nbytes, rules[s]):
-                    continue
-                used = part_used[sid] if view.quota else total_used[sid]
-                view.used = used
-                view.free = max(view.capacity - used, 0)
-                view.occupancy = (used / limit) if limit else 0.0
-                if satisfied(view):
-                    break
-        rest = queue[position:]
+        consumed = book.clean(sid, zip(columns_of(rows[queue]), slot[queue].tolist(),
+                                       strict=True),
+                              lambda c: delete_if_safe(*c[0], rules[c[1]]))
+        rest = queue[consumed:]
         decisions.extend(rows[rest], not_needed[slot[rest]])
     decisions.extend(np.array(decided_rows, dtype=np.int64),
                      np.array(decided_codes, dtype=np.int32))
@@ -505,16 +470,6 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
                              del_sizes, del_rules, strict=True)]
 
     # ---- 4. the outcome per storage
-    deleted_by_storage: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for d in plan.deletions:
-        deleted_by_storage[d.storage_id][0] += d.size
-        deleted_by_storage[d.storage_id][1] += 1
-    for sid in sorted(views, key=lambda s: storage_by_id[s][_S["name"]]):
-        after = storage_view(sid)
-        trig = sid in triggered
-        plan.storages.append(StorageOutcome(
-            after.name, after.capacity, quotas[sid], used_before[sid], after.used,
-            occ_before[sid], after.occupancy, trig, not trig or detox.satisfied(after),
-            deleted_by_storage[sid][0], deleted_by_storage[sid][1], dict(protected[sid])))
+    plan.storages = book.outcomes(plan.deletions, protected)
     return plan
 

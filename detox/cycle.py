@@ -24,6 +24,7 @@ from inventory import model
 from inventory.client import Client, Snapshot
 from inventory.columns import ColumnSnapshot
 from inventory.decisions import DECISION_COLUMNS
+from inventory.memory import trim_heap
 from policies import Policy
 
 log = logging.getLogger("dlm.detox")
@@ -109,16 +110,22 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
                           started if now is None else now)
 
     def body(plan: DetoxPlan, snap: Snapshot) -> dict[str, Any]:
-        return {
-            **plan_header(policy, policy_text, snap.version, started),
-            "expirations": plan.expirations,
-            "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
-            "summary": plan.summary(),
-            "decisions": encode_decisions(plan),
-        }
+        return plan_body(policy, policy_text, plan, snap.version, started)
 
     return await run_stages(client, "/v1/cycles/detox", plan, body, dry_run=dry_run,
                             progress=progress, kept=snapshot)
+
+
+def plan_body(policy: Policy, policy_text: str, plan: DetoxPlan, snapshot_version: int,
+              started: float) -> dict[str, Any]:
+    """What ``POST /v1/cycles/detox`` receives for a plan, whichever planner made it."""
+    return {
+        **plan_header(policy, policy_text, snapshot_version, started),
+        "expirations": plan.expirations,
+        "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
+        "summary": plan.summary(),
+        "decisions": encode_decisions(plan),
+    }
 
 
 async def _run_on_columns(client: Client, policy: Policy, policy_text: str, now: float,
@@ -133,13 +140,7 @@ async def _run_on_columns(client: Client, policy: Policy, policy_text: str, now:
         return plan_columns(policy, snap, now)
 
     def body(plan: DetoxPlan, snap: ColumnSnapshot) -> dict[str, Any]:
-        return {
-            **plan_header(policy, policy_text, snap.version, started),
-            "expirations": plan.expirations,
-            "deletions": [[d.oid, d.storage_id, d.rule, d.line] for d in plan.deletions],
-            "summary": plan.summary(),
-            "decisions": encode_decisions(plan),
-        }
+        return plan_body(policy, policy_text, plan, snap.version, started)
 
     result = await run_stages(client, "/v1/cycles/detox", plan, body, dry_run=dry_run,
                               progress=progress, kept=None, take=snapshot)
@@ -167,7 +168,7 @@ async def run_stages(client: Client, path: str, plan: Callable[[Snapshot, Any], 
         if progress is not None:
             progress("plan", 0, 0)
         planned = plan(snap, extra)
-        release_memory()
+        trim_heap()  # the plan's freed heap, before the apply's peak stacks on it
         t2 = time.perf_counter()
         applied = None
         if not dry_run:
@@ -179,18 +180,6 @@ async def run_stages(client: Client, path: str, plan: Callable[[Snapshot, Any], 
         gc.unfreeze()
     return CycleResult(planned, snap.version, {"snapshot": t1 - t0, "plan": t2 - t1,
                                                "apply": t3 - t2}, applied, snap)
-
-
-def release_memory() -> None:
-    """Give the heap the plan freed back to the system (glibc keeps it otherwise: the plan's
-    millions of short-lived ints leave it fragmented), so the apply's peak does not stack on
-    the plan's. A no-op where there is no glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
 
 
 async def fresh_snapshot(client: Client, kept: Snapshot | None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -198,6 +198,99 @@ def decayed_popularity(count: int, last: float | None, now: float, half_life: fl
     return count * math.pow(0.5, max(now - last, 0.0) / half_life)
 
 
+class CycleStorages:
+    """The storages of one Detox cycle, shared by the record and the column planner: their
+    partition quotas, their usage as deletions are planned (all bytes, and the partition's
+    bytes where a quota applies), the views the policy judges them by, and their outcomes.
+
+    ``total_used`` is filled by the planner (bytes of every replica not on its way out);
+    ``part_used`` too when ``has_quotas``, then ``begin()`` fixes the cycle's starting point."""
+
+    def __init__(self, policy: Policy, storages: Sequence[Sequence[Any]],
+                 total_used: dict[int, int]) -> None:
+        self.detox = policy.detox
+        self.by_id = {s[_S["id"]]: s for s in storages}
+        self.total_used = total_used
+        for sid in self.by_id:
+            total_used.setdefault(sid, 0)
+        self.part_used: dict[int, int] = defaultdict(int)
+        partition = policy.partition
+        self.quotas: dict[int, float | None] = {}
+        for sid, s in self.by_id.items():
+            base = StorageView.build(s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]],
+                                     phase=s[_S["phase"]],
+                                     attributes=s[_S["attributes"]] or {},
+                                     capacity=s[_S["capacity"]], used=total_used[sid])
+            self.quotas[sid] = partition.quota_for(base) if partition.uses(base) else None
+        self.has_quotas = any(self.quotas.values())
+
+    def used(self, sid: int) -> int:
+        return self.part_used[sid] if self.quotas[sid] else self.total_used[sid]
+
+    def view(self, sid: int) -> StorageView:
+        s = self.by_id[sid]
+        return StorageView.build(
+            s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]], phase=s[_S["phase"]],
+            attributes=s[_S["attributes"]] or {}, capacity=s[_S["capacity"]],
+            used=self.used(sid), quota=self.quotas[sid])
+
+    def begin(self) -> None:
+        """The usage before any deletion: which storages Detox works on (``works_on``, their
+        views as the rules see them) and which are triggered."""
+        views = {sid: self.view(sid) for sid in self.by_id}
+        self.works_on = {sid: v for sid, v in views.items() if self.detox.applies_to(v)}
+        self.triggered = {sid for sid, v in self.works_on.items() if self.detox.triggered(v)}
+        self.used_before = {sid: self.used(sid) for sid in views}
+        self.occupancy_before = {sid: v.occupancy for sid, v in views.items()}
+
+    def clean(self, sid: int, queue: Iterable[Any],
+              delete_if_safe: Callable[[Any], bool]) -> int:
+        """Delete from ``queue`` (the triggered storage's candidates, in the policy's order)
+        until ``until`` holds; how many candidates were consumed. The storage's view is
+        re-checked only after a deletion changed it."""
+        view = self.view(sid)
+        limit = view.quota if view.quota else view.capacity
+        satisfied = self.detox.satisfied
+        consumed = 0
+        if satisfied(view):
+            return 0
+        for candidate in queue:
+            consumed += 1
+            if not delete_if_safe(candidate):
+                continue
+            used = self.used(sid)
+            view.used = used
+            view.free = max(view.capacity - used, 0)
+            view.occupancy = (used / limit) if limit else 0.0
+            if satisfied(view):
+                break
+        return consumed
+
+    def protected_first(self, protected: Mapping[int, Mapping[str, int]]) -> list[int]:
+        """The triggered storages, the one with the largest protected share first (Dynamo)."""
+        def fraction(sid: int) -> float:
+            return sum(protected[sid].values()) / (self.used_before[sid] or 1)
+        return sorted(self.triggered, key=lambda sid: (-fraction(sid), sid))
+
+    def outcomes(self, deletions: Sequence[Deletion],
+                 protected: Mapping[int, Mapping[str, int]]) -> list[StorageOutcome]:
+        """Each storage before and after the plan, by name."""
+        deleted: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for d in deletions:
+            deleted[d.storage_id][0] += d.size
+            deleted[d.storage_id][1] += 1
+        out = []
+        for sid in sorted(self.by_id, key=lambda s: self.by_id[s][_S["name"]]):
+            after = self.view(sid)
+            triggered = sid in self.triggered
+            out.append(StorageOutcome(
+                after.name, after.capacity, self.quotas[sid], self.used_before[sid], after.used,
+                self.occupancy_before[sid], after.occupancy, triggered,
+                not triggered or self.detox.satisfied(after), deleted[sid][0], deleted[sid][1],
+                dict(protected.get(sid, {}))))
+        return out
+
+
 # Per item, the complete copies and the sum of their phase weights, packed in one int.
 _SHIFT = 20  # weights (at most 4 per copy, 65535 storages) stay under 2**20
 _WEIGHT = (1 << _SHIFT) - 1
@@ -295,15 +388,10 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         iv.group = it[_I["group"]]
 
     # ---- storages: quotas, views, which Detox works on and which are triggered
-    quotas: dict[int, float | None] = {}
-    for sid, s in storage_by_id.items():
-        base = StorageView.build(s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]],
-                                 phase=s[_S["phase"]], attributes=s[_S["attributes"]] or {},
-                                 capacity=s[_S["capacity"]], used=total_used[sid])
-        quotas[sid] = partition.quota_for(base) if partition.uses(base) else None
-    part_used: dict[int, int] = defaultdict(int)
+    book = CycleStorages(policy, storages, total_used)
+    part_used = book.part_used
     member: bytearray | None = None  # per replica position, with quotas only
-    if any(quotas.values()):
+    if book.has_quotas:
         # partition usage counts on quota'd storages: membership of every replica, up front
         member = bytearray(len(replicas))
         iv, rv = ItemView(""), ReplicaView("")
@@ -326,20 +414,8 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                 member[index] = 1
                 part_used[rep[R_SID]] += size
 
-    def storage_view(sid: int) -> StorageView:
-        s = storage_by_id[sid]
-        quota = quotas[sid]
-        used = part_used[sid] if quota else total_used[sid]
-        return StorageView.build(
-            s[_S["name"]], kind=s[_S["kind"]], status=s[_S["status"]], phase=s[_S["phase"]],
-            attributes=s[_S["attributes"]] or {}, capacity=s[_S["capacity"]], used=used,
-            quota=quota)
-
-    views = {sid: storage_view(sid) for sid in storage_by_id}
-    works_on = {sid: v for sid, v in views.items() if detox.applies_to(v)}
-    triggered = {sid for sid, v in works_on.items() if detox.triggered(v)}
-    used_before = {sid: (part_used[sid] if quotas[sid] else total_used[sid]) for sid in views}
-    occ_before = {sid: views[sid].occupancy for sid in views}
+    book.begin()
+    works_on, triggered = book.works_on, book.triggered
 
     # ---- the safety net: what may go without breaking a live item
     gone: dict[str, int] = {}  # per item: copies and weight planned for deletion, packed
@@ -468,44 +544,16 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     del deletes
 
     # ---- 3b. triggered storages: most protected first, candidates in the policy's order
-    def protected_fraction(sid: int) -> float:
-        used = used_before[sid] or 1
-        return sum(protected[sid].values()) / used
-
-    for sid in sorted(triggered, key=lambda s: (-protected_fraction(s), s)):
+    for sid in book.protected_first(protected):
         queue = candidates.pop(sid, [])
         queue.sort(key=itemgetter(0))
-        view = storage_view(sid)
-        limit = view.quota if view.quota else view.capacity
-        satisfied = detox.satisfied
-        position = 0
-        while position < len(queue) and not satisfied(view):
-            _key, index, rep, size, rule = queue[position]
-            position += 1
-            if not delete_if_safe(rep, size, rule, index):
-                continue
-            # the view as storage_view(sid) would build it now
-            used = part_used[sid] if view.quota else total_used[sid]
-            view.used = used
-            view.free = max(view.capacity - used, 0)
-            view.occupancy = (used / limit) if limit else 0.0
-        for _key, _index, rep, size, rule in queue[position:]:
+        consumed = book.clean(sid, queue, lambda c: delete_if_safe(c[2], c[3], c[4], c[1]))
+        for _key, _index, rep, size, rule in queue[consumed:]:
             add(rep, code(KEPT, f"not needed ({rule.label})", rule.line), size)
         del queue
 
     # ---- 4. the outcome per storage
-    deleted_by_storage: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for d in plan.deletions:
-        deleted_by_storage[d.storage_id][0] += d.size
-        deleted_by_storage[d.storage_id][1] += 1
-    for sid in sorted(views, key=lambda s: storage_by_id[s][_S["name"]]):
-        after = storage_view(sid)
-        is_triggered = sid in triggered
-        plan.storages.append(StorageOutcome(
-            after.name, after.capacity, quotas[sid], used_before[sid], after.used,
-            occ_before[sid], after.occupancy, is_triggered,
-            not is_triggered or detox.satisfied(after),
-            deleted_by_storage[sid][0], deleted_by_storage[sid][1], dict(protected[sid])))
+    plan.storages = book.outcomes(plan.deletions, protected)
     return plan
 
 

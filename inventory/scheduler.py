@@ -16,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from inventory.errors import Conflict, DLMError, Unavailable
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
+from inventory.memory import gc_paused
 from inventory.store import Store, StoreConflict, StoreError, StoreInDoubt
 from inventory.writes import Pending, Prepared, Write
 
@@ -95,22 +95,6 @@ class WriterStats:
     last_group_size: int = 0
     commit_seconds: float = 0.0
     in_doubt: bool = False  # a commit's outcome is unknown until the database answers
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside the block. A large write (a cycle's plan) makes
-    hundreds of thousands of records, and each collection the allocations trigger walks every
-    object the server keeps (the change feed's million records): seconds of a 257k-deletion
-    plan. The block never awaits, so nothing else runs meanwhile; what it made is collected
-    later as usual."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class Scheduler:
@@ -201,6 +185,8 @@ class Scheduler:
                  ) -> list[tuple[Prepared, asyncio.Future]]:
         pending = Pending()
         ready = []
+        # a cycle's plan makes hundreds of thousands of records here and in apply: collections
+        # would walk the change feed's million records each time (inventory.memory)
         with gc_paused():
             for write, future in group:
                 if future.done():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import ctypes
-import gc
 import json
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
@@ -13,6 +11,7 @@ from typing import Any
 
 from inventory import model
 from inventory.inventory import Inventory
+from inventory.memory import gc_paused, trim_heap
 from inventory.objects import Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.store.ops import DbOp
@@ -201,28 +200,11 @@ def replica_records(rows: Sequence[Sequence[Any]], uuid_in: Callable[[Any], int]
 
 @contextlib.contextmanager
 def loading() -> Iterator[None]:
-    """Around a whole load: pause the cyclic garbage collector, then give freed memory back.
-
-    A load allocates millions of container objects (rows, records, batches); each 700 of them
-    start a collection and the oldest generation's collections walk everything loaded so far,
-    again and again. The loaded data holds no reference cycles, so nothing is lost by waiting.
-    The batches freed along the way leave holes in the C heap that ``malloc_trim`` returns to
-    the system (~80 MB for a million items), where the C library has it (glibc).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
+    """Around a whole load: the cyclic garbage collector paused (the loaded data holds no
+    reference cycles), then the freed memory given back (the batches freed along the way leave
+    holes in the C heap: ~80 MB for a million items)."""
     try:
-        yield
+        with gc_paused():
+            yield
     finally:
-        if enabled:
-            gc.enable()
-        _trim()
-
-
-def _trim() -> None:
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        return
-    trim(0)
+        trim_heap()
