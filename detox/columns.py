@@ -31,6 +31,7 @@ from detox.planner import (
     SAFETY_LAST_COPY,
     SAFETY_PHASE,
     CycleStorages,
+    DecisionKinds,
     Deletion,
     DetoxPlan,
 )
@@ -95,7 +96,7 @@ def exact_sums(keys: np.ndarray, values: np.ndarray, n: int, *, at: np.ndarray |
     return out
 
 
-class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
+class ColumnDecisions(DecisionKinds, Sequence[tuple[str, int, str, str, int, int]]):
     """Every replica's decision as two columns (replica position, code) and the table of
     kinds, read as ``(uid, storage id, outcome, rule label, rule line, size)`` tuples like
     ``detox.planner.Decisions``: 6 bytes a decision (sizes are read from the plan's size
@@ -104,21 +105,12 @@ class ColumnDecisions(Sequence[tuple[str, int, str, str, int, int]]):
     ENCODED_PAIRS = 8
 
     def __init__(self, snap: ColumnSnapshot) -> None:
+        super().__init__()
         self._snap = snap
-        self.kinds: list[tuple[str, str, int]] = []
-        self._code_of: dict[tuple[str, str, int], int] = {}
         self._parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.index = np.zeros(0, dtype=np.int32)  # replica positions, once finished
         self.codes = np.zeros(0, dtype=np.int16)
         self._size_of = np.zeros(0, dtype=np.int64)
-
-    def code(self, outcome: str, label: str, line: int) -> int:
-        key = (outcome, label, line)
-        code = self._code_of.get(key)
-        if code is None:
-            code = self._code_of[key] = len(self.kinds)
-            self.kinds.append(key)
-        return code
 
     def extend(self, replicas: np.ndarray, codes: np.ndarray | int) -> None:
         """Add decisions (before ``finish``)."""

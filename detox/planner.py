@@ -88,20 +88,15 @@ class StorageOutcome:
         }
 
 
-class Decisions(Sequence[tuple[str, int, str, str, int, int]]):
-    """Every replica's decision, kept column-wise (a reference to the replica's wire record, a
-    code and a size: ~20 bytes a decision instead of a ~150-byte tuple), read as a sequence of
-    ``(uid, storage id, outcome, rule label, rule line, size)`` tuples."""
+class DecisionKinds:
+    """The table of decision kinds ``(outcome, rule label, rule line)`` a plan's decisions
+    index into: a few dozen per cycle, however many millions of decisions."""
 
-    __slots__ = ("_code_of", "_totals", "codes", "kinds", "replicas", "sizes")
+    __slots__ = ("_code_of", "kinds")
 
     def __init__(self) -> None:
-        self.replicas: list[Sequence[Any]] = []  # wire records: uid and storage id are read here
-        self.codes = array("i")  # index into ``kinds``
-        self.sizes = array("q")
         self.kinds: list[tuple[str, str, int]] = []  # (outcome, label, line)
         self._code_of: dict[tuple[str, str, int], int] = {}
-        self._totals: tuple[int, list[int], list[int]] | None = None
 
     def code(self, outcome: str, label: str, line: int) -> int:
         key = (outcome, label, line)
@@ -110,6 +105,21 @@ class Decisions(Sequence[tuple[str, int, str, str, int, int]]):
             code = self._code_of[key] = len(self.kinds)
             self.kinds.append(key)
         return code
+
+
+class Decisions(DecisionKinds, Sequence[tuple[str, int, str, str, int, int]]):
+    """Every replica's decision, kept column-wise (a reference to the replica's wire record, a
+    code and a size: ~20 bytes a decision instead of a ~150-byte tuple), read as a sequence of
+    ``(uid, storage id, outcome, rule label, rule line, size)`` tuples."""
+
+    __slots__ = ("_totals", "codes", "replicas", "sizes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replicas: list[Sequence[Any]] = []  # wire records: uid and storage id are read here
+        self.codes = array("i")  # index into ``kinds``
+        self.sizes = array("q")
+        self._totals: tuple[int, list[int], list[int]] | None = None
 
     def add(self, replica: Sequence[Any], code: int, size: int) -> None:
         self.replicas.append(replica)
