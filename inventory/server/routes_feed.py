@@ -35,12 +35,11 @@ CHUNK = 20_000  # rows per msgpack object; built straight from the columns
 SEND_AHEAD = 64 << 20  # bytes of encoded snapshot buffered ahead of a slower reader
 
 
-@routes.get("/v1/snapshot")
-async def snapshot(request: web.Request) -> web.StreamResponse:
-    state = state_of(request)
-    inv, feed = state.inventory, state.feed
-    start = inv.version
-    response = web.StreamResponse(headers={"Content-Type": MSGPACK, "X-DLM-Version": str(start)})
+async def _open_stream(request: web.Request, content_type: str,
+                       version: int) -> web.StreamResponse:
+    """A prepared streaming answer for a snapshot at ``version`` (for HEAD: already ended)."""
+    response = web.StreamResponse(headers={"Content-Type": content_type,
+                                           "X-DLM-Version": str(version)})
     await response.prepare(request)
     transport = request.transport
     if transport is not None:
@@ -50,6 +49,22 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         transport.set_write_buffer_limits(high=SEND_AHEAD)
     if request.method == "HEAD":  # aiohttp sends what is written even here: the stream would
         await response.write_eof()  # land on the keep-alive connection as a bogus next answer
+    return response
+
+
+def _with_secrets(request: web.Request) -> bool:
+    """Storage credentials go only to operators (Consistency needs them to list a storage)."""
+    _name, role = request.get(IDENTITY, (None, None))
+    return role == "operator"
+
+
+@routes.get("/v1/snapshot")
+async def snapshot(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    inv, feed = state.inventory, state.feed
+    start = inv.version
+    response = await _open_stream(request, MSGPACK, start)
+    if request.method == "HEAD":
         return response
     pack = msgpack.Packer(use_bin_type=True).pack
     await response.write(pack({
@@ -60,8 +75,7 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         "counts": {"storages": len(inv.storages), "items": inv.counts.items,
                    "replicas": inv.counts.replicas},
     }))
-    _name, role = request.get(IDENTITY, (None, None))
-    secrets = role == "operator"  # credentials only for operators (Consistency needs them)
+    secrets = _with_secrets(request)
     await response.write(pack(["storages", [storage_wire(s.record(), secrets=secrets)
                                             for s in inv.storages.values()]]))
     total = len(inv.i_oid)
@@ -96,17 +110,11 @@ async def column_snapshot(request: web.Request) -> web.StreamResponse:
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected a "
                          f"comma-separated list of {', '.join(columns.OPTIONAL)}", "with")
+    if request.method == "HEAD":  # the headers only: no copy of every column for nothing
+        return await _open_stream(request, columns.MEDIA_TYPE, state.inventory.version)
     copied = columns.copy_columns(state.inventory, wanted)  # no await before this returns
-    response = web.StreamResponse(headers={"Content-Type": columns.MEDIA_TYPE,
-                                           "X-DLM-Version": str(copied["version"])})
-    await response.prepare(request)
-    if request.transport is not None:
-        request.transport.set_write_buffer_limits(high=SEND_AHEAD)
-    if request.method == "HEAD":
-        await response.write_eof()
-        return response
-    _name, role = request.get(IDENTITY, (None, None))
-    secrets = role == "operator"
+    response = await _open_stream(request, columns.MEDIA_TYPE, copied["version"])
+    secrets = _with_secrets(request)
     pack = msgpack.Packer(use_bin_type=True).pack
     async for message in columns.encode_stream(
             copied, lambda s: storage_wire(s, secrets=secrets), pack):
