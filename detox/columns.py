@@ -41,9 +41,12 @@ from inventory.decisions import DECISION_COLUMNS
 from inventory.feed import WIRE_STORAGE_FIELDS as SF
 from policies import DELETE, DISMISS, IGNORE, PROTECT, Policy, StorageView, vector
 from policies.context import EMPTY
+from policies.ir import attributes_of
+from policies.schema import ATTRIBUTES
 from policies.vector import Coded, Frame, Lazy, Numeric
 
 _S = {name: i for i, name in enumerate(SF)}
+STORAGE_ATTRIBUTES = tuple(ATTRIBUTES["storage"])  # what a rule may read of a StorageView
 _COMPLETE = model.REPLICA_STATE["complete"]
 _GONE = (model.REPLICA_STATE["deleting"], model.REPLICA_STATE["deleted"])
 _SETTLED = tuple(model.REPLICA_STATE[s] for s in ("complete", "corrupt", "missing"))
@@ -65,8 +68,6 @@ def supports(policy: Policy) -> bool:
 
 def needed_fields(policy: Policy) -> list[str]:
     """The optional snapshot fields the policy reads (``inventory.columns.OPTIONAL``)."""
-    from policies.ir import attributes_of
-
     conditions = [c.source for c in policy.detox.conditions]
     if policy.partition.members is not None:
         conditions.append(policy.partition.members.source)
@@ -143,13 +144,13 @@ class ColumnDecisions(DecisionKinds, Sequence[tuple[str, int, str, str, int, int
         return self.rows(0, len(self))
 
     def rows(self, lo: int, hi: int) -> Iterator[tuple[str, int, str, str, int, int]]:
-        snap = self._snap
         index = self.index[lo:hi]
-        for i, code, size in zip(index.tolist(), self.codes[lo:hi].tolist(),
-                                 self._size_of[index].tolist(), strict=True):
-            outcome, label, line = self.kinds[code]
-            yield (snap.replica_uid_text(i), int(snap.replicas["storage_id"][i]), outcome,
-                   label, line, size)
+        kinds = self.kinds
+        for uid, sid, code, size in zip(
+                self._snap.replica_uid_texts(index),
+                self._snap.replicas["storage_id"][index].tolist(), self.codes[lo:hi].tolist(),
+                self._size_of[index].tolist(), strict=True):
+            yield (uid, sid, *kinds[code], size)
 
     def totals(self) -> tuple[list[int], list[int]]:
         count = np.bincount(self.codes, minlength=len(self.kinds)).tolist()
@@ -297,8 +298,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
                 reps["expire_at"], np.isnan(reps["expire_at"])),
         }
         if storage_views is not None:
-            for name in ("name", "kind", "status", "phase", "attributes", "capacity", "used",
-                         "free", "occupancy", "quota", "pending"):
+            for name in STORAGE_ATTRIBUTES:
                 builders["storage", name] = (lambda name=name: storage_column(name))
         return Frame(len(rows), now, builders)
 

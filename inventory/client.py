@@ -449,7 +449,7 @@ class Client:
                 for obj in unpacker:
                     try:
                         reader.feed(obj)
-                    except RuntimeError as e:
+                    except (RuntimeError, ValueError) as e:
                         raise errors.Unavailable(str(e)) from None
                     if progress is not None and isinstance(obj, tuple) and obj[0] == "column":
                         progress(reader.received, reader.total)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from inventory import model
+from inventory.feed import STORAGE_HEX, WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS
 
 FORMAT = "dlm-columns/1"
 MEDIA_TYPE = "application/vnd.dlm-columns+msgpack"  # raw arrays inside: not JSON-able
@@ -82,12 +83,6 @@ class ColumnSnapshot:
     def has_names(self) -> bool:
         return self.name_offsets is not None
 
-    def name(self, row: int) -> str:
-        """The name of the item in ``row`` (the snapshot must have been asked for names)."""
-        offsets = self.name_offsets
-        assert offsets is not None and self.name_bytes is not None, "snapshot without names"
-        return self.name_bytes[offsets[row]:offsets[row + 1]].decode()
-
     def names_of(self, rows: np.ndarray) -> list[str]:
         """The names of the items in ``rows``, decoded in one pass."""
         offsets, data = self.name_offsets, self.name_bytes
@@ -100,7 +95,7 @@ class ColumnSnapshot:
         """Every name, decoded (tests and small inventories)."""
         if self.name_offsets is None:
             return None
-        return [self.name(row) for row in range(len(self.name_offsets) - 1)]
+        return self.names_of(np.arange(len(self.name_offsets) - 1))
 
     @property
     def item_count(self) -> int:
@@ -110,20 +105,18 @@ class ColumnSnapshot:
     def replica_count(self) -> int:
         return len(self.replicas["item"])
 
-    def oid_text(self, row: int) -> str:
-        """The UUID text of the item in ``row``."""
-        return model.format_uuid(int.from_bytes(self.items["oid"][row].tobytes(), "big"))
-
     def oid_texts(self, rows: np.ndarray) -> list[str]:
         """The UUID texts of the items in ``rows``, formatted from one hex string."""
         h = self.items["oid"][rows].tobytes().hex()
         return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-"
                 f"{h[i + 20:i + 32]}" for i in range(0, len(h), 32)]
 
-    def replica_uid_text(self, index: int) -> str:
-        return model.format_uuid(
-            int.from_bytes(self.items["oid"][self.replicas["item"][index]].tobytes(), "big")
-            | int(self.replicas["storage_id"][index]))
+    def replica_uid_texts(self, indices: np.ndarray) -> list[str]:
+        """The uid texts of the replicas at ``indices``: their items' oid texts with the
+        storage id in the last four hex digits."""
+        return [oid[:32] + STORAGE_HEX[sid] for oid, sid in zip(
+            self.oid_texts(self.replicas["item"][indices]),
+            self.replicas["storage_id"][indices].tolist(), strict=True)]
 
 
 # --------------------------------------------------------------------------- server side
@@ -131,13 +124,15 @@ class ColumnSnapshot:
 def copy_columns(inv: Any, optional: frozenset[str]) -> dict[str, Any]:
     """Everything the stream will send, copied from the live inventory in one synchronous step
     (the caller must not await before it returns): fixed-width columns as bytes, the lists
-    of immutable values as shallow copies."""
+    of immutable values as shallow copies (the oids, which never change, not even that)."""
     n_items = len(inv.i_state)
     copied: dict[str, Any] = {
         "version": inv.version,
         "storages": [s.record() for s in inv.storages.values()],
         "item": {
-            "oid": list(inv.i_oid),  # ints, immutable: encoded later, a chunk at a time
+            # The oid list itself, not a copy: a row's oid never changes and rows are only
+            # appended, so its first n_items rows stay these; encoded later, a chunk at a time.
+            "oid": inv.i_oid,
             "version": inv.i_version.tobytes(), "type": bytes(inv.i_type),
             "state": bytes(inv.i_state), "target_phase": bytes(inv.i_target),
             "size": inv.i_size.tobytes(), "parent": inv.i_parent.tobytes(),
@@ -174,11 +169,11 @@ async def encode_stream(copied: dict[str, Any], storage_wire: Callable[[Any], An
         "optional": [k for k in ("names", "metadata") if k in copied],
     })
     yield pack(["storages", [storage_wire(s) for s in copied["storages"]]])
-    oids = copied["item"]["oid"]
+    oids, n_items = copied["item"]["oid"], copied["counts"]["items"]
     step = CHUNK_BYTES // 16
-    for lo in range(0, len(oids), step):
-        yield pack(["column", "item", "oid",
-                    b"".join([o.to_bytes(16, "big") for o in oids[lo:lo + step]])])
+    for lo in range(0, n_items, step):
+        yield pack(["column", "item", "oid", b"".join(
+            [o.to_bytes(16, "big") for o in oids[lo:min(lo + step, n_items)]])])
         await asyncio.sleep(0)
     for table in ("item", "replica"):
         for name, data in copied[table].items():
@@ -248,6 +243,8 @@ class ColumnReader:
             _, table, name, data = obj
             key = (table, name)
             at = self._filled[key]
+            if at + len(data) > len(self._buffers[key]):  # a slice past the end would grow it
+                raise ValueError(f"column {table}.{name}: more bytes than its rows hold")
             self._buffers[key][at:at + len(data)] = data
             self._filled[key] = at + len(data)
             self.received += len(data)
@@ -313,8 +310,6 @@ def from_records(version: int, storages: Sequence[Sequence[Any]],
     """A column snapshot of record-snapshot data (wire records, as ``inventory.client.
     Snapshot`` holds them): items in the mapping's order, replicas in the given order. What
     the tests compare the column planners against the record planners with."""
-    from inventory.feed import WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS
-
     fi = {name: i for i, name in enumerate(WIRE_ITEM_FIELDS)}
     fr = {name: i for i, name in enumerate(WIRE_REPLICA_FIELDS)}
     rows = {oid: row for row, oid in enumerate(items)}

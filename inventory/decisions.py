@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from inventory import model
+from inventory.feed import STORAGE_HEX
 
 DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
 _WIDTH = {"item": ("i", 4), "storage_id": ("H", 2), "code": ("i", 4), "size": ("q", 8)}
@@ -58,7 +59,7 @@ def _rows_of_columns(data: dict[str, Any]) -> list[list[Any]]:
     texts = [model.format_uuid(int.from_bytes(oids[i:i + 16], "big"))[:-4]
              for i in range(0, len(oids), 16)]
     kinds = [tuple(k) for k in data["kinds"]]
-    hex4 = [f"{sid:04x}" for sid in range(1 << 16)]
-    return [[texts[item] + hex4[sid], sid, *kinds[code], size] for item, sid, code, size in
+    return [[texts[item] + STORAGE_HEX[sid], sid, *kinds[code], size]
+            for item, sid, code, size in
             zip(arrays["item"], arrays["storage_id"], arrays["code"], arrays["size"],
                 strict=True)]

@@ -225,7 +225,8 @@ def _names(column: Any, lo: int, hi: int) -> Iterable[str | None]:
     return map(column.get, range(lo, hi))
 
 
-_HEX4 = [f"{sid:04x}" for sid in range(1 << 16)]
+# a storage id as the last four hex digits of a replica uid (model.py: oid | storage id)
+STORAGE_HEX = [f"{sid:04x}" for sid in range(1 << 16)]
 
 
 def replica_rows_wire(inv: Any, lo: int, hi: int) -> list[tuple[Any, ...]]:
@@ -244,7 +245,7 @@ def replica_rows_wire(inv: Any, lo: int, hi: int) -> list[tuple[Any, ...]]:
             text = cache[r] = _fmt(oids[r]) if r >= 0 else ""
         append(text)
     storages = inv.r_storage[lo:hi]
-    uid_text = [o[:32] + h for o, h in zip(oid_text, map(_HEX4.__getitem__, storages),
+    uid_text = [o[:32] + h for o, h in zip(oid_text, map(STORAGE_HEX.__getitem__, storages),
                                           strict=True)]
     out = list(zip(
         uid_text, oid_text, storages, map(inv.r_uri.get, rows),

@@ -69,8 +69,8 @@ async def test_the_column_snapshot_equals_the_record_snapshot(server, tmp_path):
                           np.nan_to_num(s.replicas["expire_at"], nan=-1).tolist(),
                           strict=True))
     assert replica_rows(cs) == replica_rows(expected)
-    assert cs.oid_text(0) == next(iter(snap.items))
-    uids = {cs.replica_uid_text(i) for i in range(cs.replica_count)}
+    assert cs.oid_texts(np.arange(1)) == [next(iter(snap.items))]
+    uids = set(cs.replica_uid_texts(np.arange(cs.replica_count)))
     assert uids == set(snap.replicas)
 
 
@@ -146,3 +146,27 @@ async def test_a_plan_with_large_binary_values_is_posted_in_parts(server, tmp_pa
         "summary": {}, "decisions": blob})
     stored = await server.app[STATE].store.cycle_decisions(answer["id"])
     assert bytes(stored) == blob
+
+
+async def test_head_answers_the_headers_only(server, tmp_path):
+    """HEAD gives the version and media type and no body (a body would land on the keep-alive
+    connection as a bogus next answer); the next request on the connection is answered."""
+    c = server.client
+    await populate(c, tmp_path)
+    version = (await c.request("GET", "/v1/health"))["version"]
+    async with c._session.head(c.url + "/v1/snapshot/columns") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == columns.MEDIA_TYPE
+        assert resp.headers["X-DLM-Version"] == str(version)
+        assert await resp.read() == b""
+    assert (await c.column_snapshot()).version == version
+
+
+def test_a_column_longer_than_its_rows_is_refused():
+    reader = columns.ColumnReader()
+    reader.feed({"format": columns.FORMAT, "version": 1, "counts": {"items": 1, "replicas": 0},
+                 "columns": {"item": {"size": "<i8"}, "replica": {}},
+                 "names": {"owner": [None], "group": [None]}, "optional": []})
+    reader.feed(("column", "item", "size", b"\0" * 8))
+    with pytest.raises(ValueError, match="more bytes"):
+        reader.feed(("column", "item", "size", b"\0" * 8))
