@@ -1,5 +1,6 @@
 """One Dealer cycle as a process does it: snapshot, storages' reliability and open copy
-requests in; plan computed; plan sent; report out. The decision is ``dealer.planner``."""
+requests in; plan computed; plan sent; report out. The decision is ``dealer.planner`` (on a
+column snapshot through ``dealer.columns`` when the policy allows it)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any
 
 import msgpack
 
+from dealer.columns import needed_fields, plan_columns
+from dealer.columns import supports as supports_columns
 from dealer.planner import DealerPlan, plan_cycle
 from detox.cycle import CycleResult, compressobj, plan_header, run_stages
 from inventory import model
 from inventory.client import Client, Snapshot
+from inventory.columns import ColumnSnapshot
 from policies import Policy
 
 DECISION_COLUMNS = ("oid", "target_id", "source_id", "rule", "line", "size")
@@ -29,10 +33,16 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
                     now: float | None = None,
                     progress: Callable[[str, int, int], None] | None = None,
                     snapshot: Snapshot | None = None) -> CycleResult:
-    """One cycle; ``progress(stage, done, total)`` follows it (snapshot records, then the
-    planning and applying stages) for a progress bar. With the ``snapshot`` of an earlier cycle,
-    that one is caught up through the change feed instead of a new one being taken."""
+    """One cycle; ``progress(stage, done, total)`` follows it (the snapshot, then the
+    planning and applying stages) for a progress bar.
+
+    Planned on a new column snapshot (``dealer.columns``) when the policy allows it, which
+    every policy whose ``members`` and ``place`` conditions read only item attributes and
+    compare no two attributes does. Otherwise on records, and then with the ``snapshot`` of an
+    earlier cycle, that one is caught up through the change feed instead of a new one being
+    taken."""
     started = time.time()
+    on_columns = supports_columns(policy)
 
     async def context() -> tuple[dict, dict]:
         """Beside the snapshot: the storages' measured reliability and open copy requests."""
@@ -40,14 +50,22 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
         requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
         return storages, requests
 
-    def plan(snap: Snapshot, extra: tuple[dict, dict]) -> DealerPlan:
+    async def column_snapshot() -> ColumnSnapshot:
+        report = None if progress is None else (
+            lambda done, total: progress("snapshot (MiB)", done >> 20, total >> 20))
+        return await client.column_snapshot(needed_fields(policy), report)
+
+    def plan(snap: Snapshot | ColumnSnapshot, extra: tuple[dict, dict]) -> DealerPlan:
         storages, requests = extra
         reliability = {s["name"]: s.get("reliability") or {} for s in storages["storages"]}
-        return plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
-                          started if now is None else now, reliability=reliability,
-                          requests=requests["requests"])
+        at = started if now is None else now
+        if isinstance(snap, ColumnSnapshot):
+            return plan_columns(policy, snap, at, reliability=reliability,
+                                requests=requests["requests"])
+        return plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(), at,
+                          reliability=reliability, requests=requests["requests"])
 
-    def body(plan: DealerPlan, snap: Snapshot) -> dict[str, Any]:
+    def body(plan: DealerPlan, snap: Snapshot | ColumnSnapshot) -> dict[str, Any]:
         return {
             **plan_header(policy, policy_text, snap.version, started),
             "copies": [[c.oid, c.target_id, c.source_id, c.reason, c.line]
@@ -56,8 +74,12 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
             "decisions": encode_decisions(plan),
         }
 
-    return await run_stages(client, "/v1/cycles/dealer", plan, body, dry_run=dry_run,
-                            progress=progress, kept=snapshot, context=context)
+    result = await run_stages(client, "/v1/cycles/dealer", plan, body, dry_run=dry_run,
+                              progress=progress, kept=None if on_columns else snapshot,
+                              context=context, take=column_snapshot if on_columns else None)
+    if on_columns:
+        result.snapshot = None  # nothing to catch up: the next cycle takes a new one
+    return result
 
 
 def format_report(result: CycleResult, *, dry_run: bool) -> str:

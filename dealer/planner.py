@@ -16,15 +16,21 @@ of the item yet, and stay under the target occupancy, the partition quota, the p
 and the per-cycle volumes once the copy is counted. Among the eligible, Dealer prefers the most
 reliable storage (copy success rate measured by the file operations engine), then the most free
 space, then the highest throughput.
+
+The algorithm is written once (``Dealing``) over an item table (``ItemTable``): this module's
+``RecordItems`` reads a record snapshot item by item; ``dealer.columns`` reads a column snapshot,
+where everything that is per item (requirement, membership, current phase, who is short of
+copies) is computed as array operations and the sequential part runs only for the items that
+need copies.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from detox.planner import DEFAULT_HALF_LIFE, decayed_popularity
 from inventory import model
@@ -32,6 +38,7 @@ from inventory.feed import WIRE_ITEM_FIELDS as IF
 from inventory.feed import WIRE_REPLICA_FIELDS as RF
 from inventory.feed import WIRE_STORAGE_FIELDS as SF
 from policies import ItemView, Policy, StorageView
+from policies.model import Condition, DealerPolicy, Placement
 
 _I = {name: i for i, name in enumerate(IF)}
 _R = {name: i for i, name in enumerate(RF)}
@@ -66,6 +73,7 @@ class StorageState:
     throughput: float
     queued: int = 0  # bytes planned this cycle
     usable: bool = True  # the partition may use it (fixed for the cycle)
+    online: bool = True
     cached: StorageView | None = None  # the view, until the projection changes
 
     def view(self) -> StorageView:
@@ -96,31 +104,53 @@ class DealerPlan:
                 "unmet": dict(self.unmet), "storages": self.storages}
 
 
-def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
-               items: Mapping[str, Sequence[Any]], replicas: Iterable[Sequence[Any]],
-               now: float, *, reliability: Mapping[str, Mapping[str, Any]] | None = None,
-               requests: Sequence[Mapping[str, Any]] = ()) -> DealerPlan:
-    """The copies of one Dealer cycle over a snapshot's wire records.
 
-    ``reliability`` maps storage names to their measured ``success_rate`` and ``throughput``
-    (``GET /v1/storages``); ``requests`` are pending copy requests (``GET /v1/requests``).
-    """
-    dealer, partition = policy.dealer, policy.partition
-    plan = DealerPlan(now)
-    if dealer is None:
-        return plan
-    limits = dealer.limits
-    half_life = dealer.popularity.half_life if dealer.popularity else DEFAULT_HALF_LIFE
-    reliability = reliability or {}
+class ItemTable(Protocol):
+    """The items as ``Dealing`` reads them: numbered 0..n-1 in snapshot order (the order the
+    stages walk them in), with what the snapshot says of each. The plan changes nothing here:
+    ``Dealing`` keeps the copies it plans on top."""
 
-    by_item: dict[str, list[Sequence[Any]]] = defaultdict(list)
-    for rep in replicas:
-        by_item[rep[_R["oid"]]].append(rep)
+    def oids(self, items: Sequence[int]) -> list[str]: ...
+    def find(self, oid: str) -> int | None: ...
+    def is_ready(self, item: int) -> bool: ...
+    def is_live(self, item: int) -> bool: ...  # a READY file
+    def size(self, item: int) -> int: ...
+    def target(self, item: int) -> int: ...  # target phase code
+    def view(self, item: int) -> ItemView: ...
+    def member(self, item: int) -> bool: ...  # in the policy's partition
+    def requirement(self, item: int) -> Placement | None: ...
+    def popularity(self, item: int) -> float: ...
+    def held(self, item: int) -> tuple[set[int], int]: ...  # storages holding it, their weight
+    def complete_on(self, item: int) -> list[int]: ...  # storages with a complete copy
+    def children(self, item: int) -> list[int]: ...  # a container's members, in order
 
-    def size_of(oid: str) -> int:
-        return items[oid][_I["size"]] or 0
+    def usage(self) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        """Bytes per storage id: used (every copy there or on its way), pending (on its way)
+        and the partition's (used by its members)."""
+        ...
 
-    # ---- storages, projected
+    def on_draining(self, draining: set[int]) -> Iterable[int]:
+        """Live items with a complete copy on one of ``draining``, in order."""
+        ...
+
+    def short(self, dealing: Dealing) -> Iterable[int]:
+        """Live items of the partition short of their requirement (``Dealing.is_short``, on
+        the copies planned so far), most deficient first: by how far their phase is below
+        target, then by how few holders they have, then by oid."""
+        ...
+
+    def popular(self, dealing: Dealing) -> Iterable[int]:
+        """Live items of the partition that may want popularity copies, in order."""
+        ...
+
+    def held_on(self, sid: int) -> Iterable[int]:
+        """Live items of the partition held on storage ``sid`` in the snapshot."""
+        ...
+
+
+def storage_states(storages: Sequence[Sequence[Any]],
+                   reliability: Mapping[str, Mapping[str, Any]]) -> dict[int, StorageState]:
+    """The storages of a snapshot as Dealer projects them, with their measured reliability."""
     states: dict[int, StorageState] = {}
     for s in storages:
         sid = s[_S["id"]]
@@ -131,74 +161,277 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
             {"kind": s[_S["kind"]], "status": s[_S["status"]], "phase": s[_S["phase"]],
              "attributes": s[_S["attributes"]] or {}},
             s[_S["capacity"]], model.PHASE_WEIGHT[model.PHASE[s[_S["phase"]]]], 0, 0, 0, None,
-            1.0 if rate is None else rate, rel.get("throughput") or 0.0)
-    item_views: dict[str, ItemView] = {}
-    holders: dict[str, set[int]] = {}  # storages with a copy (or one on its way)
-    weights: dict[str, int] = {}  # phase weight of complete and pending copies
-    for oid, reps in by_item.items():
-        if oid not in items:
-            continue
-        held = set()
-        weight = 0
-        for rep in reps:
-            state = rep[_R["state"]]
-            sid = rep[_R["storage_id"]]
-            size = rep[_R["size"]] if rep[_R["size"]] is not None else size_of(oid)
-            if state in _HELD:
-                held.add(sid)
-                weight += states[sid].phase_weight
-            if state in ("deleting", "deleted"):
-                continue
-            st = states[sid]
-            st.used += size
-            if state in ("pending", "copying"):
-                st.pending += size
-        holders[oid] = held
-        weights[oid] = weight
+            1.0 if rate is None else rate, rel.get("throughput") or 0.0,
+            online=s[_S["status"]] == "online")
+    return states
 
-    def item_view(oid: str) -> ItemView:
-        view = item_views.get(oid)
+
+def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
+               items: Mapping[str, Sequence[Any]], replicas: Iterable[Sequence[Any]],
+               now: float, *, reliability: Mapping[str, Mapping[str, Any]] | None = None,
+               requests: Sequence[Mapping[str, Any]] = ()) -> DealerPlan:
+    """The copies of one Dealer cycle over a snapshot's wire records.
+
+    ``reliability`` maps storage names to their measured ``success_rate`` and ``throughput``
+    (``GET /v1/storages``); ``requests`` are pending copy requests (``GET /v1/requests``).
+    """
+    if policy.dealer is None:
+        return DealerPlan(now)
+    states = storage_states(storages, reliability or {})
+    table = RecordItems(policy, states, items, replicas, now)
+    return Dealing(policy, table, states, now).run(requests)
+
+
+class RecordItems:
+    """``ItemTable`` over wire records, item by item."""
+
+    def __init__(self, policy: Policy, states: Mapping[int, StorageState],
+                 items: Mapping[str, Sequence[Any]], replicas: Iterable[Sequence[Any]],
+                 now: float) -> None:
+        dealer = policy.dealer
+        assert dealer is not None
+        self._policy, self._dealer, self._states, self._now = policy, dealer, states, now
+        self._half_life = dealer.popularity.half_life if dealer.popularity else DEFAULT_HALF_LIFE
+        self._records = list(items.values())
+        self._oids = list(items)
+        self._index = {oid: i for i, oid in enumerate(self._oids)}
+        self._names = {oid: it[_I["item_name"]] for oid, it in items.items()}
+        self._replicas: list[list[Sequence[Any]]] = [[] for _ in self._oids]
+        for rep in replicas:
+            i = self._index.get(rep[_R["oid"]])
+            if i is not None:
+                self._replicas[i].append(rep)
+        self._views: dict[int, ItemView] = {}
+        self._member: dict[int, bool] = {}
+        self._children: dict[int, list[int]] | None = None
+        self.live = [i for i, it in enumerate(self._records)
+                     if it[_I["state"]] == "READY" and it[_I["item_type"]] == "file"]
+
+    def oids(self, items: Sequence[int]) -> list[str]:
+        return [self._oids[i] for i in items]
+
+    def find(self, oid: str) -> int | None:
+        return self._index.get(oid)
+
+    def is_ready(self, item: int) -> bool:
+        return self._records[item][_I["state"]] == "READY"
+
+    def is_live(self, item: int) -> bool:
+        it = self._records[item]
+        return it[_I["state"]] == "READY" and it[_I["item_type"]] == "file"
+
+    def size(self, item: int) -> int:
+        return self._records[item][_I["size"]] or 0
+
+    def target(self, item: int) -> int:
+        return model.PHASE[self._records[item][_I["target_phase"]]]
+
+    def view(self, item: int) -> ItemView:
+        view = self._views.get(item)
         if view is None:
-            it = items[oid]
-            complete = [r for r in by_item.get(oid, ()) if r[_R["state"]] == "complete"]
-            view = ItemView(
+            it = self._records[item]
+            states = self._states
+            complete = [r for r in self._replicas[item] if r[_R["state"]] == "complete"]
+            parent = it[_I["parent_oid"]]
+            view = self._views[item] = ItemView(
                 it[_I["item_name"]], version=it[_I["item_version"]], type=it[_I["item_type"]],
                 state=it[_I["state"]],
                 phase=model.PHASES[model.phase_of_weights(
                     sum(states[r[_R["storage_id"]]].phase_weight for r in complete))],
-                target_phase=it[_I["target_phase"]], size=size_of(oid),
+                target_phase=it[_I["target_phase"]], size=self.size(item),
                 created=it[_I["created"]], expire_at=it[_I["expire_at"]],
                 metadata=it[_I["metadata"]] or {}, copies=len(complete),
-                popularity=decayed_popularity(it[_I["access_count"]], it[_I["last_access"]],
-                                              now, half_life),
+                popularity=self.popularity(item),
                 access_count=it[_I["access_count"]], last_access=it[_I["last_access"]],
+                parent=self._names.get(parent) if parent is not None else None,
                 owner=it[_I["owner"]], group=it[_I["group"]])
-            item_views[oid] = view
         return view
 
-    for st in states.values():
-        base = st.view()
-        st.usable = partition.uses(base)
-        st.quota = partition.quota_for(base) if st.usable else None
-        st.cached = None
-    for oid, reps in by_item.items():
-        if oid not in items:
-            continue
-        if not partition.contains(item_view(oid), None, now):
-            continue
-        for rep in reps:
-            if rep[_R["state"]] not in ("deleting", "deleted"):
-                states[rep[_R["storage_id"]]].partition_used += rep[_R["size"]] or size_of(oid)
-    before = {sid: st.view().occupancy for sid, st in states.items()}
-    total_queued = 0
+    def member(self, item: int) -> bool:
+        inside = self._member.get(item)
+        if inside is None:
+            inside = self._member[item] = self._policy.partition.contains(
+                self.view(item), None, self._now)
+        return inside
 
-    def fits(st: StorageState, size: int, *, hard_only: bool = False) -> bool:
+    def requirement(self, item: int) -> Placement | None:
+        return self._dealer.requirement(self.view(item), self._now)
+
+    def popularity(self, item: int) -> float:
+        it = self._records[item]
+        return decayed_popularity(it[_I["access_count"]], it[_I["last_access"]], self._now,
+                                  self._half_life)
+
+    def held(self, item: int) -> tuple[set[int], int]:
+        held: set[int] = set()
+        weight = 0
+        for rep in self._replicas[item]:
+            if rep[_R["state"]] in _HELD:
+                held.add(rep[_R["storage_id"]])
+                weight += self._states[rep[_R["storage_id"]]].phase_weight
+        return held, weight
+
+    def complete_on(self, item: int) -> list[int]:
+        return [r[_R["storage_id"]] for r in self._replicas[item] if r[_R["state"]] == "complete"]
+
+    def children(self, item: int) -> list[int]:
+        if self._children is None:
+            self._children = defaultdict(list)
+            for i, it in enumerate(self._records):
+                parent = self._index.get(it[_I["parent_oid"]])
+                if parent is not None:
+                    self._children[parent].append(i)
+        return self._children.get(item, [])
+
+    def usage(self) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        used: dict[int, int] = defaultdict(int)
+        pending: dict[int, int] = defaultdict(int)
+        part: dict[int, int] = defaultdict(int)
+        for item, reps in enumerate(self._replicas):
+            inside = bool(reps) and self.member(item)
+            for rep in reps:
+                state = rep[_R["state"]]
+                if state in ("deleting", "deleted"):
+                    continue
+                sid = rep[_R["storage_id"]]
+                size = rep[_R["size"]]
+                used[sid] += size if size is not None else self.size(item)
+                if state in ("pending", "copying"):
+                    pending[sid] += size if size is not None else self.size(item)
+                if inside:
+                    part[sid] += size or self.size(item)
+        return used, pending, part
+
+    def on_draining(self, draining: set[int]) -> Iterable[int]:
+        return [i for i in self.live if not draining.isdisjoint(self.complete_on(i))]
+
+    def short(self, dealing: Dealing) -> Iterable[int]:
+        def deficit(i: int) -> tuple:
+            return (model.phase_of_weights(dealing.weight(i)) - self.target(i),
+                    len(dealing.holders(i)), self._oids[i])
+
+        return sorted((i for i in self.live if self.member(i) and dealing.is_short(i)),
+                      key=deficit)
+
+    def popular(self, dealing: Dealing) -> Iterable[int]:
+        return [i for i in self.live if self.member(i)]
+
+    def held_on(self, sid: int) -> Iterable[int]:
+        return [i for i in self.live if self.member(i) and sid in self.held(i)[0]]
+
+
+def _reason(placement: Placement) -> str:
+    """What a copy made for ``placement`` is recorded as."""
+    return f"place {placement.label}" if placement.phase is None else f"phase {placement.phase}"
+
+
+class Dealing:
+    """One cycle's planning: the storages as projected while copies are planned, the copies
+    planned so far, and the five stages (see the module's docstring), over an ``ItemTable``."""
+
+    def __init__(self, policy: Policy, table: ItemTable, states: dict[int, StorageState],
+                 now: float) -> None:
+        assert policy.dealer is not None
+        self.dealer: DealerPolicy = policy.dealer
+        self.partition = policy.partition
+        self.table = table
+        self.states = states
+        self.now = now
+        self.limits = self.dealer.limits
+        self.plan = DealerPlan(now)
+        self.total_queued = 0
+        self._holders: dict[int, set[int]] = {}  # items touched so far: snapshot + planned
+        self._weights: dict[int, int] = {}
+        self._planned_on: dict[int, list[int]] = defaultdict(list)  # storage -> items
+        # the copies, column-wise (Copy objects and oid texts are made once, at the end)
+        self._items: list[int] = []
+        self._targets: list[int] = []
+        self._sources: list[int] = []
+        self._sizes: list[int] = []
+        self._reasons: list[tuple[str, int]] = []
+        self._view_of: tuple[int, ItemView] | None = None
+
+        used, pending, part = table.usage()
+        for sid, st in states.items():
+            st.used, st.pending = used.get(sid, 0), pending.get(sid, 0)
+            base = st.view()
+            st.usable = self.partition.uses(base)
+            st.quota = self.partition.quota_for(base) if st.usable else None
+            st.partition_used = part.get(sid, 0)
+            st.cached = None
+        self.before = {sid: st.view().occupancy for sid, st in states.items()}
+        # Every storage by rank, kept sorted as copies fill them (one moves per copy): a
+        # copy's destination is the first in rank order that passes the checks, found without
+        # filtering and sorting all storages for each copy.
+        self.ranked: list[tuple[tuple, int]] = sorted((self.rank(st), sid)
+                                                      for sid, st in states.items())
+        self.rank_of = {sid: key for key, sid in self.ranked}
+
+    # ---- what is planned so far, per item
+
+    def holders(self, item: int) -> set[int]:
+        """Storages with a copy of ``item`` or one on its way (planned ones included)."""
+        held = self._holders.get(item)
+        if held is None:
+            held, self._weights[item] = self.table.held(item)
+            self._holders[item] = held
+        return held
+
+    def weight(self, item: int) -> int:
+        """Phase weight of ``item``'s complete and pending copies (planned ones included)."""
+        if item not in self._holders:
+            self.holders(item)
+        return self._weights[item]
+
+    @property
+    def touched(self) -> Mapping[int, set[int]]:
+        """Items whose holders were read or changed, with their holders."""
+        return self._holders
+
+    def view(self, item: int) -> ItemView:
+        if self._view_of is None or self._view_of[0] != item:
+            self._view_of = (item, self.table.view(item))
+        return self._view_of[1]
+
+    def is_short(self, item: int) -> bool:
+        """Whether ``item`` has fewer copies than its requirement asks for, or a phase below
+        its target (planned copies counted); False without a requirement."""
+        placement = self.table.requirement(item)
+        return placement is not None and (
+            len(self.holders(item)) < placement.copies
+            or model.phase_of_weights(self.weight(item)) < self.table.target(item))
+
+    def wanted(self, item: int) -> int:
+        """``DealerPolicy.wanted_copies``, with the table's requirement and popularity."""
+        placement = self.table.requirement(item)
+        base = placement.copies if placement is not None else 0
+        popularity = self.dealer.popularity
+        if popularity is None:
+            return base
+        wanted = base + popularity.extra_copies(self.table.popularity(item))
+        return max(base, min(wanted, popularity.max_copies))
+
+    # ---- storages
+
+    @staticmethod
+    def rank(st: StorageState) -> tuple:
+        free = (st.capacity - st.used) / st.capacity if st.capacity else 0.0
+        return (-st.reliability, -free, -st.throughput, st.name)
+
+    def rerank(self, st: StorageState) -> None:
+        ranked = self.ranked
+        del ranked[bisect.bisect_left(ranked, (self.rank_of[st.id], st.id))]
+        key = self.rank_of[st.id] = self.rank(st)
+        bisect.insort(ranked, (key, st.id))
+
+    def fits(self, st: StorageState, size: int, *, hard_only: bool = False) -> bool:
         if st.capacity and st.used + size > st.capacity:
             return False
         if hard_only:
             return True
         if st.quota is not None and st.partition_used + size > st.quota:
             return False
+        limits = self.limits
         if limits is not None:
             if limits.target_occupancy is not None and st.capacity and \
                     (st.used + size) / st.capacity > limits.target_occupancy:
@@ -210,172 +443,190 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                     st.queued + size > limits.storage_volume_per_cycle:
                 return False
             if limits.volume_per_cycle is not None and \
-                    total_queued + size > limits.volume_per_cycle:
+                    self.total_queued + size > limits.volume_per_cycle:
                 return False
         return True
 
-    def rank(st: StorageState) -> tuple:
-        free = (st.capacity - st.used) / st.capacity if st.capacity else 0.0
-        return (-st.reliability, -free, -st.throughput, st.name)
-
-    # Every storage by rank, kept sorted as copies fill them (one moves per copy): a copy's
-    # destination is the first in rank order that passes the checks, found without filtering
-    # and sorting all storages for each copy (that was most of a cycle's planning time).
-    ranked: list[tuple[tuple, int]] = sorted((rank(st), sid) for sid, st in states.items())
-    rank_of = {sid: key for key, sid in ranked}
-
-    def rerank(st: StorageState) -> None:
-        old = (rank_of[st.id], st.id)
-        del ranked[bisect.bisect_left(ranked, old)]
-        key = rank_of[st.id] = rank(st)
-        bisect.insort(ranked, (key, st.id))
-
-    def source_for(oid: str, placement=None) -> int | None:
-        view = item_view(oid)
-        good = [r[_R["storage_id"]] for r in by_item.get(oid, ())
-                if r[_R["state"]] == "complete"
-                and states[r[_R["storage_id"]]].view_args["status"] != "offline"]
-        if placement is not None:
-            good = [s for s in good
-                    if placement.accepts_source(view, states[s].view(), now)] or good
-        if not good:
-            return None
-        return min(good, key=rank_of.__getitem__)
-
-    def add_copy(oid: str, st: StorageState, reason: str, line: int, placement=None) -> bool:
-        nonlocal total_queued
-        source = source_for(oid, placement)
-        if source is None:
-            return False
-        size = size_of(oid)
-        plan.copies.append(Copy(oid, st.id, source, size, reason, line))
-        st.used += size
-        st.pending += size
-        st.queued += size
-        total_queued += size
-        if partition.contains(item_view(oid), None, now):
-            st.partition_used += size
-        holders.setdefault(oid, set()).add(st.id)
-        weights[oid] = weights.get(oid, 0) + st.phase_weight
-        st.cached = None
-        rerank(st)
-        return True
-
-    def best_destination(oid: str, accept, *, hard_only: bool = False,
-                         avoid: set[int] = frozenset()) -> StorageState | None:
-        view = item_view(oid)
-        size = size_of(oid)
-        held = holders.get(oid, set())
-        # in rank order, cheap checks first, then the policy's `to`, until one accepts
-        for _key, sid in ranked:
+    def best_destination(self, item: int, accept: Callable[[int, StorageState], bool] | None,
+                         *, hard_only: bool = False,
+                         avoid: Iterable[int] = ()) -> StorageState | None:
+        """The first storage in rank order that may take a copy of ``item``: cheap checks
+        first, then the policy's ``accept``."""
+        size = self.table.size(item)
+        limits = self.limits
+        if not hard_only and limits is not None and limits.volume_per_cycle is not None \
+                and self.total_queued + size > limits.volume_per_cycle:
+            return None  # the cycle's volume is spent: no storage fits (fits() says so)
+        held = self.holders(item)
+        states = self.states
+        for _key, sid in self.ranked:
             if sid in held or sid in avoid:
                 continue
             st = states[sid]
-            if st.view_args["status"] == "online" and (hard_only or st.usable) \
-                    and fits(st, size, hard_only=hard_only) and accept(view, st):
+            if st.online and (hard_only or st.usable) and self.fits(st, size,
+                                                                    hard_only=hard_only) \
+                    and (accept is None or accept(item, st)):
                 return st
         return None
 
-    def unmet(reason: str) -> None:
-        plan.unmet[reason] = plan.unmet.get(reason, 0) + 1
+    def source_for(self, item: int, placement: Placement | None = None) -> int | None:
+        states = self.states
+        good = [sid for sid in self.table.complete_on(item)
+                if states[sid].view_args["status"] != "offline"]
+        if placement is not None and placement.source is not None:
+            view = self.view(item)
+            good = [s for s in good
+                    if placement.accepts_source(view, states[s].view(), self.now)] or good
+        if not good:
+            return None
+        return min(good, key=self.rank_of.__getitem__)
 
-    live = [oid for oid, it in items.items()
-            if it[_I["state"]] == "READY" and it[_I["item_type"]] == "file"]
+    def add_copy(self, item: int, st: StorageState, reason: str, line: int,
+                 placement: Placement | None = None) -> bool:
+        source = self.source_for(item, placement)
+        if source is None:
+            return False
+        size = self.table.size(item)
+        self._items.append(item)
+        self._targets.append(st.id)
+        self._sources.append(source)
+        self._sizes.append(size)
+        self._reasons.append((reason, line))
+        st.used += size
+        st.pending += size
+        st.queued += size
+        self.total_queued += size
+        if self.table.member(item):
+            st.partition_used += size
+        self.holders(item).add(st.id)
+        self._weights[item] += st.phase_weight
+        self._planned_on[st.id].append(item)
+        st.cached = None
+        self.rerank(st)
+        return True
 
-    # ---- 1. users' copy requests
-    by_name = {st.name: st for st in states.values()}
-    members: dict[str, list[str]] = defaultdict(list)
-    for oid, it in items.items():
-        if it[_I["parent_oid"]] is not None:
-            members[it[_I["parent_oid"]]].append(oid)
-    for request in sorted(requests, key=lambda r: r["id"]):
-        st = by_name.get(request["storage"])
-        if st is None:
-            continue
-        wanted = members.get(request["oid"], []) or [request["oid"]]
-        wanted = [o for o in wanted if o in items and items[o][_I["state"]] == "READY"]
-        done = True
-        for oid in wanted:
-            complete_here = any(r[_R["storage_id"]] == st.id and r[_R["state"]] == "complete"
-                                for r in by_item.get(oid, ()))
-            if complete_here:
-                continue
-            done = False
-            if st.id in holders.get(oid, set()):
-                continue  # on its way
-            if st.view_args["status"] != "online" or not fits(st, size_of(oid), hard_only=True):
-                unmet(f"request {request['id']}")
-                continue
-            if not add_copy(oid, st, f"request {request['id']}", 0):
-                unmet(f"request {request['id']}")
-        if done and wanted:
-            plan.requests_done.append(request["id"])
+    def unmet(self, reason: str) -> None:
+        self.plan.unmet[reason] = self.plan.unmet.get(reason, 0) + 1
 
-    # ---- 2. draining storages: copy away what is not safe elsewhere
-    draining = {sid for sid, st in states.items() if st.view_args["status"] == "draining"}
-    if draining:
-        for oid in live:
-            on_drain = [r for r in by_item.get(oid, ()) if r[_R["storage_id"]] in draining
-                        and r[_R["state"]] == "complete"]
-            if not on_drain:
+    def destination_test(self, to: Condition | None
+                         ) -> Callable[[int, StorageState], bool] | None:
+        """A rule's ``to`` as ``best_destination`` calls it (None: any storage)."""
+        if to is None:
+            return None
+        now = self.now
+
+        def accept(item: int, st: StorageState) -> bool:
+            return to(self.view(item), None, st.view(), now)
+
+        return accept
+
+    # ---- the stages
+
+    def run(self, requests: Sequence[Mapping[str, Any]] = ()) -> DealerPlan:
+        self.requests(requests)
+        self.drain()
+        self.requirements()
+        self.popularity()
+        self.balance()
+        return self.finish()
+
+    def requests(self, requests: Sequence[Mapping[str, Any]]) -> None:
+        """1. users' copy requests, oldest first; a request already satisfied is done."""
+        table = self.table
+        by_name = {st.name: st for st in self.states.values()}
+        for request in sorted(requests, key=lambda r: r["id"]):
+            st = by_name.get(request["storage"])
+            if st is None:
                 continue
-            target = model.PHASE[items[oid][_I["target_phase"]]]
-            for _ in on_drain:
-                elsewhere = [s for s in holders.get(oid, set()) if s not in draining]
+            reason = f"request {request['id']}"
+            item = table.find(request["oid"])
+            wanted = ([] if item is None else table.children(item)) or (
+                [] if item is None else [item])
+            wanted = [i for i in wanted if table.is_ready(i)]
+            done = True
+            for i in wanted:
+                if st.id in table.complete_on(i):
+                    continue
+                done = False
+                if st.id in self.holders(i):
+                    continue  # on its way
+                if not st.online or not self.fits(st, table.size(i), hard_only=True) \
+                        or not self.add_copy(i, st, reason, 0):
+                    self.unmet(reason)
+            if done and wanted:
+                self.plan.requests_done.append(request["id"])
+
+    def drain(self) -> None:
+        """2. draining storages: copy away what is not safe elsewhere."""
+        draining = {sid for sid, st in self.states.items()
+                    if st.view_args["status"] == "draining"}
+        if not draining:
+            return
+        table, states = self.table, self.states
+        for item in table.on_draining(draining):
+            target = table.target(item)
+            for _ in [s for s in table.complete_on(item) if s in draining]:
+                elsewhere = [s for s in self.holders(item) if s not in draining]
                 weight = sum(states[s].phase_weight for s in elsewhere)
                 if elsewhere and model.phase_of_weights(weight) >= target:
                     break
-                placement = dealer.requirement(item_view(oid), now)
-                st = best_destination(oid, lambda v, s, p=placement: p is None
-                                      or p.accepts_destination(v, s.view(), now),
-                                      avoid=draining)
-                if st is None or not add_copy(oid, st, "drain", 0, placement):
-                    unmet("drain")
+                placement = table.requirement(item)
+                st = self.best_destination(
+                    item, self.destination_test(placement and placement.to), avoid=draining)
+                if st is None or not self.add_copy(item, st, "drain", 0, placement):
+                    self.unmet("drain")
                     break
 
-    # ---- 3. requirements (place rules, then phases), most deficient first
-    def deficit(oid: str) -> tuple:
-        target = model.PHASE[items[oid][_I["target_phase"]]]
-        return (model.phase_of_weights(weights.get(oid, 0)) - target,
-                len(holders.get(oid, ())), oid)
-
-    for oid in sorted(live, key=deficit):
-        view = item_view(oid)
-        if not partition.contains(view, None, now):
-            continue
-        placement = dealer.requirement(view, now)
-        if placement is None:
-            continue
-        target = model.PHASE[view.target_phase]
-        reason = (f"place {placement.label}" if placement.phase is None
-                  else f"phase {placement.phase}")
-        while (len(holders.get(oid, ())) < placement.copies
-               or model.phase_of_weights(weights.get(oid, 0)) < target):
-            st = best_destination(oid, lambda v, s, p=placement: p.accepts_destination(
-                v, s.view(), now))
-            if st is None or not add_copy(oid, st, reason, placement.line, placement):
-                unmet(reason)
-                break
-
-    # ---- 4. popularity extras
-    popularity = dealer.popularity
-    if popularity is not None:
-        for oid in live:
-            view = item_view(oid)
-            if not partition.contains(view, None, now):
+    def requirements(self) -> None:
+        """3. requirements (place rules, then phases), most deficient first."""
+        table = self.table
+        reasons: dict[int, tuple[str, Callable | None]] = {}
+        volume = self.limits.volume_per_cycle if self.limits is not None else None
+        spent: Counter[Placement] = Counter()  # items short when the cycle's volume was spent
+        for item in table.short(self):
+            placement = table.requirement(item)
+            assert placement is not None
+            if volume is not None and self.total_queued + table.size(item) > volume:
+                spent[placement] += 1  # no storage fits it (best_destination says so): unmet
                 continue
-            wanted = dealer.wanted_copies(view, now)
-            while len(holders.get(oid, ())) < wanted:
-                st = best_destination(oid, lambda v, s: popularity.to is None
-                                      or popularity.to(v, None, s.view(), now))
-                if st is None or not add_copy(oid, st, "popularity", popularity.line):
+            known = reasons.get(id(placement))
+            if known is None:
+                known = reasons[id(placement)] = (_reason(placement),
+                                                  self.destination_test(placement.to))
+            reason, accept = known
+            target = table.target(item)
+            while (len(self.holders(item)) < placement.copies
+                   or model.phase_of_weights(self._weights[item]) < target):
+                st = self.best_destination(item, accept)
+                if st is None or not self.add_copy(item, st, reason, placement.line,
+                                                   placement):
+                    self.unmet(reason)
+                    break
+        for placement, count in spent.items():
+            reason = _reason(placement)
+            self.plan.unmet[reason] = self.plan.unmet.get(reason, 0) + count
+
+    def popularity(self) -> None:
+        """4. popularity extras, up to the policy's maximum."""
+        popularity = self.dealer.popularity
+        if popularity is None:
+            return
+        accept = self.destination_test(popularity.to)
+        for item in self.table.popular(self):
+            wanted = self.wanted(item)
+            while len(self.holders(item)) < wanted:
+                st = self.best_destination(item, accept)
+                if st is None or not self.add_copy(item, st, "popularity", popularity.line):
                     break
 
-    # ---- 5. balancing: from the fullest storages toward the emptiest
-    balance = dealer.balance
-    if balance is not None and balance.spread is not None:
+    def balance(self) -> None:
+        """5. balancing: from the fullest storages toward the emptiest."""
+        balance = self.dealer.balance
+        if balance is None or balance.spread is None:
+            return
+        table = self.table
         budget = balance.volume_per_cycle
-        online = [st for st in states.values() if st.view_args["status"] == "online"
+        online = [st for st in self.states.values() if st.view_args["status"] == "online"
                   and st.capacity and st.usable]
         moved = 0
         while len(online) > 1:
@@ -383,37 +634,49 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
             low, high = online[0], online[-1]
             if high.used / high.capacity - low.used / low.capacity <= balance.spread:
                 break
-            candidates = [oid for oid in live if high.id in holders.get(oid, set())
-                          and low.id not in holders.get(oid, set())
-                          and partition.contains(item_view(oid), None, now)]
-            candidates.sort(key=lambda o: item_view(o).popularity)
             progressed = False
-            for oid in candidates:
-                size = size_of(oid)
+            for item in self._balance_candidates(high, low):
+                size = table.size(item)
                 if budget is not None and moved + size > budget:
                     break
-                if not fits(low, size):
+                if not self.fits(low, size):
                     continue
                 if (high.used - size) / high.capacity < (low.used + size) / low.capacity:
                     continue  # would overshoot
-                if add_copy(oid, low, "balance", balance.line):
+                if self.add_copy(item, low, "balance", balance.line):
                     high.used -= size  # Detox will reclaim the copy on the full storage
                     high.cached = None
-                    rerank(high)
+                    self.rerank(high)
                     moved += size
                     progressed = True
                     break
             if not progressed:
                 break
 
-    copies_to = Counter(c.target_id for c in plan.copies)
-    for sid, st in sorted(states.items(), key=lambda kv: kv[1].name):
-        plan.storages.append({
-            "name": st.name, "status": st.view_args["status"], "capacity": st.capacity,
-            "occupancy_before": round(before[sid], 6),
-            "occupancy_after": round(st.view().occupancy, 6),
-            "queued_bytes": st.queued,
-            "queued_copies": copies_to[sid],
-            "reliability": st.reliability,
-        })
-    return plan
+    def _balance_candidates(self, high: StorageState, low: StorageState) -> Iterator[int]:
+        """Live items of the partition on ``high`` and not on ``low``, least popular first."""
+        table = self.table
+        planned = [i for i in self._planned_on[high.id] if table.is_live(i) and table.member(i)]
+        items = sorted({*table.held_on(high.id), *planned},
+                       key=lambda i: (table.popularity(i), i))
+        for item in items:
+            if low.id not in self.holders(item):
+                yield item
+
+    def finish(self) -> DealerPlan:
+        plan = self.plan
+        plan.copies = [Copy(oid, target, source, size, reason, line)
+                       for oid, target, source, size, (reason, line) in zip(
+                           self.table.oids(self._items), self._targets, self._sources,
+                           self._sizes, self._reasons, strict=True)]
+        copies_to = Counter(self._targets)
+        for sid, st in sorted(self.states.items(), key=lambda kv: kv[1].name):
+            plan.storages.append({
+                "name": st.name, "status": st.view_args["status"], "capacity": st.capacity,
+                "occupancy_before": round(self.before[sid], 6),
+                "occupancy_after": round(st.view().occupancy, 6),
+                "queued_bytes": st.queued,
+                "queued_copies": copies_to[sid],
+                "reliability": st.reliability,
+            })
+        return plan

@@ -16,7 +16,7 @@ express (``policies.vector.Unsupported``) is planned by the record planner inste
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from policies import DELETE, DISMISS, IGNORE, PROTECT, Policy, StorageView, vect
 from policies.context import EMPTY
 from policies.ir import attributes_of
 from policies.schema import ATTRIBUTES
-from policies.vector import Coded, Frame, Lazy, Numeric
+from policies.vector import Coded, Column, Frame, Lazy, Numeric
 
 _S = {name: i for i, name in enumerate(SF)}
 STORAGE_ATTRIBUTES = tuple(ATTRIBUTES["storage"])  # what a rule may read of a StorageView
@@ -179,6 +179,62 @@ class ColumnDecisions(DecisionKinds, Sequence[tuple[str, int, str, str, int, int
         yield "size", self.sizes.astype("<i8", copy=False).tobytes()
 
 
+def popularity_column(snap: ColumnSnapshot, now: float, half_life: float) -> np.ndarray:
+    """Every item's decayed popularity (``detox.planner.decayed_popularity``)."""
+    access = snap.items["access_count"]
+    last = snap.items["last_access"]
+    valid = (access != 0) & ~np.isnan(last)
+    elapsed = np.maximum(now - np.where(valid, last, now), 0.0)
+    return np.where(valid, access * np.power(0.5, elapsed / half_life), 0.0)
+
+
+def item_columns(snap: ColumnSnapshot, ri: np.ndarray, now: float, half_life: float,
+                 state: np.ndarray, weight: np.ndarray,
+                 copies: np.ndarray) -> dict[tuple[str, str], Callable[[], Column]]:
+    """How a ``vector.Frame`` reads the item attributes over rows whose items are ``ri``:
+    ``state`` (codes), ``weight`` (phase weight of the complete copies) and ``copies`` are
+    per item, as the planner sees them."""
+    items, n_items = snap.items, snap.item_count
+    item_size = np.maximum(items["size"], 0)
+
+    def item_numeric(values: np.ndarray, null: np.ndarray | None = None) -> Numeric:
+        return Numeric(values, null, ri)
+
+    def parent_names(keys: np.ndarray) -> list[str | None]:
+        parents = items["parent"][keys]
+        if not snap.has_names:
+            return [None] * len(keys)
+        named = parents >= 0
+        out: list[str | None] = [None] * len(keys)
+        for at, name in zip(np.flatnonzero(named).tolist(),
+                            snap.names_of(parents[named]), strict=True):
+            out[at] = name
+        return out
+
+    return {
+        ("item", "name"): lambda: Lazy(ri, n_items, values_of=snap.names_of),
+        ("item", "version"): lambda: item_numeric(items["version"]),
+        ("item", "type"): lambda: Coded(items["type"], model.ITEM_TYPES, ri),
+        ("item", "state"): lambda: Coded(state, model.ITEM_STATES, ri),
+        ("item", "phase"): lambda: Coded(np.minimum(weight, 4), _PHASE_OF_WEIGHT, ri),
+        ("item", "target_phase"): lambda: Coded(items["target_phase"], model.PHASES, ri),
+        ("item", "size"): lambda: item_numeric(item_size),
+        ("item", "created"): lambda: item_numeric(items["created"]),
+        ("item", "expire_at"): lambda: item_numeric(items["expire_at"],
+                                                     np.isnan(items["expire_at"])),
+        ("item", "metadata"): lambda: Lazy(ri, n_items, sparse=snap.metadata or {},
+                                           default=EMPTY),
+        ("item", "copies"): lambda: item_numeric(copies),
+        ("item", "popularity"): lambda: item_numeric(popularity_column(snap, now, half_life)),
+        ("item", "access_count"): lambda: item_numeric(items["access_count"]),
+        ("item", "last_access"): lambda: item_numeric(items["last_access"],
+                                                       np.isnan(items["last_access"])),
+        ("item", "parent"): lambda: Lazy(ri, n_items, values_of=parent_names),
+        ("item", "owner"): lambda: Coded(items["owner"], snap.owners, ri),
+        ("item", "group"): lambda: Coded(items["group"], snap.groups, ri),
+    }
+
+
 def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     """The deletions of one Detox cycle over a column snapshot (see the module's docstring)."""
     detox, partition = policy.detox, policy.partition
@@ -236,30 +292,8 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
         ri = r_item[rows]
         rs = r_sid[rows]
 
-        def item_numeric(values: np.ndarray, null: np.ndarray | None = None) -> Numeric:
-            return Numeric(values, null, ri)
-
         def replica_numeric(values: np.ndarray, null: np.ndarray | None = None) -> Numeric:
             return Numeric(values, null, rows)
-
-        def popularity() -> Numeric:
-            access = items["access_count"]
-            last = items["last_access"]
-            valid = (access != 0) & ~np.isnan(last)
-            elapsed = np.maximum(now - np.where(valid, last, now), 0.0)
-            value = np.where(valid, access * np.power(0.5, elapsed / half_life), 0.0)
-            return Numeric(value, None, ri)
-
-        def parent_names(keys: np.ndarray) -> list[str | None]:
-            parents = items["parent"][keys]
-            if not snap.has_names:
-                return [None] * len(keys)
-            named = parents >= 0
-            out: list[str | None] = [None] * len(keys)
-            for at, name in zip(np.flatnonzero(named).tolist(),
-                                snap.names_of(parents[named]), strict=True):
-                out[at] = name
-            return out
 
         def storage_column(name: str) -> Coded:
             table = [None] * n_sids
@@ -268,26 +302,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
             return Coded(rs, table)
 
         builders: dict[tuple[str, str], Any] = {
-            ("item", "name"): lambda: Lazy(ri, n_items, values_of=snap.names_of),
-            ("item", "version"): lambda: item_numeric(items["version"]),
-            ("item", "type"): lambda: Coded(items["type"], model.ITEM_TYPES, ri),
-            ("item", "state"): lambda: Coded(state_now, model.ITEM_STATES, ri),
-            ("item", "phase"): lambda: Coded(np.minimum(weight, 4), _PHASE_OF_WEIGHT, ri),
-            ("item", "target_phase"): lambda: Coded(items["target_phase"], model.PHASES, ri),
-            ("item", "size"): lambda: item_numeric(item_size),
-            ("item", "created"): lambda: item_numeric(items["created"]),
-            ("item", "expire_at"): lambda: item_numeric(items["expire_at"],
-                                                         np.isnan(items["expire_at"])),
-            ("item", "metadata"): lambda: Lazy(ri, n_items, sparse=snap.metadata or {},
-                                               default=EMPTY),
-            ("item", "copies"): lambda: item_numeric(copies),
-            ("item", "popularity"): popularity,
-            ("item", "access_count"): lambda: item_numeric(items["access_count"]),
-            ("item", "last_access"): lambda: item_numeric(items["last_access"],
-                                                           np.isnan(items["last_access"])),
-            ("item", "parent"): lambda: Lazy(ri, n_items, values_of=parent_names),
-            ("item", "owner"): lambda: Coded(items["owner"], snap.owners, ri),
-            ("item", "group"): lambda: Coded(items["group"], snap.groups, ri),
+            **item_columns(snap, ri, now, half_life, state_now, weight, copies),
             ("replica", "storage"): lambda: Coded(rs, name_table),
             ("replica", "state"): lambda: Coded(r_state, model.REPLICA_STATES, rows),
             ("replica", "size"): lambda: replica_numeric(size),

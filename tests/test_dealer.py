@@ -7,7 +7,9 @@ import os
 
 import pytest
 
+from dealer.columns import supports as supports_columns
 from dealer.cycle import run_cycle
+from dealer.planner import plan_cycle
 from detox.cycle import run_cycle as run_detox
 from inventory import errors
 from inventory.cli import main
@@ -205,17 +207,44 @@ async def test_dry_run_and_cli(grid, capsys, tmp_path):
     assert code == 0 and "Dealer dry run" in out and "phase LIQUID" in out
 
 
+# A rule comparing two attributes: beyond the column evaluator, so planned on records
+RECORD_POLICY = POLICY.replace("phase GAS ", 'place "odd" if item.access_count > item.version '
+                               "copies 3\n    phase GAS ")
+
+
 async def test_a_kept_snapshot_caught_up_through_the_feed_sees_new_items(grid):
-    """`dlm dealer --every` catches its last snapshot up through the change feed: an item
-    ingested since is copied as a new snapshot would have it copied."""
+    """`dlm dealer --every` on records catches its last snapshot up through the change feed:
+    an item ingested since is copied as a new snapshot would have it copied."""
     await grid.storage("g1")
     await grid.storage("g2")
-    policy = load_policy_text(POLICY, "t.policy")
-    first = await run_cycle(grid.client, policy, POLICY)
-    assert first.plan.copies == []
+    policy = load_policy_text(RECORD_POLICY, "t.policy")
+    assert not supports_columns(policy)
+    first = await run_cycle(grid.client, policy, RECORD_POLICY)
+    assert first.plan.copies == [] and first.snapshot is not None
     await grid.item("new", target_phase="LIQUID")
-    kept = await run_cycle(grid.client, policy, POLICY, dry_run=True, snapshot=first.snapshot)
-    fresh = await run_cycle(grid.client, policy, POLICY, dry_run=True)
+    kept = await run_cycle(grid.client, policy, RECORD_POLICY, dry_run=True,
+                           snapshot=first.snapshot)
+    fresh = await run_cycle(grid.client, policy, RECORD_POLICY, dry_run=True)
     assert kept.snapshot is first.snapshot
     assert [(c.oid, c.target_id) for c in kept.plan.copies] == \
         [(c.oid, c.target_id) for c in fresh.plan.copies] != []
+
+
+async def test_a_cycle_on_columns_takes_a_new_snapshot_and_plans_as_records_do(grid):
+    """The benchmark's kind of policy is planned on a column snapshot, a new one each cycle
+    (nothing is kept to catch up), and plans what the record planner plans."""
+    await grid.storage("g1")
+    await grid.storage("g2")
+    await grid.storage("l1", phase="LIQUID")
+    policy = load_policy_text(POLICY, "t.policy")
+    assert supports_columns(policy)
+    first = await run_cycle(grid.client, policy, POLICY)
+    assert first.snapshot is None
+    await grid.item("new", target_phase="SOLID")
+    on_columns = await run_cycle(grid.client, policy, POLICY, dry_run=True,
+                                 snapshot=first.snapshot)
+    snap = await grid.client.snapshot()
+    on_records = plan_cycle(policy, snap.storages, snap.items, snap.replicas.values(),
+                            on_columns.plan.now)
+    assert [(c.oid, c.target_id, c.reason) for c in on_columns.plan.copies] == \
+        [(c.oid, c.target_id, c.reason) for c in on_records.copies] != []
