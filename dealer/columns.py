@@ -93,12 +93,27 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float, *,
 
 
 def _weights_by_item(items: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
-    """Per item (of ``n``), the sum of ``weights`` (phase weights, 0-4) over its rows."""
-    out = np.zeros(n, dtype=np.int32)
-    for w in np.unique(weights).tolist():
-        if w:
-            out += w * np.bincount(items[weights == w], minlength=n).astype(np.int32)
-    return out
+    """Per item (of ``n``), the sum of ``weights`` (phase weights, 0-4) over its rows: exact
+    in bincount's float64 (small whole numbers)."""
+    return np.bincount(items, weights=weights, minlength=n).astype(np.int32)
+
+
+def _deficit_order(oids: np.ndarray, below: np.ndarray, holders: np.ndarray) -> np.ndarray:
+    """The order of ``Dealing``'s deficit key (phase below target, holders, oid) over these
+    items: sorted by oid first, then by the rest with a stable radix sort of its small codes.
+    (``np.lexsort`` of the same keys takes ~4x as long: 1.6 s for 2.5M items.)"""
+    halves = oids.view(">u8").reshape(-1, 2).astype(np.uint64)
+    by_oid = np.argsort(halves[:, 0])
+    high = halves[by_oid, 0]
+    if len(high) > 1 and bool((high[1:] == high[:-1]).any()):  # 64 equal bits: never, but
+        by_oid = np.lexsort((halves[:, 1], halves[:, 0]))      # exact if it happens
+    span = int(holders.max()) + 1 if len(holders) else 1
+    key = (below - (int(below.min()) if len(below) else 0)) * span + holders
+    if len(key) and int(key.max()) >= 1 << 15:  # many storages: dense codes instead
+        key = np.unique(key, return_inverse=True)[1]
+    small = not len(key) or int(key.max()) < 1 << 15  # radix-sorted when 16-bit
+    return by_oid[np.argsort(key[by_oid].astype(np.int16 if small else np.int64),
+                             kind="stable")]
 
 
 class ColumnItems:
@@ -121,8 +136,6 @@ class ColumnItems:
         self._n_sids = n_sids
 
         self._item_size = np.maximum(items["size"], 0)
-        self._sizes = self._item_size.tolist()
-        self._targets = items["target_phase"].tolist()
         ready = items["state"] == model.READY
         self._ready = ready
         self._live_mask = ready & (items["type"] == model.FILE)
@@ -137,12 +150,13 @@ class ColumnItems:
         copies = np.bincount(r_item[complete], minlength=n).astype(np.int32)
         self._phase = _PHASE_OF_WEIGHT[np.minimum(complete_weight, 4)]
         self._copies = copies
-        # the held replicas grouped by item, as Python lists (the sequential part reads them)
+        # the held replicas grouped by item, its complete ones first: an item's holders are
+        # held_sids[starts[i]:starts[i + 1]], its complete copies the first copies[i] of them
         rows = np.flatnonzero(held)
-        rows = rows[np.argsort(r_item[rows], kind="stable")]
-        self._starts = np.searchsorted(r_item[rows], np.arange(n + 1)).tolist()
-        self._held_sids = r_sid[rows].tolist()
-        self._held_complete = (r_state[rows] == _COMPLETE).tolist()
+        rows = rows[np.argsort(r_item[rows].astype(np.int64) * 2 + ~complete[rows],
+                               kind="stable")]
+        self._starts = np.searchsorted(r_item[rows], np.arange(n + 1))
+        self._held_sids = r_sid[rows]
         self._held_rows = rows
         self._phase_weight = phase_weight.tolist()
 
@@ -153,7 +167,6 @@ class ColumnItems:
         members = policy.partition.members
         self._member = (everyone if members is None
                         else vector.evaluate(members.source.expr, frame, everyone))
-        self._member_list: list[bool] | None = None
         rules = [r for r in dealer.rules if r.condition is not None]
         placements: list[Placement] = [*rules, *dealer.phases.values()]
         chosen = vector.first_match([r.condition.source for r in rules], frame, everyone)
@@ -163,7 +176,6 @@ class ColumnItems:
         fallback = by_target[items["target_phase"]]
         self._requirement = np.where(chosen >= 0, chosen, fallback).astype(np.int16)
         self._placements = placements
-        self._req_list: list[int] | None = None
 
     # ---- ItemTable
 
@@ -185,10 +197,16 @@ class ColumnItems:
         return bool(self._live_mask[item])
 
     def size(self, item: int) -> int:
-        return self._sizes[item]
+        return int(self._item_size[item])
 
     def target(self, item: int) -> int:
-        return self._targets[item]
+        return int(self._snap.items["target_phase"][item])
+
+    def sizes(self, items: np.ndarray) -> np.ndarray:
+        return self._item_size[items].astype(np.int64)
+
+    def placement_codes(self, items: np.ndarray) -> tuple[np.ndarray, list[Placement]]:
+        return self._requirement[items].astype(np.int64), self._placements
 
     def view(self, item: int) -> ItemView:
         snap, items = self._snap, self._snap.items
@@ -204,7 +222,7 @@ class ColumnItems:
             type=model.ITEM_TYPES[items["type"][item]],
             state=model.ITEM_STATES[items["state"][item]],
             phase=model.PHASES[self._phase[item]],
-            target_phase=model.PHASES[self._targets[item]], size=self._sizes[item],
+            target_phase=model.PHASES[self.target(item)], size=self.size(item),
             created=float(items["created"][item]), expire_at=time_or_none("expire_at"),
             metadata=(snap.metadata or {}).get(item) or EMPTY, copies=int(self._copies[item]),
             popularity=self.popularity(item),
@@ -215,14 +233,10 @@ class ColumnItems:
             owner=snap.owners[items["owner"][item]], group=snap.groups[items["group"][item]])
 
     def member(self, item: int) -> bool:
-        if self._member_list is None:
-            self._member_list = self._member.tolist()
-        return self._member_list[item]
+        return bool(self._member[item])
 
     def requirement(self, item: int) -> Placement | None:
-        if self._req_list is None:
-            self._req_list = self._requirement.tolist()
-        at = self._req_list[item]
+        at = int(self._requirement[item])
         return None if at < 0 else self._placements[at]
 
     def popularity(self, item: int) -> float:
@@ -232,15 +246,13 @@ class ColumnItems:
                                   None if last != last else last, self._now, self._half_life)
 
     def held(self, item: int) -> tuple[set[int], int]:
-        lo, hi = self._starts[item], self._starts[item + 1]
-        sids = self._held_sids[lo:hi]
+        sids = self._held_sids[self._starts[item]:self._starts[item + 1]].tolist()
         weight = self._phase_weight
         return set(sids), sum(weight[s] for s in sids)
 
     def complete_on(self, item: int) -> list[int]:
-        lo, hi = self._starts[item], self._starts[item + 1]
-        return [s for s, c in zip(self._held_sids[lo:hi], self._held_complete[lo:hi],
-                                  strict=True) if c]
+        lo = int(self._starts[item])
+        return self._held_sids[lo:lo + int(self._copies[item])].tolist()
 
     def children(self, item: int) -> list[int]:
         return np.flatnonzero(self._snap.items["parent"] == item).tolist()
@@ -287,10 +299,9 @@ class ColumnItems:
         short = self._live_mask & self._member & (req >= 0) & (
             (n_held < copies) | (phase < target))
         items = np.flatnonzero(short)
-        halves = self._snap.items["oid"][items].view(">u8").reshape(-1, 2)
-        order = np.lexsort((halves[:, 1], halves[:, 0], n_held[items],
-                            phase[items] - target[items]))
-        return items[order].tolist()
+        return items[_deficit_order(self._snap.items["oid"][items],
+                                    (phase[items] - target[items]).astype(np.int64),
+                                    n_held[items].astype(np.int64))]
 
     def popular(self, dealing: Dealing) -> Iterable[int]:
         popularity = self._dealer.popularity

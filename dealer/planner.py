@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from detox.planner import DEFAULT_HALF_LIFE, decayed_popularity
 from inventory import model
 from inventory.feed import WIRE_ITEM_FIELDS as IF
@@ -133,10 +135,18 @@ class ItemTable(Protocol):
         """Live items with a complete copy on one of ``draining``, in order."""
         ...
 
-    def short(self, dealing: Dealing) -> Iterable[int]:
+    def short(self, dealing: Dealing) -> np.ndarray:
         """Live items of the partition short of their requirement (``Dealing.is_short``, on
         the copies planned so far), most deficient first: by how far their phase is below
         target, then by how few holders they have, then by oid."""
+        ...
+
+    def sizes(self, items: np.ndarray) -> np.ndarray:
+        """``size`` of each of ``items`` (int64)."""
+        ...
+
+    def placement_codes(self, items: np.ndarray) -> tuple[np.ndarray, list[Placement]]:
+        """``requirement`` of each of ``items``, as codes into the returned placements."""
         ...
 
     def popular(self, dealing: Dealing) -> Iterable[int]:
@@ -310,14 +320,41 @@ class RecordItems:
             return (model.phase_of_weights(dealing.weight(i)) - self.target(i),
                     len(dealing.holders(i)), self._oids[i])
 
-        return sorted((i for i in self.live if self.member(i) and dealing.is_short(i)),
-                      key=deficit)
+        return np.array(sorted((i for i in self.live if self.member(i) and dealing.is_short(i)),
+                               key=deficit), dtype=np.int64)
+
+    def sizes(self, items: np.ndarray) -> np.ndarray:
+        return np.array([self.size(i) for i in items.tolist()], dtype=np.int64)
+
+    def placement_codes(self, items: np.ndarray) -> tuple[np.ndarray, list[Placement]]:
+        placements: list[Placement] = []
+        code_of: dict[int, int] = {}
+        codes = []
+        for i in items.tolist():
+            placement = self.requirement(i)
+            assert placement is not None
+            code = code_of.get(id(placement))
+            if code is None:
+                code = code_of[id(placement)] = len(placements)
+                placements.append(placement)
+            codes.append(code)
+        return np.array(codes, dtype=np.int64), placements
 
     def popular(self, dealing: Dealing) -> Iterable[int]:
         return [i for i in self.live if self.member(i)]
 
     def held_on(self, sid: int) -> Iterable[int]:
         return [i for i in self.live if self.member(i) and sid in self.held(i)[0]]
+
+
+def _next_fitting(sizes: np.ndarray, start: int, room: int, chunk: int = 1 << 16) -> int:
+    """The first position from ``start`` whose size is at most ``room`` (``len(sizes)``:
+    none), searched a chunk at a time: the next one is usually near."""
+    for lo in range(start, len(sizes), chunk):
+        hits = np.flatnonzero(sizes[lo:lo + chunk] <= room)
+        if len(hits):
+            return lo + int(hits[0])
+    return len(sizes)
 
 
 def _reason(placement: Placement) -> str:
@@ -578,22 +615,28 @@ class Dealing:
                     break
 
     def requirements(self) -> None:
-        """3. requirements (place rules, then phases), most deficient first."""
+        """3. requirements (place rules, then phases), most deficient first.
+
+        Once the cycle's ``volume_per_cycle`` is nearly spent, most short items are too large
+        for what is left: no storage fits them (``best_destination`` would say so after its
+        volume check), so they are counted unmet in bulk, up to the next item that fits."""
         table = self.table
-        reasons: dict[int, tuple[str, Callable | None]] = {}
+        items = table.short(self)
+        sizes = table.sizes(items)
+        codes, placements = table.placement_codes(items)
+        tests = [(_reason(p), self.destination_test(p.to)) for p in placements]
         volume = self.limits.volume_per_cycle if self.limits is not None else None
-        spent: Counter[Placement] = Counter()  # items short when the cycle's volume was spent
-        for item in table.short(self):
-            placement = table.requirement(item)
-            assert placement is not None
-            if volume is not None and self.total_queued + table.size(item) > volume:
-                spent[placement] += 1  # no storage fits it (best_destination says so): unmet
+        spent = np.zeros(len(placements), dtype=np.int64)  # unmet: the volume was spent
+        item_list, size_list, code_list = items.tolist(), sizes.tolist(), codes.tolist()
+        k, n = 0, len(item_list)
+        while k < n:
+            if volume is not None and self.total_queued + size_list[k] > volume:
+                end = _next_fitting(sizes, k + 1, volume - self.total_queued)
+                spent += np.bincount(codes[k:end], minlength=len(placements))
+                k = end
                 continue
-            known = reasons.get(id(placement))
-            if known is None:
-                known = reasons[id(placement)] = (_reason(placement),
-                                                  self.destination_test(placement.to))
-            reason, accept = known
+            item, placement = item_list[k], placements[code_list[k]]
+            reason, accept = tests[code_list[k]]
             target = table.target(item)
             while (len(self.holders(item)) < placement.copies
                    or model.phase_of_weights(self._weights[item]) < target):
@@ -602,9 +645,10 @@ class Dealing:
                                                    placement):
                     self.unmet(reason)
                     break
-        for placement, count in spent.items():
-            reason = _reason(placement)
-            self.plan.unmet[reason] = self.plan.unmet.get(reason, 0) + count
+            k += 1
+        for (reason, _accept), count in zip(tests, spent.tolist(), strict=True):
+            if count:
+                self.plan.unmet[reason] = self.plan.unmet.get(reason, 0) + count
 
     def popularity(self) -> None:
         """4. popularity extras, up to the policy's maximum."""

@@ -115,13 +115,14 @@ async def test_a_detox_cycle_leaves_rows_a_restart_loads_back(db_url, tmp_path):
 async def test_postgres_schema_leaves_room_for_hot_updates_and_no_operation_item_key(pg_url,
                                                                                      tmp_path):
     """Migration 5: replica and item pages keep room for a row's next version (a cycle's state
-    changes are HOT updates, no new index entries) and operations do not lock their item."""
+    changes are HOT updates, no new index entries) and operations do not lock their item.
+    Migration 6: a new replica row writes one random index entry (its uid) and locks nothing."""
     import asyncpg
 
     store = open_store(pg_url, str(tmp_path))
     await store.open()
     try:
-        assert await store.schema_version() == 5
+        assert await store.schema_version() == 6
     finally:
         await store.close()
     conn = await asyncpg.connect(pg_url)
@@ -133,5 +134,9 @@ async def test_postgres_schema_leaves_room_for_hot_updates_and_no_operation_item
             "SELECT conname FROM pg_constraint WHERE conrelid = 'operation'::regclass "
             "AND contype = 'f'")}
         assert keys == {"operation_source_id_fkey", "operation_target_id_fkey"}
+        replica = {(r["conname"], r["contype"]) for r in await conn.fetch(
+            "SELECT conname, contype::text FROM pg_constraint "
+            "WHERE conrelid = 'replica'::regclass")}
+        assert replica == {("replica_pkey", "p"), ("replica_state_check", "c")}
     finally:
         await conn.close()
