@@ -247,8 +247,7 @@ class ColumnItems:
 
     def held(self, item: int) -> tuple[set[int], int]:
         sids = self._held_sids[self._starts[item]:self._starts[item + 1]].tolist()
-        weight = self._phase_weight
-        return set(sids), sum(weight[s] for s in sids)
+        return set(sids), sum(map(self._phase_weight.__getitem__, sids))
 
     def complete_on(self, item: int) -> list[int]:
         lo = int(self._starts[item])

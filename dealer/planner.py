@@ -387,6 +387,8 @@ class Dealing:
         self._sizes: list[int] = []
         self._reasons: list[tuple[str, int]] = []
         self._view_of: tuple[int, ItemView] | None = None
+        self._offline = {sid for sid, st in states.items()
+                         if st.view_args["status"] == "offline"}  # never a source
 
         used, pending, part = table.usage()
         for sid, st in states.items():
@@ -485,11 +487,12 @@ class Dealing:
         return True
 
     def best_destination(self, item: int, accept: Callable[[int, StorageState], bool] | None,
-                         *, hard_only: bool = False,
-                         avoid: Iterable[int] = ()) -> StorageState | None:
-        """The first storage in rank order that may take a copy of ``item``: cheap checks
-        first, then the policy's ``accept``."""
-        size = self.table.size(item)
+                         *, hard_only: bool = False, avoid: Iterable[int] = (),
+                         size: int | None = None) -> StorageState | None:
+        """The first storage in rank order that may take a copy of ``item`` (of ``size``,
+        when the caller knows it): cheap checks first, then the policy's ``accept``."""
+        if size is None:
+            size = self.table.size(item)
         limits = self.limits
         if not hard_only and limits is not None and limits.volume_per_cycle is not None \
                 and self.total_queued + size > limits.volume_per_cycle:
@@ -508,8 +511,9 @@ class Dealing:
 
     def source_for(self, item: int, placement: Placement | None = None) -> int | None:
         states = self.states
-        good = [sid for sid in self.table.complete_on(item)
-                if states[sid].view_args["status"] != "offline"]
+        good = self.table.complete_on(item)
+        if self._offline:
+            good = [sid for sid in good if sid not in self._offline]
         if placement is not None and placement.source is not None:
             view = self.view(item)
             good = [s for s in good
@@ -519,11 +523,13 @@ class Dealing:
         return min(good, key=self.rank_of.__getitem__)
 
     def add_copy(self, item: int, st: StorageState, reason: str, line: int,
-                 placement: Placement | None = None) -> bool:
+                 placement: Placement | None = None, size: int | None = None) -> bool:
+        """Plan a copy of ``item`` (of ``size``, when the caller knows it) to ``st``."""
         source = self.source_for(item, placement)
         if source is None:
             return False
-        size = self.table.size(item)
+        if size is None:
+            size = self.table.size(item)
         self._items.append(item)
         self._targets.append(st.id)
         self._sources.append(source)
@@ -635,14 +641,14 @@ class Dealing:
                 spent += np.bincount(codes[k:end], minlength=len(placements))
                 k = end
                 continue
-            item, placement = item_list[k], placements[code_list[k]]
+            item, placement, size = item_list[k], placements[code_list[k]], size_list[k]
             reason, accept = tests[code_list[k]]
             target = table.target(item)
             while (len(self.holders(item)) < placement.copies
                    or model.phase_of_weights(self._weights[item]) < target):
-                st = self.best_destination(item, accept)
+                st = self.best_destination(item, accept, size=size)
                 if st is None or not self.add_copy(item, st, reason, placement.line,
-                                                   placement):
+                                                   placement, size):
                     self.unmet(reason)
                     break
             k += 1

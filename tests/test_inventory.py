@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inventory import model
 from inventory.inventory import Checksums, Inventory
@@ -202,3 +206,28 @@ def test_rows_of_removed_replicas_are_reused_and_nothing_else_changes(inv):
     fresh.add_items(items)
     fresh.add_replicas(list(records.values()))
     assert _seen(inv) == _seen(fresh)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, (1 << 128) - 1), st.sampled_from(["canonical", "upper", "braces", "hex"]))
+def test_parse_uuid_reads_what_uuid_reads(value, form):
+    text = str(uuid.UUID(int=value))
+    text = {"canonical": text, "upper": text.upper(), "braces": "{" + text + "}",
+            "hex": text.replace("-", "")}[form]
+    assert model.parse_uuid(text) == value
+
+
+@pytest.mark.parametrize("text", [
+    "", "x", "00000000-0000-0000-0000-00000000000", "00000000-0000-0000-0000-00000000000g",
+    "0000000000-00-0000-0000-000000000000", "00000000-0000-0000-0000-0000000000000",
+    "g0000000-0000-0000-0000-000000000000", "+0000000-0000-0000-0000-000000000000",
+    "0000000_-0000-0000-0000-000000000000", "12345678-1234-1234-1234-123456789aBc",
+])
+def test_parse_uuid_agrees_with_uuid_on_odd_texts(text):
+    try:
+        expected = uuid.UUID(text).int
+    except ValueError:
+        with pytest.raises(ValueError):
+            model.parse_uuid(text)
+    else:
+        assert model.parse_uuid(text) == expected
