@@ -13,7 +13,7 @@ import msgpack
 from dealer.columns import needed_fields, plan_columns
 from dealer.columns import supports as supports_columns
 from dealer.planner import DealerPlan, plan_cycle
-from detox.cycle import CycleResult, compressobj, plan_header, run_stages
+from detox.cycle import CycleResult, column_taker, compressobj, plan_header, run_stages
 from inventory import model
 from inventory.client import Client, Snapshot
 from inventory.columns import ColumnSnapshot
@@ -50,11 +50,6 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
         requests = await client.request("GET", "/v1/requests", params={"state": "pending"})
         return storages, requests
 
-    async def column_snapshot() -> ColumnSnapshot:
-        report = None if progress is None else (
-            lambda done, total: progress("snapshot (MiB)", done >> 20, total >> 20))
-        return await client.column_snapshot(needed_fields(policy), report)
-
     def plan(snap: Snapshot | ColumnSnapshot, extra: tuple[dict, dict]) -> DealerPlan:
         storages, requests = extra
         reliability = {s["name"]: s.get("reliability") or {} for s in storages["storages"]}
@@ -76,7 +71,9 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
 
     result = await run_stages(client, "/v1/cycles/dealer", plan, body, dry_run=dry_run,
                               progress=progress, kept=None if on_columns else snapshot,
-                              context=context, take=column_snapshot if on_columns else None)
+                              context=context,
+                              take=column_taker(client, needed_fields(policy), progress)
+                              if on_columns else None)
     if on_columns:
         result.snapshot = None  # nothing to catch up: the next cycle takes a new one
     return result

@@ -128,14 +128,22 @@ def plan_body(policy: Policy, policy_text: str, plan: DetoxPlan, snapshot_versio
     }
 
 
+def column_taker(client: Client, fields: list[str],
+                 progress: Callable[[str, int, int], None] | None
+                 ) -> Callable[[], Awaitable[ColumnSnapshot]]:
+    """``run_stages``' ``take`` for a new column snapshot with the optional ``fields`` a
+    policy reads, its progress in MiB received."""
+    async def take() -> ColumnSnapshot:
+        report = None if progress is None else (
+            lambda done, total: progress("snapshot (MiB)", done >> 20, total >> 20))
+        return await client.column_snapshot(fields, report)
+
+    return take
+
+
 async def _run_on_columns(client: Client, policy: Policy, policy_text: str, now: float,
                           started: float, *, dry_run: bool,
                           progress: Callable[[str, int, int], None] | None) -> CycleResult:
-    async def snapshot() -> ColumnSnapshot:
-        report = None if progress is None else (
-            lambda done, total: progress("snapshot (MiB)", done >> 20, total >> 20))
-        return await client.column_snapshot(needed_fields(policy), report)
-
     def plan(snap: ColumnSnapshot, _context: None) -> DetoxPlan:
         return plan_columns(policy, snap, now)
 
@@ -143,7 +151,8 @@ async def _run_on_columns(client: Client, policy: Policy, policy_text: str, now:
         return plan_body(policy, policy_text, plan, snap.version, started)
 
     result = await run_stages(client, "/v1/cycles/detox", plan, body, dry_run=dry_run,
-                              progress=progress, kept=None, take=snapshot)
+                              progress=progress, kept=None,
+                              take=column_taker(client, needed_fields(policy), progress))
     result.snapshot = None  # nothing to catch up: the next cycle takes a new one
     return result
 
