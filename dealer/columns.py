@@ -1,4 +1,4 @@
-"""Dealer's decision over a column snapshot: ``dealer.planner.Dealing`` (the one algorithm) reading
+"""Dealer's decision over a column snapshot: ``dealer.dealing.Dealing`` (the one algorithm) reading
 the items through arrays instead of records. Pure: columns in, plan out, no I/O.
 
 Most items of a large inventory need nothing: their copies already meet their requirement.
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dealer.planner import DealerPlan, Dealing, StorageState, storage_states
+from dealer.dealing import DealerPlan, Dealing, StorageState, storage_states
 from detox.columns import exact_sums, item_columns, popularity_column
 from detox.planner import DEFAULT_HALF_LIFE, decayed_popularity
 from inventory import model
@@ -117,7 +117,7 @@ def _deficit_order(oids: np.ndarray, below: np.ndarray, holders: np.ndarray) -> 
 
 
 class ColumnItems:
-    """``dealer.planner.ItemTable`` over a column snapshot: per-item facts as arrays, computed
+    """``dealer.dealing.ItemTable`` over a column snapshot: per-item facts as arrays, computed
     once; the few items the stages walk read them as Python values."""
 
     def __init__(self, policy: Policy, states: Mapping[int, StorageState],

@@ -1,6 +1,6 @@
 """The Dealer's column planner plans what the record planner plans: the same copies (item,
 destination, source, size, rule), requests done, unmet counts and storage projections, on random
-inventories, copy requests and policies (hypothesis). Both run ``dealer.planner.Dealing``; what
+inventories, copy requests and policies (hypothesis). Both run ``dealer.dealing.Dealing``; what
 differs is how the per-item facts are read (records one by one, or arrays), which is what these
 tests hold equal."""
 
