@@ -6,10 +6,11 @@
 ``generate.py`` writes N replicas (2 per item, every item's target phase SOLID) on S storages
 (GAS, LIQUID, SOLID, GAS, ... in turn) into a new PostgreSQL database; ``dlm serve`` runs on it;
 this process runs ``dealer.cycle.run_cycle`` with a phase policy (GAS 1 copy, LIQUID 2, SOLID 2,
-90% target occupancy), so every item whose two copies do not make SOLID is short: ~62% of them.
+90% target occupancy), so every item whose two copies do not make SOLID is short: about half
+of them (2.5M items needing 3.1M copies at 10M replicas).
 
 ``--volume`` is the policy's ``volume_per_cycle``: what one cycle may queue, as a production
-Dealer is run (DESIGN.md: every 30 minutes; Dynamo had overall transfer limits per cycle). The
+Dealer is run (every 30 minutes in the operator guide; Dynamo had transfer limits per cycle). The
 cycle still judges every item and orders all the short ones; the most deficient get copies until
 the volume is spent, the rest are reported unmet and wait for the next cycle. ``--volume none``
 queues a copy for every short item at once (3.1M copies at 10M replicas).

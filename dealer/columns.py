@@ -310,7 +310,8 @@ class ColumnItems:
         base = np.array([p.copies for p in self._placements] + [0], dtype=np.int64)[req]
         # an upper bound of each item's extras (the exact count is the scalar one, per item)
         value = popularity_column(self._snap, self._now, self._half_life)
-        extra = np.floor(value * (1 + 1e-9) / popularity.threshold).astype(np.int64)
+        extra = np.floor(np.minimum(value * (1 + 1e-9) / popularity.threshold,
+                                    popularity.max_copies)).astype(np.int64)  # no overflow
         wanted = np.maximum(base, np.minimum(base + extra, popularity.max_copies))
         may_want = self._live_mask & self._member & (wanted > self._n_held)
         return np.flatnonzero(may_want).tolist()

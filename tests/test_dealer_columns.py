@@ -166,3 +166,20 @@ def test_an_empty_inventory_plans_nothing():
     plan = plan_columns(policy, columns.from_records(1, storages, {}, []), NOW)
     assert plan.copies == [] and plan.unmet == {}
     assert plan.storages[0]["occupancy_after"] == 0.0
+
+
+def test_a_huge_popularity_still_asks_for_its_extra_copies():
+    """The column table's bound on popularity extras is capped before it becomes an integer
+    (a quotient past 2**63 turned negative and left the item out of the popularity stage)."""
+    policy = load_policy_text(
+        'partition "all" { }\ndealer {\n    phase SOLID copies 1\n'
+        "    popularity { half_life 1d threshold 0.001 max_copies 3 }\n}\n", "hot.policy")
+    storages = [[sid, f"s{sid}", "posix", f"/s{sid}", 10_000, "SOLID", "online", {}, {}, 0.0]
+                for sid in (1, 2, 3)]
+    oid = model.format_uuid(model.new_oid())
+    items = {oid: [oid, "hot", 1, "file", "READY", "SOLID", 10, None, None, None, None,
+                   NOW - DAY, None, 10**16, NOW - 5, None, None]}
+    replicas = [[model.format_uuid(model.parse_uuid(oid) | 1), oid, 1, None, "complete", 10,
+                 None, NOW - DAY, None, None]]
+    expected, got = both(policy, storages, items, replicas, [], {})
+    assert copies(got) == copies(expected) and len(expected.copies) == 2
