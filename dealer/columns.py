@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dealer.dealing import DealerPlan, Dealing, StorageState, storage_states
-from detox.columns import exact_sums, item_columns, popularity_column
+from detox.columns import exact_sums, item_columns, phase_weights_by_item, popularity_column
 from detox.planner import DEFAULT_HALF_LIFE, decayed_popularity
 from inventory import model
 from inventory.columns import ColumnSnapshot
@@ -92,12 +92,6 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float, *,
     return Dealing(policy, table, states, now).run(requests)
 
 
-def _weights_by_item(items: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
-    """Per item (of ``n``), the sum of ``weights`` (phase weights, 0-4) over its rows: exact
-    in bincount's float64 (small whole numbers)."""
-    return np.bincount(items, weights=weights, minlength=n).astype(np.int32)
-
-
 def _deficit_order(oids: np.ndarray, below: np.ndarray, holders: np.ndarray) -> np.ndarray:
     """The order of ``Dealing``'s deficit key (phase below target, holders, oid) over these
     items: sorted by oid first, then by the rest with a stable radix sort of its small codes.
@@ -145,8 +139,9 @@ class ColumnItems:
         complete = r_state == _COMPLETE
         held_items = r_item[held]
         self._n_held = np.bincount(held_items, minlength=n).astype(np.int32)
-        self._held_weight = _weights_by_item(held_items, phase_weight[r_sid[held]], n)
-        complete_weight = _weights_by_item(r_item[complete], phase_weight[r_sid[complete]], n)
+        self._held_weight = phase_weights_by_item(held_items, phase_weight[r_sid[held]], n)
+        complete_weight = phase_weights_by_item(r_item[complete],
+                                                phase_weight[r_sid[complete]], n)
         copies = np.bincount(r_item[complete], minlength=n).astype(np.int32)
         self._phase = _PHASE_OF_WEIGHT[np.minimum(complete_weight, 4)]
         self._copies = copies
@@ -176,6 +171,9 @@ class ColumnItems:
         fallback = by_target[items["target_phase"]]
         self._requirement = np.where(chosen >= 0, chosen, fallback).astype(np.int16)
         self._placements = placements
+        # copies each item's requirement asks for (0 without one: code -1 reads the last)
+        self._required = np.array([p.copies for p in placements] + [0],
+                                  dtype=np.int32)[self._requirement]
 
     # ---- ItemTable
 
@@ -285,14 +283,13 @@ class ColumnItems:
         items[reps["item"][there]] = True
         return np.flatnonzero(items & self._live_mask).tolist()
 
-    def short(self, dealing: Dealing) -> Iterable[int]:
+    def short(self, dealing: Dealing) -> np.ndarray:
         n_held = self._n_held.copy()
         weight = self._held_weight.copy()
         for item, holders in dealing.touched.items():  # what the earlier stages changed
             n_held[item] = len(holders)
             weight[item] = dealing.weight(item)
-        req = self._requirement
-        copies = np.array([p.copies for p in self._placements] + [0], dtype=np.int32)[req]
+        req, copies = self._requirement, self._required
         phase = _PHASE_OF_WEIGHT[np.minimum(weight, 4)].astype(np.int16)
         target = self._snap.items["target_phase"].astype(np.int16)
         short = self._live_mask & self._member & (req >= 0) & (
@@ -306,8 +303,7 @@ class ColumnItems:
         popularity = self._dealer.popularity
         if popularity is None:
             return []
-        req = self._requirement
-        base = np.array([p.copies for p in self._placements] + [0], dtype=np.int64)[req]
+        base = self._required.astype(np.int64)
         # an upper bound of each item's extras (the exact count is the scalar one, per item)
         value = popularity_column(self._snap, self._now, self._half_life)
         extra = np.floor(np.minimum(value * (1 + 1e-9) / popularity.threshold,

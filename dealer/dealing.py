@@ -265,13 +265,8 @@ class Dealing:
 
     def wanted(self, item: int) -> int:
         """``DealerPolicy.wanted_copies``, with the table's requirement and popularity."""
-        placement = self.table.requirement(item)
-        base = placement.copies if placement is not None else 0
-        popularity = self.dealer.popularity
-        if popularity is None:
-            return base
-        wanted = base + popularity.extra_copies(self.table.popularity(item))
-        return max(base, min(wanted, popularity.max_copies))
+        return self.dealer.copies_wanted(self.table.requirement(item),
+                                         self.table.popularity(item))
 
     # ---- storages
 

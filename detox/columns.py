@@ -179,6 +179,12 @@ class ColumnDecisions(DecisionKinds, Sequence[tuple[str, int, str, str, int, int
         yield "size", self.sizes.astype("<i8", copy=False).tobytes()
 
 
+def phase_weights_by_item(items: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """Per item (of ``n``), the sum of ``weights`` (phase weights, 0-4) over its rows: exact
+    in bincount's float64 (small whole numbers)."""
+    return np.bincount(items, weights=weights, minlength=n).astype(np.int32)
+
+
 def popularity_column(snap: ColumnSnapshot, now: float, half_life: float) -> np.ndarray:
     """Every item's decayed popularity (``detox.planner.decayed_popularity``)."""
     access = snap.items["access_count"]
@@ -273,14 +279,8 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     counted = ~gone_state
     complete_items = r_item[complete]
     copies = np.bincount(complete_items, minlength=n_items).astype(np.int32)
-    # per item, the sum of its complete copies' phase weights: one count per weight (0-4)
-    weight = np.zeros(n_items, dtype=np.int32)
-    complete_weights = phase_weight.astype(np.int8)[r_sid[complete]]
-    for w in np.unique(complete_weights).tolist():
-        if w:
-            weight += w * np.bincount(complete_items[complete_weights == w],
-                                      minlength=n_items).astype(np.int32)
-    del complete_items, complete_weights
+    weight = phase_weights_by_item(complete_items, phase_weight[r_sid[complete]], n_items)
+    del complete_items
     total_used = dict.fromkeys(storage_by_id, 0)
     sums = exact_sums(r_sid[counted], size[counted], n_sids)
     for sid in np.flatnonzero(sums).tolist():

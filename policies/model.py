@@ -312,11 +312,14 @@ class DealerPolicy:
     def wanted_copies(self, item: ItemView, now: float) -> int:
         """Copies to keep: the requirement's count plus popularity extras, capped at the
         popularity maximum (never below the requirement)."""
-        placement = self.requirement(item, now)
+        return self.copies_wanted(self.requirement(item, now), item.popularity)
+
+    def copies_wanted(self, placement: Placement | None, popularity: float) -> int:
+        """``wanted_copies`` for an item whose requirement and popularity are known."""
         base = placement.copies if placement is not None else 0
         if self.popularity is None:
             return base
-        wanted = base + self.popularity.extra_copies(item.popularity)
+        wanted = base + self.popularity.extra_copies(popularity)
         return max(base, min(wanted, self.popularity.max_copies))
 
     def destinations(self, item: ItemView, storages: Iterable[StorageView],
