@@ -73,3 +73,42 @@ def check_prefix(prefix: str) -> str:
 def join_key(prefix: str, name: str) -> str:
     """The S3 key of ``name`` under a bucket prefix ('' or 'a/b')."""
     return f"{prefix}/{check_name(name)}" if prefix else check_name(name)
+
+
+# --- where a replica lives ---------------------------------------------------------------------
+# Version 1 of a name keeps the bare name (the layout every existing storage has); version N >= 2
+# lives at ``{name}@v{N}``, so two versions of one name never share a file. A name that itself
+# ends in ``@v<digits>`` could still meet another item's default path: the writer refuses that
+# registration (inventory/writes.py), it is not silently shared.
+
+VERSION_MARK = "@v"
+
+
+def default_path(name: str, version: int) -> str:
+    """The path of an item's copy relative to a storage root when no uri was registered."""
+    return name if version == 1 else f"{name}{VERSION_MARK}{version}"
+
+
+def storage_prefix(kind: str, root: str) -> str:
+    """The text every uri of a storage starts with: ``/root/`` for POSIX, ``s3://bucket/p/``
+    for S3 (a uri is what users and other tools see; a path is relative to the root)."""
+    root = root.rstrip("/")
+    return f"s3://{root}/" if kind == "s3" else f"{root}/"
+
+
+def uri_of(kind: str, root: str, path: str) -> str:
+    return storage_prefix(kind, root) + path
+
+
+def path_of_uri(kind: str, root: str, uri: str) -> str:
+    """The checked relative path of ``uri`` on a storage; a relative uri is taken as relative
+    to the root. Raises ``InvalidPath`` for a uri outside the root or bucket prefix, or a path
+    the backends would refuse (``check_name``)."""
+    prefix = storage_prefix(kind, root)
+    if uri.startswith(prefix):
+        relative = uri[len(prefix):]
+    elif uri.startswith("/") or "://" in uri:
+        raise InvalidPath(f"uri is outside the storage root {prefix!r}", path=uri)
+    else:
+        relative = uri
+    return check_name(relative)
