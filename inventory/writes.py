@@ -69,6 +69,9 @@ class Pending:
     items: dict[int, ItemRecord] = field(default_factory=dict)
     new_replicas: set[tuple[int, int]] = field(default_factory=set)
     deleting: set[tuple[int, int]] = field(default_factory=set)  # (oid, storage id)
+    # (oid, storage id) of replicas earlier writes of the group remove: a write deciding on
+    # what is left of an item (the last deletion of an expired item) counts them as gone
+    removed: set[tuple[int, int]] = field(default_factory=set)
     storages: dict[int, StorageRecord] = field(default_factory=dict)
     objects: dict[tuple[str, Any], Any] = field(default_factory=dict)  # (table, key) -> object
     max_ids: dict[str, int] = field(default_factory=dict)

@@ -10,6 +10,7 @@ copies can never both start.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -23,6 +24,8 @@ from inventory.store.base import REPLICA_COLUMNS, replica_db_row
 from inventory.store.generic import insert, upsert
 from inventory.store.ops import DbOp, DeleteRows, UpsertRows
 from inventory.writes import Change, Pending, Prepared, Write, item_upsert
+
+log = logging.getLogger("dlm.inventory")
 
 PENDING = model.REPLICA_STATE["pending"]
 COPYING = model.REPLICA_STATE["copying"]
@@ -238,6 +241,39 @@ def _finish(op: Operation, records: list[ReplicaRecord], removed: list[ReplicaRe
     return Prepared(db_ops, apply, changes)
 
 
+def _has_replica_left(inv: Inventory, row: int, gone: Collection[tuple[int, int]]) -> bool:
+    """Whether item ``row`` keeps a replica that is not deleted once the replicas in ``gone``
+    ((oid, storage id)) are removed."""
+    oid = inv.i_oid[row]
+    return any(inv.r_state[r] != DELETED_REPLICA and (oid, inv.r_storage[r]) not in gone
+               for r in inv.replica_rows_of_item(row))
+
+
+def _removing(inv: Inventory, pending: Pending, removed: list[ReplicaRecord]
+              ) -> list[ItemRecord]:
+    """Claim the removal of ``removed`` in the group and say which items it settles: an EXPIRED
+    item left with no replica is DELETED.
+
+    Decided on the group's final state: removals by earlier writes of the same group count as
+    done (``Pending.removed``), so when the deletions of an item's last replicas finish in one
+    group commit the last of them settles it, instead of each seeing the others still there
+    (issue 15: the item stayed EXPIRED with no replica forever)."""
+    if not removed:
+        return []
+    pending.removed.update((r.oid, r.storage_id) for r in removed)
+    items = []
+    for oid in dict.fromkeys(r.oid for r in removed):
+        rec = pending.item(inv, oid)
+        row = inv.row_of_oid(oid)
+        if rec is None or row is None or rec.state != model.EXPIRED \
+                or _has_replica_left(inv, row, pending.removed):
+            continue
+        new = rec._replace(state=model.DELETED)
+        pending.items[oid] = new
+        items.append(new)
+    return items
+
+
 class StartOperation(Write):
     """Claim a queued operation; for a deletion, the last-copy rule is checked once more."""
 
@@ -276,13 +312,8 @@ class CompleteOperation(Write):
             return _finish(done, [] if replica is None else [replica], [], [])
         row = inv.replica_row(op.oid, op.target_id)
         removed = [] if row is None else [inv.replica_record(row)]
-        items = []
-        item_row = inv.row_of_oid(op.oid)
-        if item_row is not None and inv.i_state[item_row] == model.EXPIRED:
-            left = [r for r in inv.replica_rows_of_item(item_row) if r != row]
-            if not left:  # the last payload of an expired item is gone
-                items.append(inv.item_record(item_row)._replace(state=model.DELETED))
-        return _finish(done, [], removed, items)
+        # the last payload of an expired item is gone: the item is DELETED
+        return _finish(done, [], removed, _removing(inv, pending, removed))
 
 
 class FailOperation(Write):
@@ -303,7 +334,8 @@ class FailOperation(Write):
             return _finish(again, [] if replica is None else [replica], [], [])
         failed = dataclasses.replace(op, state="failed", last_error=self.error, updated=now,
                                      not_before=None)
-        return _finish(failed, *_undo(inv, op), [])
+        restored, removed = _undo(inv, op)
+        return _finish(failed, restored, removed, _removing(inv, pending, removed))
 
 
 def _undo(inv: Inventory, op: Operation) -> tuple[list[ReplicaRecord], list[ReplicaRecord]]:
@@ -324,7 +356,8 @@ class CancelOperation(Write):
         op = _operation(inv, self.op_id, "queued")
         cancelled = dataclasses.replace(op, state="cancelled", updated=model.now(),
                                         not_before=None)
-        return _finish(cancelled, *_undo(inv, op), [])
+        restored, removed = _undo(inv, op)
+        return _finish(cancelled, restored, removed, _removing(inv, pending, removed))
 
 
 class RequeueInterrupted(Write):
@@ -358,6 +391,32 @@ class RequeueInterrupted(Write):
         if replicas:
             db_ops.append(replica_upsert(replicas))
         return Prepared(db_ops, apply, [("operation", o) for o in ops])
+
+
+class DeleteStuckItems(Write):
+    """At start: an item EXPIRED with no replica left that is not deleted has nothing more to
+    lose and no cycle will ever touch it (Detox plans deletions of replicas): it is DELETED,
+    durably, each one logged. Such items were left by deletions that finished in one group
+    commit before the writer decided on the group's final state (issue 15)."""
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        stuck = [row for row in inv.rows_in_state(model.EXPIRED)
+                 if not _has_replica_left(inv, row, pending.removed)]
+        items = [inv.item_record(row)._replace(state=model.DELETED) for row in stuck]
+        pending.items.update((r.oid, r) for r in items)
+
+        def apply(inv: Inventory) -> list[ItemRecord]:
+            inv.update_items(items)
+            for r in items:
+                log.warning("an EXPIRED item had no replica left: it is now DELETED",
+                            extra={"oid": model.format_uuid(r.oid), "item_name": r.item_name,
+                                   "item_version": r.item_version})
+            return items
+
+        if not items:
+            return Prepared([], apply, [])
+        return Prepared([item_upsert(items)], apply, [("item", r) for r in items],
+                        rows=len(items))
 
 
 class MarkReplica(Write):

@@ -30,6 +30,7 @@ from inventory.server.auth import authenticate
 from inventory.server.middleware import front
 from inventory.server.state import PLAN_LIMIT, STATE, ServerState
 from inventory.store import Store
+from inventory.writes_ops import DeleteStuckItems
 
 log = logging.getLogger("dlm.server")
 
@@ -82,6 +83,8 @@ def make_app(config: ServerConfig) -> web.Application:
             feed = ChangeFeed(inventory.version, config.feed_max_changes)
             scheduler = Scheduler(inventory, store, feed)
             await scheduler.start()
+            # items a crash or an old writer left EXPIRED with no replica: DELETED, durably
+            await scheduler.write(DeleteStuckItems())
             engine = None if config.fileops is None else FileOpsEngine(scheduler, config.fileops)
             app[STATE] = ServerState(inventory, store, feed, scheduler, schema_version,
                                      open_mode=config.loopback, load_seconds=load_seconds,
