@@ -142,6 +142,7 @@ def show_item(args: argparse.Namespace, item: dict[str, Any]) -> None:
         ("accesses", f"{item.get('access_count', 0)}, last "
                      f"{human_time(item.get('last_access'))}"),
         ("owner", item.get("owner")), ("group", item.get("group")),
+        ("registered by", item.get("registered_by")),
     ])
     replicas = item.get("replicas") or []
     print()

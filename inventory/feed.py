@@ -21,7 +21,8 @@ from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 
 WIRE_ITEM_FIELDS = ("oid", "item_name", "item_version", "item_type", "state", "target_phase",
                     "size", "checksum", "checksum_method", "metadata", "parent_oid", "created",
-                    "expire_at", "access_count", "last_access", "owner", "group")
+                    "expire_at", "access_count", "last_access", "owner", "group",
+                    "registered_by")
 WIRE_REPLICA_FIELDS = ("uid", "oid", "storage_id", "uri", "state", "size", "checksum", "created",
                        "expire_at", "last_verified")
 WIRE_STORAGE_FIELDS = ("id", "name", "kind", "root", "capacity", "phase", "status", "attributes",
@@ -38,7 +39,7 @@ def item_wire(r: ItemRecord) -> list[Any]:
     return [_fmt(r.oid), r.item_name, r.item_version, _TYPES[r.item_type], _STATES[r.state],
             _PHASES[r.target_phase], r.size, r.checksum, r.checksum_method, r.metadata,
             None if parent is None else _fmt(parent), r.created, r.expire_at, r.access_count,
-            r.last_access, r.owner, r.group]
+            r.last_access, r.owner, r.group, r.registered_by]
 
 
 def replica_wire(r: ReplicaRecord) -> list[Any]:
@@ -205,7 +206,8 @@ def item_rows_wire(inv: Any, lo: int, hi: int) -> list[tuple[Any, ...]]:
         map(inv.i_metadata.get, rows), parent_text, inv.i_created[lo:hi],
         [None if t != t else t for t in inv.i_expire[lo:hi]], inv.i_access_count[lo:hi],
         [None if t != t else t for t in inv.i_last_access[lo:hi]],
-        _names(inv.i_owner, lo, hi), _names(inv.i_group, lo, hi), strict=True))
+        _names(inv.i_owner, lo, hi), _names(inv.i_group, lo, hi),
+        _names(inv.i_registered_by, lo, hi), strict=True))
 
 
 def _checksums(column: Any, lo: int, hi: int) -> Iterable[str | None]:

@@ -28,6 +28,7 @@ class ItemRecord(NamedTuple):
     last_access: float | None
     owner: str | None
     group: str | None
+    registered_by: str | None = None  # the token that created the item (None: no tokens)
 
 
 class ReplicaRecord(NamedTuple):

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from inventory import model, validate
-from inventory.errors import BadRequest, Conflict, NotFound
+from inventory.errors import BadRequest, Conflict, Forbidden, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
@@ -169,9 +169,11 @@ def _check_root(kind: str, root: str) -> None:
 class AddItems(Write):
     """Register items, and for the one-call ingest their first complete replica."""
 
-    def __init__(self, specs: list[ItemSpec], *, batch: bool = True) -> None:
+    def __init__(self, specs: list[ItemSpec], *, batch: bool = True,
+                 registered_by: str | None = None) -> None:
         self.specs = specs
         self.batch = batch
+        self.registered_by = registered_by  # the token's name: who may later expire them
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         specs = self.specs
@@ -239,7 +241,7 @@ class AddItems(Write):
             items.append(ItemRecord(
                 oid, name, version, item_type, state, model.PHASE[spec.target_phase], spec.size,
                 spec.checksum, method, spec.metadata, parent, now, expire_at, 0, None,
-                spec.owner, spec.group,
+                spec.owner, spec.group, self.registered_by,
             ))
         for name, versions in claimed.items():
             pending.item_versions.setdefault(name, set()).update(versions)
@@ -280,12 +282,48 @@ def _accepting_storage(inv: Inventory, pending: Pending, name: str, field: str) 
     return storage
 
 
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a write: the token's name (None without tokens) and its role."""
+
+    name: str | None
+    role: str
+
+
+OPERATOR = Actor(None, "operator")  # the server itself, open mode, tests
+EXPIRY_RULE = "producer_expires_own_items"
+
+
+def _check_expiry_rule(actor: Actor, old: ItemRecord, new: ItemRecord, patch: ItemPatch,
+                       where: str, now: float) -> None:
+    """A producer may expire, or bring forward the expiry of, only the items it registered:
+    either makes Detox delete every copy, which otherwise only an operator may order (DELETE).
+    Extending a life, or any other change, stays open to every producer."""
+    if actor.role == "operator" or (actor.name is not None and actor.name == old.registered_by):
+        return
+    if new.state == model.EXPIRED and old.state != model.EXPIRED:
+        field_name = "state"
+    elif new.expire_at is not None and new.expire_at != old.expire_at and (
+            new.expire_at <= now or old.expire_at is None or new.expire_at < old.expire_at):
+        field_name = "lifetime" if patch.lifetime is not msgspec.UNSET else "expire_at"
+    else:
+        return
+    by = ("no token" if old.registered_by is None
+          else f"token {old.registered_by!r}")
+    raise Forbidden(f"a producer may expire or shorten the expiry only of items it registered: "
+                    f"{old.item_name!r} v{old.item_version} was registered by {by}, not "
+                    f"{actor.name!r}; ask an operator", where + field_name, rule=EXPIRY_RULE,
+                    registered_by=old.registered_by)
+
+
 class UpdateItems(Write):
     """PATCH: the SKA DLM setters (state, phase, expiry, metadata, checksum, size, location)."""
 
-    def __init__(self, patches: list[tuple[str, ItemPatch]], *, batch: bool = True) -> None:
+    def __init__(self, patches: list[tuple[str, ItemPatch]], *, batch: bool = True,
+                 actor: Actor = OPERATOR) -> None:
         self.patches = patches
         self.batch = batch
+        self.actor = actor
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         if not self.patches:
@@ -301,6 +339,7 @@ class UpdateItems(Write):
             where = f"items[{index}]." if self.batch else ""
             rec = _item_or_404(inv, mine, oid_text, where + "oid")
             new, replica = _patched(inv, mine, rec, patch, where, now)
+            _check_expiry_rule(self.actor, rec, new, patch, where, now)
             if replica is not None:
                 replicas.append(replica)
                 mine.new_replicas.add((rec.oid, replica.storage_id))

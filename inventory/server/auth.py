@@ -17,6 +17,7 @@ from aiohttp import web
 from inventory import model
 from inventory.errors import Forbidden, Unauthorized
 from inventory.server.state import state_of
+from inventory.writes import Actor
 
 ROLE_RANK = {"reader": 0, "producer": 1, "operator": 2}
 PUBLIC = "public"
@@ -76,6 +77,12 @@ async def authenticate(request: web.Request, handler: Callable) -> web.StreamRes
                         "Authorization")
     request[IDENTITY] = (token.name, token.role)
     return await handler(request)
+
+
+def actor(request: web.Request) -> Actor:
+    """Who sent the request, for the rules that depend on it (writes.Actor)."""
+    name, role = request.get(IDENTITY, (None, "operator"))
+    return Actor(None if name == "open" else name, role)
 
 
 def requester(request: web.Request) -> str | None:

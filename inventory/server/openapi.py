@@ -119,6 +119,7 @@ class Item(Closed):
     last_access: Time | None
     owner: str | None
     group: str | None
+    registered_by: str | None  # the token that registered it: producers expire only theirs
     replicas: list[Replica]
 
 
@@ -381,6 +382,8 @@ class ErrorDetail(msgspec.Struct):
     message: str
     field: str | None
     last_copies: Count | msgspec.UnsetType = msgspec.UNSET
+    rule: str | msgspec.UnsetType = msgspec.UNSET  # the rule a 403 enforces
+    registered_by: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class Error(Closed):
@@ -445,6 +448,11 @@ CURSOR = query("cursor", {"type": "string"}, "the `cursor` of the previous page"
 STORAGE_FILTER = query("storage", {"type": "string"}, "only those on this storage (by name)")
 WRITE_ERRORS = (400, 409, 413, 503)
 
+EXPIRY_RULE_TEXT = ("A producer may set `EXPIRED`, or an expiry earlier than now or than the "
+                    "current one, only on items its token registered (`registered_by`); "
+                    "otherwise 403 with `rule: producer_expires_own_items`. Operators may "
+                    "change any item.")
+
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/openapi.json"): Op(
         "This document", "public", {200: dict[str, Any]}, tag="meta"),
@@ -475,10 +483,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                     "`{count, items: [{oid, item_name, item_version}]}`."),
     ("PATCH", "/v1/items"): Op(
         "Change many items in one transaction", "producer", {200: Counted},
-        (*WRITE_ERRORS, 404), body=list[ItemPatchWithOid]),
+        (*WRITE_ERRORS, 404), body=list[ItemPatchWithOid], description=EXPIRY_RULE_TEXT),
     ("PATCH", "/v1/items/{oid}"): Op(
         "Change one item", "producer", {200: Item}, (*WRITE_ERRORS, 404), (OID,),
-        body=ItemPatch),
+        body=ItemPatch, description=EXPIRY_RULE_TEXT),
     ("DELETE", "/v1/items/{oid}"): Op(
         "Mark an item for deletion (Detox removes the payloads)", "operator", {202: Item},
         (400, 404, 409, 503), (OID,)),

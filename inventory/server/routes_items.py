@@ -12,7 +12,7 @@ from aiohttp import web
 from inventory import model, validate
 from inventory.errors import BadRequest, NotFound
 from inventory.inventory import NONE, Inventory
-from inventory.server.auth import requires
+from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.state import state_of
 from inventory.server.views import default_uri, item_json
@@ -29,7 +29,8 @@ routes = web.RouteTableDef()
 async def add_items(request: web.Request) -> web.Response:
     body = await decode(request, ItemSpec | list[ItemSpec], root="items")
     single = isinstance(body, ItemSpec)
-    write = AddItems([body] if single else body, batch=not single)
+    write = AddItems([body] if single else body, batch=not single,
+                     registered_by=requester(request))
     records = await state_of(request).scheduler.write(write)
     inv = state_of(request).inventory
     if single:
@@ -48,7 +49,7 @@ async def change_item(request: web.Request) -> web.Response:
     patch = await decode(request, ItemPatch)
     oid_text = request.match_info["oid"]
     [record] = await state_of(request).scheduler.write(
-        UpdateItems([(oid_text, patch)], batch=False))
+        UpdateItems([(oid_text, patch)], batch=False, actor=actor(request)))
     inv = state_of(request).inventory
     return respond(request, item_json(inv, inv.by_oid[record.oid]))
 
@@ -58,7 +59,7 @@ async def change_item(request: web.Request) -> web.Response:
 async def change_items(request: web.Request) -> web.Response:
     patches = await decode(request, list[ItemPatchWithOid], root="items")
     records = await state_of(request).scheduler.write(
-        UpdateItems([(p.oid, p) for p in patches]))
+        UpdateItems([(p.oid, p) for p in patches], actor=actor(request)))
     return respond(request, {"count": len(records)})
 
 

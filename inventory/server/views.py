@@ -91,6 +91,7 @@ def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, A
         "last_access": _time(inv.i_last_access[row]),
         "owner": inv.i_owner.get(row),
         "group": inv.i_group.get(row),
+        "registered_by": inv.i_registered_by.get(row),
     }
     if replicas:
         out["replicas"] = [replica_json(inv, r, oid_text)

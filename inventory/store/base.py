@@ -18,7 +18,7 @@ from inventory.store.ops import DbOp
 
 ITEM_COLUMNS = ("oid", "item_name", "item_version", "item_type", "item_state", "target_phase",
                 "size", "checksum", "checksum_method", "metadata", "parent_oid", "created",
-                "expire_at", "access_count", "last_access", "owner", "group")
+                "expire_at", "access_count", "last_access", "owner", "group", "registered_by")
 REPLICA_COLUMNS = ("uid", "oid", "storage_id", "uri", "state", "size", "checksum", "created",
                    "expire_at", "last_verified")
 STORAGE_COLUMNS = ("id", "name", "kind", "root", "capacity", "phase", "status", "attributes",
@@ -116,7 +116,7 @@ def item_db_row(rec: ItemRecord, uuid_out) -> tuple:
         model.ITEM_STATES[rec.state], model.PHASES[rec.target_phase], rec.size, rec.checksum,
         rec.checksum_method, dumps_json(rec.metadata),
         None if parent is None else uuid_out(parent), rec.created, rec.expire_at,
-        rec.access_count, rec.last_access, rec.owner, rec.group,
+        rec.access_count, rec.last_access, rec.owner, rec.group, rec.registered_by,
     )
 
 
@@ -155,14 +155,14 @@ def item_records(rows: Sequence[Sequence[Any]], uuid_in: Callable[[Any], int],
                  shared: dict[Any, Any] | None = None) -> list[ItemRecord]:
     """ItemRecords of database rows in ITEM_COLUMNS order (``uuid_in``: a DB uuid to its int).
 
-    ``shared`` (one dict for a whole load) makes equal owner and group strings one object: the
-    driver returns a new string per row, and a few distinct owners over a million items would
-    otherwise cost ~60 bytes each per item.
+    ``shared`` (one dict for a whole load) makes equal owner, group and registered_by strings
+    one object: the driver returns a new string per row, and a few distinct owners over a
+    million items would otherwise cost ~60 bytes each per item.
     """
     if not rows:
         return []
     (oid, name, version, itype, state, target, size, checksum, method, metadata, parent,
-     created, expire, access, last_access, owner, group) = zip(*rows, strict=True)
+     created, expire, access, last_access, owner, group, registered) = zip(*rows, strict=True)
     nothing = (None,) * len(rows)
     if metadata != nothing:
         loads = json.loads
@@ -172,10 +172,12 @@ def item_records(rows: Sequence[Sequence[Any]], uuid_in: Callable[[Any], int],
     if shared is not None:
         same = shared.setdefault
         owner, group = list(map(same, owner, owner)), list(map(same, group, group))
+        if registered != nothing:
+            registered = list(map(same, registered, registered))
     return list(map(_tuple_new, repeat(ItemRecord), zip(
         map(uuid_in, oid), name, version, map(_item_type, itype), map(_item_state, state),
         map(_phase, target), size, checksum, method, metadata, parent, created, expire, access,
-        last_access, owner, group, strict=True,
+        last_access, owner, group, registered, strict=True,
     )))
 
 
