@@ -1,8 +1,10 @@
-"""``dlm storage add|ls|show|set``: register storages, see their occupancy, change their status."""
+"""``dlm storage add|ls|show|set|rm``: register storages, see their occupancy, change their
+status, remove an empty one."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from inventory import model
@@ -26,8 +28,8 @@ STATUSES = ("online", "draining", "offline", "retired")
 
 
 def add_commands(subparsers: Any) -> None:
-    storage = subparsers.add_parser("storage", help="add, list, show and change storages",
-                                    description="Add, list, show and change storages.")
+    storage = subparsers.add_parser("storage", help="add, list, show, change, remove storages",
+                                    description="Add, list, show, change and remove storages.")
     actions = storage.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
@@ -45,7 +47,14 @@ def add_commands(subparsers: Any) -> None:
                    help="an attribute policies can read (region, tier...); repeatable")
     p.add_argument("--set-config", action="append", metavar="KEY=VALUE", dest="backend",
                    help="a backend setting (S3 endpoint, credentials); repeatable")
+    p.add_argument("--create-root", action="store_true",
+                   help="posix: create the root directory if it does not exist (without, a "
+                        "missing root is only warned about: copies never create it)")
     p.set_defaults(func=client_command(add))
+
+    p = add_parser(actions, "rm", help="remove an empty storage (operator)")
+    p.add_argument("name")
+    p.set_defaults(func=client_command(remove))
 
     p = add_parser(actions, "ls", help="list storages with their occupancy")
     p.set_defaults(func=client_command(ls))
@@ -84,7 +93,24 @@ def add(args: argparse.Namespace, client: SyncClient) -> None:
         spec["attributes"] = parse_pairs(args.attr, "--attr")
     if args.backend:
         spec["config"] = parse_pairs(args.backend, "--set-config")
-    show_storage(args, client.add_storage(**spec))
+    if args.create_root:
+        spec["create_root"] = True
+    storage = client.add_storage(**spec)
+    for warning in storage.pop("warnings", None) or ():
+        print(f"dlm: warning: {warning}", file=sys.stderr)
+    show_storage(args, storage)
+
+
+def remove(args: argparse.Namespace, client: SyncClient) -> None:
+    result = client.remove_storage(args.name)
+    if wants_json(args):
+        print_json(result)
+        return
+    history = ""
+    if result["operations_removed"] or result["requests_removed"]:
+        history = (f", with {result['operations_removed']} finished operation(s) and "
+                   f"{result['requests_removed']} copy request(s) that named it")
+    print(f"storage {result['name']!r} (id {result['id']}) removed{history}")
 
 
 def ls(args: argparse.Namespace, client: SyncClient) -> None:

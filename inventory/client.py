@@ -122,7 +122,10 @@ class Snapshot:
             else:
                 self._replicas[record[0]] = record
         elif kind == "storage":
-            self.storages = [s for s in self.storages if s[0] != record[0]] + [record]
+            self.storages = [s for s in self.storages if s[0] != record[0]]
+            status = self.fields["storage"].index("status")
+            if record[status] != "removed":  # feed.REMOVED_STORAGE: the storage is gone
+                self.storages.append(record)
 
 
 def query_params(**params: Any) -> dict[str, str]:
@@ -236,6 +239,11 @@ class Client:
         Retiring a storage that holds last copies raises ``Conflict`` whose
         ``details["last_copies"]`` counts them."""
         return await self.request("PATCH", f"/v1/storages/{_seg(name)}", json=changes)
+
+    async def remove_storage(self, name: str) -> dict[str, Any]:
+        """Remove an empty storage; ``Conflict`` (``details["reason"]``: ``replicas``,
+        ``operations`` or ``requests``) while something still uses it."""
+        return await self.request("DELETE", f"/v1/storages/{_seg(name)}")
 
     # ------------------------------------------------------------------ items: register, change
 

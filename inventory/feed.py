@@ -28,6 +28,10 @@ WIRE_REPLICA_FIELDS = ("uid", "oid", "storage_id", "uri", "state", "size", "chec
 WIRE_STORAGE_FIELDS = ("id", "name", "kind", "root", "capacity", "phase", "status", "attributes",
                        "config", "created")
 
+# The status of a storage record in the feed that says the storage was removed (a removed
+# replica is a record in state ``deleted`` the same way): consumers drop it.
+REMOVED_STORAGE = "removed"
+
 _fmt = model.format_uuid
 _TYPES, _STATES, _PHASES = model.ITEM_TYPES, model.ITEM_STATES, model.PHASES
 _RSTATES = model.REPLICA_STATES

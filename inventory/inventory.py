@@ -283,6 +283,26 @@ class Inventory:
         self.storage_by_name[storage.name] = storage
         return storage
 
+    def storage_history(self, storage_id: int) -> tuple[list[int], list[int]]:
+        """Ids of the operations and copy requests that name a storage."""
+        ops = [op.id for op in self.operations.values()
+               if op.target_id == storage_id or op.source_id == storage_id]
+        requests = [r.id for r in self.requests.values() if r.storage_id == storage_id]
+        return ops, requests
+
+    def remove_storage(self, storage_id: int) -> None:
+        """Forget an empty storage and the operations and requests that named it (the primary
+        and a mirror applying the feed both call this: the feed says only "removed")."""
+        storage = self.storages.pop(storage_id)
+        if self.storage_by_name.get(storage.name) is storage:
+            del self.storage_by_name[storage.name]
+        ops, requests = self.storage_history(storage_id)
+        for op_id in ops:
+            del self.operations[op_id]
+            self.queued_operations.discard(op_id)
+        for request_id in requests:
+            del self.requests[request_id]
+
     def next_storage_id(self) -> int:
         return max(self.storages, default=0) + 1
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from inventory import model
-from inventory.feed import change_from_wire, public_config
+from inventory.feed import REMOVED_STORAGE, change_from_wire, public_config
 from inventory.inventory import Inventory
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 
@@ -39,6 +39,10 @@ def apply_replica(inv: Inventory, rec: ReplicaRecord) -> None:
 
 def apply_storage(inv: Inventory, rec: StorageRecord) -> None:
     old = inv.storages.get(rec.id)
+    if rec.status == REMOVED_STORAGE:  # the primary removed it (writes.RemoveStorage)
+        if old is not None:
+            inv.remove_storage(rec.id)
+        return
     if old is None:
         inv.add_storage(rec)
         return

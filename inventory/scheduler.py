@@ -146,13 +146,15 @@ class Scheduler:
             group = [await queue.get()]
             while not queue.empty() and len(group) < MAX_GROUP_WRITES:
                 group.append(queue.get_nowait())
-            try:
-                await self._commit_group(group)
-            except Exception as exc:  # the writer must survive anything one group does
-                log.exception("writer failed on a group of %d writes", len(group))
-                for _write, future in group:
-                    if not future.done():
-                        future.set_exception(Unavailable(f"internal error while writing: {exc}"))
+            for part in split_alone(group):
+                try:
+                    await self._commit_group(part)
+                except Exception as exc:  # the writer must survive anything one group does
+                    log.exception("writer failed on a group of %d writes", len(part))
+                    for _write, future in part:
+                        if not future.done():
+                            future.set_exception(
+                                Unavailable(f"internal error while writing: {exc}"))
 
     async def _commit_group(self, group: list[tuple[Write, asyncio.Future]]) -> None:
         ready = self._prepare(group)
@@ -249,6 +251,20 @@ class Scheduler:
         for (_prepared, future), result in zip(ready, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def split_alone(group: list[tuple[Write, asyncio.Future]]
+                ) -> list[list[tuple[Write, asyncio.Future]]]:
+    """The group in order, each write marked ``alone`` in a group of its own."""
+    if not any(write.alone for write, _ in group):
+        return [group]
+    parts: list[list[tuple[Write, asyncio.Future]]] = [[]]
+    for entry in group:
+        if entry[0].alone:
+            parts.extend(([entry], []))
+        else:
+            parts[-1].append(entry)
+    return [part for part in parts if part]
 
 
 async def _resolve_in_doubt(store: Store, version: int, exc: StoreError,

@@ -57,6 +57,9 @@ class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     status: Literal["online", "draining", "offline", "retired"] = "online"
     attributes: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
     config: dict[str, Any] = msgspec.field(default_factory=dict)
+    # posix: create a missing root directory now (otherwise a missing root is only warned
+    # about: copies never create it, an unmounted volume must not fill its parent)
+    create_root: bool = False
 
 
 class ItemBatch(msgspec.Struct, forbid_unknown_fields=True):

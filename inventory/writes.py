@@ -21,7 +21,8 @@ import msgspec
 
 from inventory import model, validate
 from inventory.errors import BadRequest, Conflict, Forbidden, NotFound
-from inventory.inventory import Inventory
+from inventory.feed import REMOVED_STORAGE
+from inventory.inventory import NONE, Inventory
 from inventory.objects import CopyRequest, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.specs import (
@@ -126,6 +127,11 @@ class Pending:
 
 class Write(abc.ABC):
     """A request to change the inventory."""
+
+    # Prepared and committed in a group of its own: the writes around it in the queue then
+    # see memory with it applied, not through ``Pending`` (removing a storage: every write that
+    # names a storage would otherwise have to ask Pending whether it is still there).
+    alone: bool = False
 
     @abc.abstractmethod
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
@@ -537,6 +543,59 @@ class UpdateStorage(Write):
 
         op = UpsertRows("storage", STORAGE_COLUMNS, ("id",), [storage_db_row(new)])
         return Prepared([op], apply, [("storage", new)])
+
+
+LIVE_OPERATIONS = ("queued", "running")
+
+
+class RemoveStorage(Write):
+    """Remove a storage that holds nothing: no replica row (in any state) and no queued or
+    running operation or pending copy request names it. The finished operations and requests
+    that named it go with it (they would point at nothing).
+
+    Its id may then be given to a later storage: replica uids embed the storage id, and no
+    replica row with this id is left (none can be added to a storage that does not exist).
+    """
+
+    alone = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        storage = inv.storage_by_name.get(self.name)
+        if storage is None:
+            raise NotFound(f"no storage named {self.name!r}", "name")
+        sid, name = storage.id, storage.name
+        op_ids, request_ids = inv.storage_history(sid)
+        live = [i for i in op_ids if inv.operations[i].state in LIVE_OPERATIONS]
+        if live:
+            raise Conflict(f"storage {name!r} has {len(live)} queued or running operation(s) "
+                           f"(first: {live[0]}): cancel them or let them finish first", "name",
+                           reason="operations", operations=len(live))
+        open_requests = [i for i in request_ids if inv.requests[i].state == "pending"]
+        if open_requests:
+            raise Conflict(f"storage {name!r} has {len(open_requests)} pending copy request(s) "
+                           f"(first: {open_requests[0]}): cancel them first", "name",
+                           reason="requests", requests=len(open_requests))
+        if storage.replica_count or storage.head != NONE:
+            raise Conflict(f"storage {name!r} holds {storage.replica_count} replica(s): drain "
+                           f"it (or delete them) first; only an empty storage can be removed",
+                           "name", reason="replicas", replicas=storage.replica_count)
+        gone = storage.record()._replace(status=REMOVED_STORAGE)
+        db_ops: list[DbOp] = []
+        if op_ids:
+            db_ops.append(DeleteRows("operation", ("id",), [(i,) for i in op_ids]))
+        if request_ids:
+            db_ops.append(DeleteRows("copy_request", ("id",), [(i,) for i in request_ids]))
+        db_ops.append(DeleteRows("storage", ("id",), [(sid,)]))
+
+        def apply(inv: Inventory) -> dict[str, Any]:
+            inv.remove_storage(sid)
+            return {"name": name, "id": sid, "operations_removed": len(op_ids),
+                    "requests_removed": len(request_ids)}
+
+        return Prepared(db_ops, apply, [("storage", gone)])
 
 
 # --------------------------------------------------------------------------- tokens

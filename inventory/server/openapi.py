@@ -203,6 +203,18 @@ class Storage(Closed):
     # Optional while the file operations engine that measures it is being brought in; make it
     # required once every server sends it.
     reliability: Reliability | msgspec.UnsetType = msgspec.UNSET
+    # in the answer of POST /v1/storages only: what may be wrong (a posix root that is missing)
+    warnings: list[str] | msgspec.UnsetType = msgspec.UNSET
+
+
+class StorageRemoved(Closed):
+    """DELETE /v1/storages/{name}: the storage, and the finished operations and copy requests
+    that named it, are gone."""
+
+    name: str
+    id: int
+    operations_removed: Count
+    requests_removed: Count
 
 
 class StorageList(Closed):
@@ -384,6 +396,7 @@ class ErrorDetail(msgspec.Struct):
     last_copies: Count | msgspec.UnsetType = msgspec.UNSET
     rule: str | msgspec.UnsetType = msgspec.UNSET  # the rule a 403 enforces
     registered_by: str | msgspec.UnsetType | None = msgspec.UNSET
+    reason: str | msgspec.UnsetType = msgspec.UNSET  # why a storage cannot be removed
 
 
 class Error(Closed):
@@ -400,8 +413,9 @@ REQUEST_TYPES: tuple[Any, ...] = (
     *((OperationRequest,) if OperationRequest is not None else ()))
 RESPONSE_TYPES: tuple[Any, ...] = (
     Item, ItemsAdded, ItemPage, Counted, AccessRecorded, Exists, ItemLocations, Storage,
-    StorageList, Health, NewToken, TokenList, CopyRequestInfo, CopyRequestList, OperationInfo,
-    OperationPage, CycleInfo, CycleList, CycleDetail, DecisionPage, Changes, Snapshot, Error)
+    StorageList, StorageRemoved, Health, NewToken, TokenList, CopyRequestInfo, CopyRequestList,
+    OperationInfo, OperationPage, CycleInfo, CycleList, CycleDetail, DecisionPage, Changes,
+    Snapshot, Error)
 
 # ----------------------------------------------------------------------- operations
 
@@ -464,7 +478,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     # --------------------------------------------------------------- storages
     ("POST", "/v1/storages"): Op(
         "Register a storage", "operator", {201: Storage}, WRITE_ERRORS, body=StorageSpec,
-        tag="storages"),
+        tag="storages",
+        description="A posix `root` that does not exist on the server is registered with a "
+                    "warning in `warnings` (copies to it fail as unreachable until it exists: "
+                    "a copy never creates a root); `create_root: true` creates it."),
+    ("DELETE", "/v1/storages/{name}"): Op(
+        "Remove an empty storage", "operator", {200: StorageRemoved}, (404, 409, 503),
+        (STORAGE_NAME,), tag="storages",
+        description="409 with `reason` (`replicas`, `operations` or `requests`) while a "
+                    "replica, a queued or running operation or a pending copy request names "
+                    "it. Finished operations and requests that named it are removed with it."),
     ("GET", "/v1/storages"): Op(
         "All storages, sorted by name", "reader", {200: StorageList}, tag="storages"),
     ("GET", "/v1/storages/{name}"): Op(

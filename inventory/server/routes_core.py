@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 
 from aiohttp import web
 
 from inventory import model
-from inventory.errors import NotFound
+from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.server.auth import PUBLIC, requires
 from inventory.server.bodies import decode, respond
 from inventory.server.state import state_of
 from inventory.server.views import storage_json
 from inventory.specs import StoragePatch, StorageSpec
-from inventory.writes import AddStorage, UpdateStorage
+from inventory.storage import posix
+from inventory.writes import AddStorage, RemoveStorage, UpdateStorage
 
 routes = web.RouteTableDef()
 
@@ -44,12 +47,51 @@ async def health(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------------------- storages
 
+ROOT_CHECK_SECONDS = 10.0  # a hung mount must not hold the request for ever
+
+
 @routes.post("/v1/storages")
 @requires("operator")
 async def add_storage(request: web.Request) -> web.Response:
+    """Register a storage; a POSIX root that does not exist is warned about (``warnings``),
+    or created with ``create_root``: copies never create it (posix.py)."""
     spec = await decode(request, StorageSpec)
-    storage = await state_of(request).scheduler.write(AddStorage(spec))
-    return respond(request, storage_json(storage), status=201)
+    warnings, made = await _posix_root(spec)
+    try:
+        storage = await state_of(request).scheduler.write(AddStorage(spec))
+    except BaseException:
+        if made:
+            await asyncio.to_thread(posix.unmake_root, made)
+        raise
+    return respond(request, {**storage_json(storage), "warnings": warnings}, status=201)
+
+
+async def _posix_root(spec: StorageSpec) -> tuple[list[str], list[str]]:
+    """(warnings, directories made) for a new storage's root, as the server sees it."""
+    if spec.kind != "posix":
+        if spec.create_root:
+            raise BadRequest("only a posix root is a directory the server can create",
+                             "create_root")
+        return [], []
+    root = spec.root
+    if not root.startswith("/"):
+        return [], []  # AddStorage refuses it
+    try:
+        exists = await asyncio.wait_for(asyncio.to_thread(os.path.isdir, root),
+                                        ROOT_CHECK_SECONDS)
+    except TimeoutError:
+        return [f"root {root} did not answer within {ROOT_CHECK_SECONDS:g} s (a hung "
+                f"mount?); copies to it fail as unreachable until it does"], []
+    if exists:
+        return [], []
+    if not spec.create_root:
+        return [f"root {root} does not exist on the server: copies to this storage fail as "
+                f"unreachable until it does (mount the volume, or create it: create_root)"], []
+    try:
+        made = await asyncio.to_thread(posix.make_root, root)
+    except OSError as exc:
+        raise Conflict(f"cannot create root {root}: {exc.strerror or exc}", "root") from exc
+    return [], made
 
 
 @routes.get("/v1/storages")
@@ -66,6 +108,14 @@ async def show_storage(request: web.Request) -> web.Response:
     if storage is None:
         raise NotFound(f"no storage named {name!r}", "name")
     return respond(request, storage_json(storage))
+
+
+@routes.delete("/v1/storages/{name}")
+@requires("operator")
+async def remove_storage(request: web.Request) -> web.Response:
+    """Remove an empty storage: 409 naming the reason while anything still uses it."""
+    result = await state_of(request).scheduler.write(RemoveStorage(request.match_info["name"]))
+    return respond(request, result)
 
 
 @routes.patch("/v1/storages/{name}")

@@ -112,6 +112,35 @@ _ERRNO_CLASS: dict[int, type[StorageError]] = {
 }
 
 
+def make_root(root: str) -> list[str]:
+    """Create a storage root and its missing parents (``dlm storage add --create-root``: the
+    only place a root is ever created); returns the directories made, outermost first."""
+    missing: list[str] = []
+    current = os.path.abspath(root)
+    while not os.path.isdir(current):
+        if os.path.lexists(current):
+            raise FileExistsError(errno.EEXIST, "in the way: not a directory", current)
+        missing.append(current)
+        current = os.path.dirname(current)
+    made: list[str] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except BaseException:
+            unmake_root(made)
+            raise
+        made.append(directory)
+    return made
+
+
+def unmake_root(made: list[str]) -> None:
+    """Undo ``make_root`` (the storage was not registered after all): remove the directories
+    it made, innermost first, if they are still empty."""
+    for directory in reversed(made):
+        with suppress(OSError):
+            os.rmdir(directory)
+
+
 class _Stopped(Exception):
     """The awaiting task was cancelled; the copying thread stops at the next chunk."""
 
@@ -199,10 +228,13 @@ class PosixBackend(Backend):
         if real != self._real_root and not real.startswith(self._real_root + "/"):
             raise InvalidPath(f"path resolves outside the storage root ({real})", path=path)
 
+    def _root_missing(self, path: str | None = None) -> StorageError:
+        return Unreachable(f"storage root {self.root} is missing (not mounted?)", path=path)
+
     def _translate(self, exc: OSError, path: str | None) -> StorageError:
         cls = _ERRNO_CLASS.get(exc.errno or 0, StorageError)
         if cls is NotFound and not os.path.isdir(self.root):
-            return Unreachable(f"storage root {self.root} is missing (not mounted?)", path=path)
+            return self._root_missing(path)
         where = f" ({path})" if path else ""
         return cls(f"{exc.strerror or exc}{where} on {self.root}", path=path)
 
@@ -272,10 +304,16 @@ class PosixBackend(Backend):
     # --- writing --------------------------------------------------------------------------
 
     def _make_parents(self, directory: str, path: str) -> None:
-        """Create missing directories down to ``directory``, fsyncing each new entry."""
+        """Create missing directories down to ``directory``, fsyncing each new entry.
+
+        Only directories below the root: a missing root is an unmounted (or not yet made)
+        volume, and creating it would fill the file system underneath instead (issue 15).
+        """
         missing: list[str] = []
         current = directory
         while not os.path.isdir(current):
+            if current == self.root or len(current) <= len(self.root):
+                raise self._root_missing(path)
             if os.path.lexists(current):
                 raise PathConflict(f"{current} is in the way: not a directory", path=path)
             missing.append(current)
@@ -511,7 +549,7 @@ class PosixBackend(Backend):
 
     def _start_walk(self, prefix: str) -> Iterator[Entry]:
         if not os.path.isdir(self.root):
-            raise Unreachable(f"storage root {self.root} is missing (not mounted?)")
+            raise self._root_missing()
         base = prefix.rpartition("/")[0]
         start = f"{self.root}/{base}" if base else self.root
         self._check_inside(start, prefix)
