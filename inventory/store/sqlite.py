@@ -35,6 +35,7 @@ from inventory.store.base import (
     storage_db_row,
     storage_from_db,
 )
+from inventory.store.claim import FileClaim
 from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._claim = FileClaim(path, self.describe())
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlm-sqlite")
 
     def describe(self) -> str:
@@ -72,7 +74,13 @@ class SQLiteStore(Store):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    # ------------------------------------------------------------------ open / migrate
+    # ------------------------------------------------------------------ claim / open / migrate
+
+    async def claim(self) -> None:
+        await self._run(self._claim.take)
+
+    def holds_claim(self) -> bool:
+        return self._claim.held()
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -139,6 +147,7 @@ class SQLiteStore(Store):
             await self._run(self._conn.close)
             self._conn = None
         self._thread.shutdown(wait=True)
+        self._claim.release()  # after the last write
 
     # ------------------------------------------------------------------ load
 
@@ -166,12 +175,16 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ commit
 
     async def commit(self, ops: Sequence[DbOp], version: int) -> None:
+        await self.claim_for(version)
         await self._run(self._commit, ops, version)
 
     def _commit(self, ops: Sequence[DbOp], version: int) -> None:
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("the database is closed")
+        if not self._claim.check():
+            raise StoreUnavailable(f"the write claim's lock file {self._claim.path} was removed "
+                                   f"or replaced; writes wait until the claim is taken again")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
