@@ -16,6 +16,7 @@ from inventory import model, validate
 from inventory.errors import BadRequest, DLMError
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation
+from inventory.pins import inventory_pins
 from inventory.records import ItemRecord, ReplicaRecord
 from inventory.specs import CyclePlanIn, DealerPlanIn, DetoxPlanIn
 from inventory.store.generic import upsert
@@ -176,18 +177,10 @@ class ApplyDealerPlan(Write):
 
 def pinned(inv: Inventory, now: float) -> set[tuple[int, int]]:
     """(oid, storage id) of copies that open or served copy requests pin until a later time
-    (a container's request pins its members)."""
-    out: set[tuple[int, int]] = set()
-    for request in inv.requests.values():
-        if request.state not in ("pending", "done") or request.pin_until is None \
-                or request.pin_until <= now:
-            continue
-        row = inv.row_of_oid(request.oid)
-        if row is None:
-            continue
-        rows = inv.child_rows(row) if inv.i_type[row] == model.CONTAINER else [row]
-        out.update((inv.i_oid[r], request.storage_id) for r in rows)
-    return out
+    (a container's request pins its members): ``inventory.pins``, as the planners see them."""
+    oids = inv.i_oid
+    return {(oids[row], sid) for (row, sid), pin in inventory_pins(inv).items()
+            if pin.holds(now)}
 
 
 def _satisfied(inv: Inventory, request: CopyRequest) -> bool:
