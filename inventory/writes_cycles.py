@@ -21,7 +21,7 @@ from inventory.records import ItemRecord, ReplicaRecord
 from inventory.specs import CyclePlanIn, DealerPlanIn, DetoxPlanIn
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
-from inventory.writes import Pending, Prepared, Write
+from inventory.writes import Claims, Pending, Prepared, Write
 from inventory.writes_ops import (
     DELETING,
     OperationSpec,
@@ -131,6 +131,7 @@ class ApplyDealerPlan(Write):
         now = model.now()
         dropped = {"changed": 0}
         claimed: set[tuple[int, int]] = set()
+        mine = Claims(new_replicas=claimed)
         replicas: list[ReplicaRecord] = []
         ops: list[Operation] = []
         for index, (text, target_id, source_id, reason, _line) in enumerate(plan.copies):
@@ -144,16 +145,16 @@ class ApplyDealerPlan(Write):
             spec = OperationSpec("copy", oid, target_id, source_id)
             try:
                 replica = QueueOperations.copy_replica(
-                    inv, spec, row, target, inv.replica_row(oid, target_id), "", now)
+                    inv, spec, row, target, inv.replica_row(oid, target_id), "", now, pending,
+                    mine)
             except DLMError:
                 dropped["changed"] += 1  # the inventory moved since the snapshot
                 continue
-            claimed.add(key)
             replicas.append(replica)
             origin = "user" if reason.startswith("request") else "dealer"
             ops.append(Operation(pending.next_id("operation", inv.operations), "copy", oid,
                                  source_id, target_id, origin, "queued", 0, None, now, now))
-        pending.new_replicas.update(claimed)
+        mine.merge_into(pending)
         done = []
         for request_id in plan.requests_done:
             request = inv.requests.get(request_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
@@ -130,6 +131,21 @@ class Store(abc.ABC):
 
     def describe(self) -> str:
         return self.backend
+
+
+PATH_REPAIRS = ("SELECT p.oid, s.name, p.item_name, p.item_version, p.old_uri, p.new_uri, "
+                "p.state FROM path_repair p JOIN storage s ON s.id = p.storage_id")
+
+
+def log_path_repairs(rows: Sequence[Sequence[Any]]) -> None:
+    """Say which replicas migration 008 moved off a file another replica kept (schema/*/
+    008_one_file_per_replica.sql): each was left ``missing`` at its new path, so consistency
+    and Dealer copy it again."""
+    log = logging.getLogger("dlm.store")
+    for oid, storage, name, version, old, new, state in rows:
+        log.warning("replica shared its file with a newer one: moved to its own path", extra={
+            "oid": str(oid), "item": name, "version": version, "storage": storage,
+            "old_uri": old, "new_uri": new, "state": state})
 
 
 def check_schema_version(found: int, known: int, where: str) -> None:

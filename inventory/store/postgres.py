@@ -16,6 +16,7 @@ from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
+    PATH_REPAIRS,
     REPLICA_COLUMNS,
     STORAGE_COLUMNS,
     Store,
@@ -26,6 +27,7 @@ from inventory.store.base import (
     item_db_row,
     item_records,
     loading,
+    log_path_repairs,
     replica_db_row,
     replica_records,
     storage_db_row,
@@ -100,6 +102,11 @@ class PostgresStore(Store):
                 await conn.execute(migration.sql)
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version VALUES ($1)", migration.version)
+            if found < len(known) and await conn.fetchval(
+                    "SELECT to_regclass('path_repair') IS NOT NULL"):
+                # what migration 008 moved: logged, then forgotten
+                log_path_repairs(await conn.fetch(PATH_REPAIRS))
+                await conn.execute("DELETE FROM path_repair")
 
     async def close(self) -> None:
         await self._claim.release()

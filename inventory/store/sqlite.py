@@ -21,6 +21,7 @@ from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
+    PATH_REPAIRS,
     REPLICA_COLUMNS,
     STORAGE_COLUMNS,
     Store,
@@ -30,6 +31,7 @@ from inventory.store.base import (
     item_db_row,
     item_records,
     loading,
+    log_path_repairs,
     replica_db_row,
     replica_records,
     storage_db_row,
@@ -105,6 +107,21 @@ class SQLiteStore(Store):
                     conn.execute(statement)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version VALUES (?)", (migration.version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if found < len(known):
+            self._report_path_repairs()
+
+    def _report_path_repairs(self) -> None:
+        """Log and forget what migration 008 moved (``log_path_repairs``)."""
+        conn = self._conn
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'path_repair'").fetchone():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                log_path_repairs(conn.execute(PATH_REPAIRS).fetchall())
+                conn.execute("DELETE FROM path_repair")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
