@@ -218,6 +218,55 @@ async def test_terminated_session_refuses_writes_until_the_claim_is_back(pg_url,
 
 
 @pytest.mark.postgres
+async def test_sessions_terminated_under_writes_lose_nothing_and_memory_stays_the_database(
+        pg_url, server_process):
+    """Nobody else takes the claim: the server takes it back each time and writes on; every
+    answer is 201 or 503, every 201 is durable, and memory is what the database holds."""
+    srv = server_process(pg_url).start()
+    await wait_healthy(srv.url)
+    async with Client(srv.url, token="") as client:
+        await client.add_storage(**STORAGE)
+    answers: list[tuple[str, int, Any]] = []
+    done = asyncio.Event()
+
+    async def writer(k: int) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
+            for n in itertools.count():
+                if done.is_set():
+                    return
+                status, body, _headers = await post(session, srv.url, f"t{k}/{n}")
+                answers.append((f"t{k}/{n}", status, body))
+
+    writers = [asyncio.create_task(writer(k)) for k in range(4)]
+    admin = await asyncpg.connect(pg_url)
+    try:
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            assert await terminate(admin, srv.proc.pid) >= 1
+    finally:
+        done.set()
+        await asyncio.gather(*writers)
+        await admin.close()
+    assert {status for _, status, _ in answers} <= {201, 503}, \
+        [body for _, status, body in answers if status not in (201, 503)][:3]
+    acked = {name for name, status, _ in answers if status == 201}
+    assert acked, "nothing was acknowledged"
+    print(f"10 terminations under writes: "
+          f"{collections.Counter(status for _, status, _ in answers)}")
+    async with aiohttp.ClientSession() as session:  # the claim is back: writes go through
+        deadline = time.monotonic() + WAIT
+        while (answer := await post(session, srv.url, "last"))[0] != 201:
+            assert time.monotonic() < deadline, answer[1]
+            await asyncio.sleep(0.05)
+    memory = await names_in(srv.url)
+    health = await wait_healthy(srv.url)
+    srv.kill()
+    again = server_process(pg_url).start()
+    assert await names_in(again.url) == memory >= acked | {"last"}
+    assert (await wait_healthy(again.url))["version"] == health["version"]
+
+
+@pytest.mark.postgres
 async def test_a_server_whose_claim_was_taken_and_written_under_exits(pg_url, server_process):
     srv = server_process(pg_url).start()
     await wait_healthy(srv.url)
