@@ -12,6 +12,7 @@ import os
 import pytest
 
 import schema
+from consistency.cycle import Options, run_consistency
 from inventory import errors, model
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.server.state import STATE
@@ -100,6 +101,26 @@ async def test_a_name_that_reads_as_a_version_path_is_refused(fs):
     # @v1 and a leading zero are not default paths of anything else: fine
     await fs.client.add_item(item_name="ver/file@v1")
     await fs.client.add_item(item_name="ver/file@v02")
+
+
+async def test_consistency_maps_version_paths_back_to_their_items(fs):
+    """A storage holding ``f`` (v1), ``f@v2`` (v2) and a uri-registered file lists clean: no
+    orphan for ``f@v2``, nothing missing; an old stray ``f@v3`` with no version 3 is dark data."""
+    c = fs.client
+    one, two, three = os.urandom(100), os.urandom(200), os.urandom(300)
+    await register(fs, "f", one, "f")
+    await register(fs, "f", two, "f@v2")
+    await register(fs, "g", three, "elsewhere/g.bin", uri="elsewhere/g.bin")
+    old = 1_600_000_000
+    for path in ("f", "f@v2", "elsewhere/g.bin"):
+        os.utime(fs.roots["src"] / path, (old, old))
+    run = await run_consistency(c, "src", Options(checksums="all"))
+    assert all(not rows for rows in run.report["findings"].values()), run.report["findings"]
+    put(fs.roots["src"], "f@v3", b"stray")
+    os.utime(fs.roots["src"] / "f@v3", (old, old))
+    run = await run_consistency(c, "src", Options(checksums="all"))
+    assert [row["path"] for row in run.report["findings"]["orphan"]] == ["f@v3"]
+    assert not run.report["findings"]["missing"]
 
 
 # --------------------------------------------------------------------------- registration
