@@ -13,9 +13,13 @@ Each number comes with a baseline measured in the same run on the same rows:
 - inject: ``dlm serve --db postgresql://...`` as a subprocess, a few concurrent clients POSTing
   batches of items with one replica each (acknowledged only after the commit: durable), against
   raw asyncpg ``copy_records_to_table`` of the same rows (items + replicas) into a fresh database
-  with the same schema.
+  with the same schema; the storages have ``verify_ingest: false``, so nothing is looked at;
+- verified inject: the same items and server, every storage a local POSIX directory holding a
+  real small file for each item, each POST acknowledged only after the server stat'ed all its
+  payloads (issue 15), against the unverified inject and the raw COPY of the same run.
 
 Targets (issue 2): load < 15 s; < 300 B per replica (item costs included); inject >= 30% of COPY.
+Target (issue 15): verified inject >= 50,000 items/s.
 The databases it creates (``dlm_bench_*``) are dropped at the end unless ``--keep``.
 """
 
@@ -47,6 +51,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_LOAD_S = 15.0
 TARGET_BYTES_PER_REPLICA = 300
 TARGET_INJECT_RATIO = 0.30
+TARGET_VERIFIED_RATE = 50_000  # items/s, issue 15 item 4
 
 
 def rss() -> int:
@@ -165,17 +170,78 @@ async def serve_startup(db_url: str, workdir: Path) -> dict:
                 "rss": server_rss}
 
 
+def write_payloads(bodies: list[dict], roots: dict[str, Path]) -> float:
+    """A small real file for each item at its default path (``name`` or ``name@vN``) under its
+    storage's root, of a size 0-63 bytes that becomes the item's; seconds taken."""
+    from inventory.storage.paths import default_path
+
+    started = time.perf_counter()
+    made: set[Path] = set()
+    for i, body in enumerate(bodies):
+        path = roots[body["storage"]] / default_path(body["item_name"], body["item_version"])
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        body["size"] = size = i % 64
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+    return time.perf_counter() - started
+
+
+async def check_alone(spec: generate.Spec, payloads: Path, batch: int) -> dict:
+    """What verification costs without the database: the server's payload check
+    (``inventory.server.ingest.payloads_of_items``, one request's batch at a time, as the
+    handler runs it) over the files the verified inject used, in this process."""
+    from types import SimpleNamespace
+
+    import msgspec
+
+    from inventory.fileops.engine import Backends
+    from inventory.inventory import Inventory
+    from inventory.records import StorageRecord
+    from inventory.server.ingest import payloads_of_items
+    from inventory.specs import ItemSpec
+
+    specs = list(generate.item_specs(spec))
+    for i, body in enumerate(specs):
+        body["size"] = i % 64  # as write_payloads made them
+    decoded = msgspec.json.decode(msgspec.json.encode(specs), type=list[ItemSpec])
+    inv = Inventory()
+    for s in generate.storages(spec):
+        inv.add_storage(StorageRecord(s.id, s.name, "posix", str(payloads / s.name), s.capacity,
+                                      s.phase, "online", {}, {}, 0.0))
+    state = SimpleNamespace(inventory=inv, backends=Backends())
+    try:
+        cpu0, started = time.process_time(), time.perf_counter()
+        for lo in range(0, len(decoded), batch):
+            found = await payloads_of_items(state, decoded[lo:lo + batch], True)
+            assert all(p is not None for p in found)
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+    finally:
+        await state.backends.close()
+    return {"seconds": seconds, "items": len(decoded), "cpu": cpu}
+
+
 async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int,
-                      workdir: Path) -> dict:
-    """Start ``dlm serve`` on ``db_url``, add the storages, POST every item; items/s."""
+                      workdir: Path, payloads: Path | None = None) -> dict:
+    """Start ``dlm serve`` on ``db_url``, add the storages, POST every item; items/s.
+
+    Without ``payloads`` the storages have ``verify_ingest: false`` (nothing is looked at:
+    unverified inject). With it, every storage is a POSIX directory under ``payloads`` holding
+    a real small file for each item, and each POST is acknowledged only after the server
+    stat'ed them all (verified inject, ``verify: size``)."""
     import aiohttp
     import msgspec
 
+    roots = {s.name: payloads / s.name for s in generate.storages(spec)} if payloads else {}
+    specs = list(generate.item_specs(spec))
+    files_seconds = write_payloads(specs, roots) if payloads else None
     async with dlm_server(db_url, workdir) as server:
         base, proc = server.url, server.proc
         encode = msgspec.json.encode
         bodies, chunk = [], []
-        for body in generate.item_specs(spec):
+        for body in specs:
             chunk.append(body)
             if len(chunk) == batch:
                 bodies.append(encode(chunk))
@@ -186,8 +252,11 @@ async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int
                                          timeout=aiohttp.ClientTimeout(total=600)) as session:
             from inventory import model
             for s in generate.storages(spec):
+                where = ({"kind": "posix", "root": str(roots[s.name]), "config": {}} if payloads
+                         else {"kind": s.kind, "root": s.root,
+                               "config": {"verify_ingest": False}})
                 async with session.post("/v1/storages", json={
-                        "name": s.name, "kind": s.kind, "root": s.root, "capacity": s.capacity,
+                        "name": s.name, **where, "capacity": s.capacity,
                         "phase": model.PHASES[s.phase], "attributes": s.attributes}) as resp:
                     assert resp.status == 201, await resp.text()
             queue = iter(bodies)
@@ -216,7 +285,8 @@ async def rest_inject(db_url: str, spec: generate.Spec, batch: int, clients: int
         assert health["items"] == spec.items == done, (health, done)
         latencies.sort()
         return {"seconds": seconds, "items": done, "replicas": health["replicas"],
-                "server_cpu": cpu, "p50": latencies[len(latencies) // 2],
+                "server_cpu": cpu, "files_seconds": files_seconds,
+                "p50": latencies[len(latencies) // 2],
                 "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
@@ -347,6 +417,16 @@ async def bench(args: argparse.Namespace) -> int:
             results["inject"] = await rest_inject(rest_url, spec, args.batch, args.clients,
                                                   workdir)
             results["inject"].update(batch=args.batch, clients=args.clients)
+            verified_name = f"dlm_bench_verified_{tag}"
+            verified_url = await generate.create_database(admin, verified_name)
+            made.append(verified_name)
+            print(f"verified REST inject of {spec.items} items (small real files) ...",
+                  file=sys.stderr)
+            results["verified"] = await rest_inject(verified_url, spec, args.batch,
+                                                    args.clients, workdir,
+                                                    payloads=workdir / "payloads")
+            results["verified"].update(batch=args.batch, clients=args.clients)
+            results["check"] = await check_alone(spec, workdir / "payloads", args.batch)
     finally:
         if not args.keep:
             for name in made:
@@ -407,6 +487,28 @@ def report(r: dict, args: argparse.Namespace) -> None:
             (f"  POST latency ({inj['batch']} items/request, {inj['clients']} clients)",
              f"p50 {inj['p50'] * 1e3:.0f} ms, p99 {inj['p99'] * 1e3:.0f} ms",
              f"server CPU {inj['server_cpu']:.1f} s", "", "", ""),
+        ]
+    if "verified" in r:
+        ver, inj, cp = r["verified"], r["inject"], r["copy_in"]
+        vrate = ver["items"] / ver["seconds"]
+        rate, base = inj["items"] / inj["seconds"], cp["items"] / cp["seconds"]
+        rows += [
+            (f"verified REST inject (stat of each payload), {ver['items']:,} items",
+             f"{vrate:,.0f} items/s ({ver['seconds']:.1f} s)",
+             f"unverified inject {rate:,.0f} items/s", f"{vrate / rate:.0%}",
+             f">= {TARGET_VERIFIED_RATE:,} items/s", verdict(vrate >= TARGET_VERIFIED_RATE)),
+            ("", "", f"raw COPY {base:,.0f} items/s", f"{vrate / base:.0%}", "", ""),
+            (f"  POST latency ({ver['batch']} items/request, {ver['clients']} clients)",
+             f"p50 {ver['p50'] * 1e3:.0f} ms, p99 {ver['p99'] * 1e3:.0f} ms",
+             f"server CPU {ver['server_cpu']:.1f} s",
+             f"(files written in {ver['files_seconds']:.1f} s)", "", ""),
+            ("  the payload check alone (in process, no database)",
+             f"{r['check']['items'] / r['check']['seconds']:,.0f} items/s",
+             f"CPU {r['check']['cpu'] / r['check']['items'] * 1e6:.1f} us per item", "", "", ""),
+            ("  the check's server CPU per item (verified - unverified)",
+             f"{(ver['server_cpu'] - inj['server_cpu']) / ver['items'] * 1e6:.1f} us",
+             f"unverified {inj['server_cpu'] / inj['items'] * 1e6:.1f} us per item", "", "",
+             ""),
         ]
     print(fmt_table(rows))
 

@@ -34,13 +34,11 @@ from detox.planner import (
     DecisionKinds,
     Deletion,
     DetoxPlan,
-    protect_pinned,
 )
 from inventory import model
 from inventory.columns import ColumnSnapshot
 from inventory.decisions import DECISION_COLUMNS
 from inventory.feed import WIRE_STORAGE_FIELDS as SF
-from inventory.pins import Pin
 from policies import DELETE, DISMISS, IGNORE, PROTECT, Policy, StorageView, vector
 from policies.context import EMPTY
 from policies.ir import attributes_of
@@ -85,18 +83,30 @@ def needed_fields(policy: Policy) -> list[str]:
 
 def exact_sums(keys: np.ndarray, values: np.ndarray, n: int, *, at: np.ndarray | None = None,
                chunk: int = 1 << 20) -> np.ndarray:
-    """Per key, the exact int64 sum of ``values`` (of ``values[at]`` with ``at``):
-    ``bincount`` adds in float64, which loses bytes past 2**53; split into 24-bit halves,
-    each half's sums stay exact. A chunk at a time, so the float copies stay small."""
-    out = np.zeros(n, dtype=np.int64)
+    """Per key, the exact sum of ``values`` (of ``values[at]`` with ``at``). ``bincount`` adds
+    in float64, which loses bytes past 2**53: each int64 value is split into three 21-bit
+    limbs, whose sums over a chunk of 2**20 values stay below 2**41, exact in float64. The
+    result is int64 while every sum fits (always, for real sizes), else an object array of
+    Python ints: a sum past int64 (sizes are bounded to int64 at input, their sums are not)
+    stays exact instead of wrapping around. A chunk at a time, so the float copies stay
+    small."""
+    limbs = [np.zeros(n, dtype=np.int64) for _ in range(3)]
     for lo in range(0, len(keys), chunk):
         k = keys[lo:lo + chunk]
         v = (values[lo:lo + chunk] if at is None else values[at[lo:lo + chunk]]).astype(
             np.int64, copy=False)
-        low = np.bincount(k, weights=v & 0xFFFFFF, minlength=n)
-        high = np.bincount(k, weights=v >> 24, minlength=n)
-        out += (high.astype(np.int64) << 24) + low.astype(np.int64)
-    return out
+        for i, part in enumerate((v & _LIMB, (v >> 21) & _LIMB, v >> 42)):
+            limbs[i] += np.bincount(k, weights=part, minlength=n).astype(np.int64)
+    low, mid, high = limbs
+    estimate = np.abs(low + mid * 2.0**21 + high * 2.0**42)
+    if not len(estimate) or estimate.max() < 2.0**62:
+        return low + (mid << 21) + (high << 42)
+    return np.array([int(a) + (int(b) << 21) + (int(c) << 42)
+                     for a, b, c in zip(low.tolist(), mid.tolist(), high.tolist(),
+                                        strict=True)], dtype=object)
+
+
+_LIMB = (1 << 21) - 1
 
 
 class ColumnDecisions(DecisionKinds, Sequence[tuple[str, int, str, str, int, int]]):
@@ -241,22 +251,6 @@ def item_columns(snap: ColumnSnapshot, ri: np.ndarray, now: float, half_life: fl
         ("item", "owner"): lambda: Coded(items["owner"], snap.owners, ri),
         ("item", "group"): lambda: Coded(items["group"], snap.groups, ri),
     }
-
-
-def pinned_positions(pins: dict[tuple[int, int], Pin], now: float, items: np.ndarray,
-                     sids: np.ndarray) -> tuple[np.ndarray, list[Pin]]:
-    """Where in (``items``, ``sids``) a copy is kept by a pin that holds at ``now``, and the
-    pin of each: a sorted search of the few pins, not a lookup per replica."""
-    holding = [(row, sid, pin) for (row, sid), pin in pins.items() if pin.holds(now)]
-    if not holding or not len(items):
-        return np.zeros(0, dtype=np.int64), []
-    keys = np.array([row << 16 | sid for row, sid, _pin in holding], dtype=np.int64)
-    order = np.argsort(keys)
-    keys = keys[order]
-    wanted = (items.astype(np.int64) << 16) | sids.astype(np.int64)
-    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    positions = np.flatnonzero(keys[at] == wanted)
-    return positions, [holding[i][2] for i in order[at[positions]].tolist()]
 
 
 def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
@@ -448,33 +442,14 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     candidate = (action == action_codes[DISMISS]) & is_triggered[rs] & inside
     deleting = (action == action_codes[DELETE]) & inside
     ignored = (action == action_codes[IGNORE]) & inside
-    # copies a copy request pins: kept whatever a protect, delete or dismiss rule says
-    pin_at, pin_of = pinned_positions(snap.pins, now, r_item[rows], rs)
-    held = np.zeros(len(rows), dtype=bool)
-    if len(pin_at):
-        judged_pin = inside[pin_at] & ~ignored[pin_at]
-        pin_of = [pin for pin, ok in zip(pin_of, judged_pin.tolist(), strict=True) if ok]
-        pin_at = pin_at[judged_pin]
-        held[pin_at] = True
-        candidate &= ~held
-        deleting &= ~held
-    kept = inside & ~candidate & ~deleting & ~ignored & ~held
+    kept = inside & ~candidate & ~deleting & ~ignored
     kept_code = np.array([decisions.code(KEPT, r.label, r.line) for r in rules], dtype=np.int32)
     ignored_code = np.array([decisions.code(IGNORED, r.label, r.line) for r in rules],
                             dtype=np.int32)
     # decisions in replica order, as the record planner appends them
-    decided = kept | ignored | held
-    codes = np.where(ignored, ignored_code[slot], kept_code[slot])
-    pin_kept: dict[tuple[int, Pin], list[int]] = {}
-    if len(pin_at):
-        codes[pin_at] = [decisions.code(KEPT, pin.reason, 0) for pin in pin_of]
-        for sid, nbytes, pin in zip(rs[pin_at].tolist(), size[rows[pin_at]].tolist(), pin_of,
-                                    strict=True):
-            entry = pin_kept.setdefault((sid, pin), [0, 0])
-            entry[0] += 1
-            entry[1] += nbytes
-    decisions.extend(rows[decided], codes[decided])
-    del codes, held
+    decided = kept | ignored
+    decisions.extend(rows[decided], np.where(ignored, ignored_code[slot],
+                                              kept_code[slot])[decided])
     protecting = kept & (action == action_codes[PROTECT])
     del action
     n_rules = len(rules)
@@ -482,7 +457,6 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
                          size[rows[protecting]], n_sids * n_rules).reshape(n_sids, n_rules)
     for sid, r in zip(*np.nonzero(by_rule), strict=True):
         protected[int(sid)][rules[int(r)].label] += int(by_rule[sid, r])
-    protect_pinned(plan, protected, pin_kept)
 
     # ---- 3a. `delete` decisions, everywhere
     for (index, item, sid, state, nbytes), s in zip(columns_of(rows[deleting]),

@@ -67,12 +67,17 @@ def add_commands(subparsers: Any) -> None:
     item = p.add_argument_group("item fields")
     item.add_argument("--storage", help="one-call ingest: the item is READY with a complete "
                                         "replica there")
-    item.add_argument("--uri", help="where on the storage, relative to its root or absolute "
-                                    "under it (default: root + item name, + @vN for "
-                                    "version N >= 2)")
-    item.add_argument("--size", type=int, help="bytes (required with --storage)")
-    item.add_argument("--checksum")
-    item.add_argument("--checksum-method", help="default adler32")
+    item.add_argument("--uri", help="where on the storage (default: root + item name)")
+    item.add_argument("--size", type=int,
+                      help="bytes; with --storage it must match the payload's, and by default "
+                           "is read from the storage (required only on a storage with "
+                           "verify_ingest off)")
+    item.add_argument("--checksum", help="adler32, 1-8 hex digits")
+    item.add_argument("--checksum-method", help="adler32 (the default; the only one accepted)")
+    item.add_argument("--verify", choices=("size", "checksum"),
+                      help="with --storage, what the server checks on the payload before it "
+                           "registers anything: its size (default), or also its adler32, "
+                           "read from the whole file (recorded when --checksum is not given)")
     item.add_argument("--version", type=int, dest="item_version", metavar="N",
                       help="default: the name's latest version + 1")
     item.add_argument("--type", dest="item_type", choices=model.ITEM_TYPES)
@@ -94,7 +99,7 @@ def fields_of(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {
         key: getattr(args, key) for key in (
             "storage", "uri", "size", "checksum", "checksum_method", "item_version",
-            "item_type", "parent_oid", "target_phase", "expire_at", "owner", "group")
+            "item_type", "parent_oid", "target_phase", "expire_at", "owner", "group", "verify")
         if getattr(args, key) is not None
     }
     if args.lifetime is not None:

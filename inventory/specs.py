@@ -15,9 +15,12 @@ import msgspec
 from inventory import model
 
 Phase = Literal["PLASMA", "GAS", "LIQUID", "SOLID"]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # validate.MAX_BYTES: int64 columns
+# What a registration with a storage checks on it before it is acknowledged: that the payload
+# exists with the stated size ("size"), or also that its adler32 matches ("checksum", which
+# reads the whole payload). Storages with config verify_ingest=false are not looked at.
+Verify = Literal["size", "checksum"]
 
 assert tuple(Phase.__args__) == model.PHASES
 
@@ -44,6 +47,7 @@ class ItemSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     group: str | None = None
     storage: str | None = None
     uri: str | None = None
+    verify: Verify = "size"
 
 
 class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -52,7 +56,7 @@ class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     name: str
     kind: Literal["posix", "s3"]
     root: str
-    capacity: NonNegative | str
+    capacity: Size | str
     phase: Phase = "GAS"
     status: Literal["online", "draining", "offline", "retired"] = "online"
     attributes: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
@@ -80,6 +84,7 @@ class ItemPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     size: Size | msgspec.UnsetType | None = msgspec.UNSET
     storage: str | msgspec.UnsetType = msgspec.UNSET
     uri: str | msgspec.UnsetType = msgspec.UNSET
+    verify: Verify = "size"
 
 
 class ItemPatchWithOid(ItemPatch, forbid_unknown_fields=True, omit_defaults=True,
@@ -101,7 +106,7 @@ class AccessWithOid(AccessSpec, forbid_unknown_fields=True, kw_only=True):
 class StoragePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     status: Literal["online", "draining", "offline", "retired"] | msgspec.UnsetType = \
         msgspec.UNSET
-    capacity: NonNegative | str | msgspec.UnsetType = msgspec.UNSET
+    capacity: Size | str | msgspec.UnsetType = msgspec.UNSET
     phase: Phase | msgspec.UnsetType = msgspec.UNSET
     attributes: dict[str, str | int | float | bool | None] | msgspec.UnsetType = msgspec.UNSET
     config: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET

@@ -3,54 +3,43 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from inventory import model
 from inventory.errors import BadRequest
-from inventory.storage import paths
-from inventory.storage.errors import InvalidPath
+from inventory.storage.checksum import normalize as normalize_adler32
 
 MAX_NAME_LENGTH = 1024
 _STORAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+0080-U+009F)
-_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNITS = {
     "": 1, "B": 1,
     "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
     "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+# Sizes, capacities and the sums over them are 64-bit signed columns and numpy int64 arrays:
+# a value past this bound would overflow them (a 503 from the database, or a wrapped sum).
+MAX_BYTES = 2**63 - 1
+# Checksum methods something can verify: a copy checks the adler32 it computes while the bytes
+# stream. Any other method would be stored and then never checked, so it is refused.
+CHECKSUM_METHODS = (model.DEFAULT_CHECKSUM_METHOD,)
 
 
 def item_name(name: str, field: str) -> str:
-    """An item name is also a path under every storage root: it must not be able to leave it,
-    and whatever a storage would refuse at the first copy (``storage.paths.check_name``: a
-    backslash, a ``.dlm-`` segment, a segment over 255 bytes) is refused here, at registration.
-    C1 controls and bidirectional overrides are refused as in ``check_name``: they make a name
-    display as another one."""
+    """An item name is also a path under every storage root: it must not be able to leave it."""
     if not name:
         raise BadRequest("must not be empty", field)
     if len(name) > MAX_NAME_LENGTH:
         raise BadRequest(f"longer than {MAX_NAME_LENGTH} characters", field)
     if _CONTROL.search(name):
-        raise BadRequest("must not contain control characters (C0, DEL or C1)", field)
-    if _BIDI.search(name):
-        raise BadRequest("must not contain bidirectional override or isolate characters "
-                         "(U+202A-U+202E, U+2066-U+2069)", field)
+        raise BadRequest("must not contain control characters", field)
     if name.startswith("/"):
         raise BadRequest("must be relative (no leading '/')", field)
     for part in name.split("/"):
         if part in ("", ".", ".."):
             raise BadRequest(f"must not contain an empty, '.' or '..' path segment: {name!r}",
                              field)
-    try:
-        paths.check_name(name)
-    except InvalidPath as exc:
-        raise BadRequest(exc.message, field) from None
-    if paths.is_versioned_name(name):
-        raise BadRequest(f"names ending in '{paths.VERSION_MARK}<N>' are where version N of "
-                         f"another name is stored ({name!r} is version "
-                         f"{paths.default_owners(name)[1][1]} of "
-                         f"{paths.default_owners(name)[1][0]!r}): choose another name", field)
     return name
 
 
@@ -62,15 +51,42 @@ def storage_name(name: str, field: str) -> str:
 
 
 def byte_size(value: int | str, field: str) -> int:
-    """Bytes from an int or a string with a unit (``500 TB``, ``2 GiB``)."""
+    """Bytes from an int or a string with a unit (``500 TB``, ``2 GiB``), exactly (no float
+    rounding: ``1.1 PB`` is 1_100_000_000_000_000) and within int64."""
     if isinstance(value, int):
-        return value
-    match = _SIZE.match(value)
-    unit = match.group(2).upper() if match else None
-    if not match or unit not in _UNITS:
-        raise BadRequest(f"expected bytes as an integer or with a unit like '500 TB' or "
-                         f"'2 GiB', got {value!r}", field)
-    return int(float(match.group(1)) * _UNITS[unit])
+        count = value
+    else:
+        match = _SIZE.match(value)
+        unit = match.group(2).upper() if match else None
+        if not match or unit not in _UNITS:
+            raise BadRequest(f"expected bytes as an integer or with a unit like '500 TB' or "
+                             f"'2 GiB', got {value!r}", field)
+        count = int(Fraction(match.group(1)) * _UNITS[unit])
+    if not 0 <= count <= MAX_BYTES:
+        raise BadRequest(f"must be 0 to {MAX_BYTES} bytes (a signed 64-bit integer), "
+                         f"got {value!r}", field)
+    return count
+
+
+def checksum(value: str | None, method: str | None, where: str = ""
+             ) -> tuple[str | None, str | None]:
+    """A client's checksum and method, checked and in canonical form: the method is one that
+    can be verified (``adler32``, the default when a checksum is given), the checksum is 1-8 hex
+    digits, kept lowercase and zero-padded. Refused here, a malformed checksum cannot fail every
+    later copy of the item. ``where`` prefixes the field (``items[3].``)."""
+    if method is not None:
+        method = method.strip().lower()
+        if method not in CHECKSUM_METHODS:
+            raise BadRequest(f"unsupported checksum method {method!r}; expected "
+                             f"{', '.join(CHECKSUM_METHODS)}", where + "checksum_method")
+    if value is None:
+        return None, method
+    try:
+        value = normalize_adler32(value)
+    except ValueError:
+        raise BadRequest(f"not an adler32 checksum (1-8 hex digits): {value!r}",
+                         where + "checksum") from None
+    return value, method or model.DEFAULT_CHECKSUM_METHOD
 
 
 # Times the server can write back as ISO-8601: years 1 to 9999. A time outside would be stored

@@ -22,6 +22,7 @@ import msgspec
 from inventory import model, validate
 from inventory.errors import BadRequest, Conflict, Forbidden, NotFound
 from inventory.feed import REMOVED_STORAGE
+from inventory.ingest import VERIFY_INGEST, Payload, recheck, verifies_ingest
 from inventory.inventory import NONE, Inventory
 from inventory.objects import CopyRequest, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
@@ -34,8 +35,6 @@ from inventory.specs import (
     StorageSpec,
     TokenSpec,
 )
-from inventory.storage import paths
-from inventory.storage.errors import InvalidPath
 from inventory.store.base import ITEM_COLUMNS, STORAGE_COLUMNS, item_db_row, storage_db_row
 from inventory.store.generic import upsert
 from inventory.store.ops import (
@@ -48,7 +47,6 @@ from inventory.store.ops import (
 )
 
 MAX_BATCH = 10_000
-DELETED_REPLICA = model.REPLICA_STATE["deleted"]
 MAX_VERSION = 2**31 - 1  # specs.Version's bound: item versions are a 32-bit column
 
 Change = tuple[str, Any]  # ("storage" | "item" | "replica", record)
@@ -79,12 +77,8 @@ class Pending:
     storages: dict[int, StorageRecord] = field(default_factory=dict)
     objects: dict[tuple[str, Any], Any] = field(default_factory=dict)  # (table, key) -> object
     max_ids: dict[str, int] = field(default_factory=dict)
-    # Files claimed by replicas of the group (see claim_path): (storage id, path) -> oid of the
-    # replicas registered at a uri, the (oid, storage id) of those, and the oids of new items.
-    # A default-path claim needs no entry: (oid, storage id) in new_replicas says it.
-    path_claims: dict[tuple[int, str], int] = field(default_factory=dict)
-    custom_claims: set[tuple[int, int]] = field(default_factory=set)
-    new_items: dict[tuple[str, int], int] = field(default_factory=dict)
+    # bytes registered by the group per storage id (containers: -1 - row): the int64 bound
+    bytes_added: dict[int, int] = field(default_factory=dict)
 
     def item(self, inv: Inventory, oid: int) -> ItemRecord | None:
         rec = self.items.get(oid)
@@ -134,107 +128,6 @@ class Pending:
                 or inv.row_of_name(name, version) is not None)
 
 
-@dataclass(slots=True)
-class Claims:
-    """Path claims a write makes before they join ``Pending`` (merged when it succeeds)."""
-
-    new_replicas: set[tuple[int, int]] = field(default_factory=set)
-    path_claims: dict[tuple[int, str], int] = field(default_factory=dict)
-    custom_claims: set[tuple[int, int]] = field(default_factory=set)
-    new_items: dict[tuple[str, int], int] = field(default_factory=dict)
-
-    def merge_into(self, pending: Pending) -> None:
-        pending.new_replicas.update(self.new_replicas)
-        pending.path_claims.update(self.path_claims)
-        pending.custom_claims.update(self.custom_claims)
-        pending.new_items.update(self.new_items)
-
-
-def path_holder(inv: Inventory, layers: tuple[Pending | Claims, ...], storage_id: int,
-                path: str, oid: int, owners: list[tuple[str, int]]) -> int | None:
-    """The oid of the live replica other than ``oid``'s whose file on the storage is ``path``:
-    in memory, or claimed earlier in the same group or write (``layers``); None when the file
-    is free. ``owners`` are the (name, version) whose default path ``path`` is, but ``oid``'s
-    own item (``storage.paths.default_owners``)."""
-    row = inv.path_holder(storage_id, path, skip_oid=oid, owners=())  # registered uris
-    if row is not None:
-        return inv.i_oid[inv.r_item[row]]
-    for layer in layers:
-        if layer.path_claims:
-            holder = layer.path_claims.get((storage_id, path))
-            if holder is not None and holder != oid:
-                return holder
-    for owner in owners:
-        other = None
-        for layer in layers:
-            other = layer.new_items.get(owner)
-            if other is not None:
-                break
-        if other is None:
-            item = inv.row_of_name(*owner)
-            if item is None:
-                continue
-            other = inv.i_oid[item]
-        if other == oid:
-            continue
-        key = (other, storage_id)
-        row = inv.replica_row(other, storage_id)
-        if row is not None and row not in inv.r_uri and inv.r_state[row] != DELETED_REPLICA:
-            return other
-        if any(key in layer.new_replicas for layer in layers) \
-                and not any(key in layer.custom_claims for layer in layers):
-            return other
-    return None
-
-
-def claim_path(inv: Inventory, layers: tuple[Pending | Claims, ...], mine: Claims,
-               storage: StorageRecord | Any, oid: int, name: str, version: int,
-               uri: str | None, field: str) -> None:
-    """Refuse (409 naming ``field``) a replica of ``oid`` on ``storage`` whose file another
-    live replica names, else record the claim in ``mine``: one file per replica."""
-    sid = storage.id
-    key = (oid, sid)
-    if uri is None and version == 1 and paths.VERSION_MARK not in name \
-            and not inv.uri_index.get(sid) and not mine.path_claims \
-            and not any(layer.path_claims for layer in layers):
-        # The usual Dealer copy: the bare name is the default path of (name, 1) alone, and no
-        # uri on the storage can name it: nothing to look up.
-        mine.new_replicas.add(key)
-        return
-    path = paths.replica_path(storage, name, version, uri)
-    if uri is None and version > 1:
-        owners = [(path, 1)]  # name@vN: the only other item it can be the default path of
-    elif uri is None and paths.VERSION_MARK not in name:
-        owners = []
-    else:
-        owners = [o for o in paths.default_owners(path) if o != (name, version)]
-    holder = path_holder(inv, (*layers, mine), sid, path, oid, owners)
-    if holder is not None:
-        row = inv.row_of_oid(holder)
-        what = ("another item" if row is None
-                else f"{inv.i_name[row]!r} version {inv.i_version[row]}")
-        raise Conflict(f"{path!r} on storage {storage.name!r} is the file of {what} "
-                       f"(oid {model.format_uuid(holder)}): one file per replica", field,
-                       holder=model.format_uuid(holder))
-    mine.new_replicas.add(key)
-    if uri is not None:
-        mine.path_claims[(sid, path)] = oid
-        mine.custom_claims.add(key)
-
-
-def normal_uri(storage: StorageRecord | Any, uri: str, field: str) -> str:
-    """A registered uri in its normal form: relative uris resolved against the root, anything
-    outside the root or bucket prefix, or a path the storage would refuse, a 400 naming
-    ``field``."""
-    try:
-        path = paths.path_of_uri(storage.kind, storage.root, uri)
-    except InvalidPath as exc:
-        raise BadRequest(f"{exc.message} (storage {storage.name!r} is "
-                         f"{paths.storage_prefix(storage.kind, storage.root)!r})",
-                         field) from None
-    return paths.uri_of(storage.kind, storage.root, path)
-
-
 class Write(abc.ABC):
     """A request to change the inventory."""
 
@@ -259,6 +152,7 @@ class AddStorage(Write):
             raise Conflict(f"a storage named {name!r} exists already", "name")
         capacity = validate.byte_size(spec.capacity, "capacity")
         _check_root(spec.kind, spec.root)
+        _check_verify_ingest(spec.config)
         storage_id = max([inv.next_storage_id(), *(i + 1 for i in pending.storage_ids)])
         if storage_id > model.MAX_STORAGE_ID:
             raise Conflict(f"no storage id left (at most {model.MAX_STORAGE_ID} storages)", "name")
@@ -282,14 +176,27 @@ def _check_root(kind: str, root: str) -> None:
         raise BadRequest("an s3 root is 'bucket' or 'bucket/prefix'", "root")
 
 
+def _check_verify_ingest(config: dict[str, Any]) -> None:
+    """``verify_ingest`` decides whether the server looks at payloads: a typo must not be
+    taken for "off" (or "on") silently."""
+    if not isinstance(config.get(VERIFY_INGEST, True), bool):
+        raise BadRequest(f"expected true or false, got {config[VERIFY_INGEST]!r}",
+                         f"config.{VERIFY_INGEST}")
+
+
 class AddItems(Write):
     """Register items, and for the one-call ingest their first complete replica."""
 
     def __init__(self, specs: list[ItemSpec], *, batch: bool = True,
-                 registered_by: str | None = None) -> None:
+                 registered_by: str | None = None,
+                 payloads: list[Payload | None] | None = None) -> None:
+        """``payloads``: what the request handler found on the storages, one per spec
+        (``inventory.server.ingest``); None only for callers that checked nothing (tests,
+        benchmarks of the writer alone)."""
         self.specs = specs
         self.batch = batch
         self.registered_by = registered_by  # the token's name: who may later expire them
+        self.payloads = payloads
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         specs = self.specs
@@ -301,7 +208,8 @@ class AddItems(Write):
         items: list[ItemRecord] = []
         replicas: list[ReplicaRecord] = []
         claimed: dict[str, set[int]] = {}
-        claims = Claims()
+        container_sizes: dict[int, int] = {}
+        added: dict[int, int] = {}  # bytes per storage or container (_claim_bytes)
         storages = inv.storage_by_name
         for index, spec in enumerate(specs):
             where = f"items[{index}]." if self.batch else ""
@@ -317,7 +225,7 @@ class AddItems(Write):
                 raise Conflict(f"{name!r} version {version} exists already",
                                where + "item_version")
             mine.add(version)
-            parent = None
+            parent, prow = None, -1
             if spec.parent_oid is not None:
                 parent = validate.uuid_value(spec.parent_oid, where + "parent_oid")
                 prow = inv.row_of_oid(parent)
@@ -333,9 +241,8 @@ class AddItems(Write):
                          else None if spec.lifetime is None
                          else validate.expiry_after(now, spec.lifetime, where + "lifetime"))
             item_type = model.ITEM_TYPE[spec.item_type]
-            method = spec.checksum_method
-            if method is None and spec.checksum is not None:
-                method = model.DEFAULT_CHECKSUM_METHOD
+            checksum, method = validate.checksum(spec.checksum, spec.checksum_method, where)
+            size = spec.size
             oid = model.new_oid()
             state = model.INITIALISED
             if spec.storage is not None:
@@ -348,25 +255,37 @@ class AddItems(Write):
                 if item_type == model.CONTAINER:
                     raise BadRequest("a container has no payload to place on a storage",
                                      where + "storage")
-                if spec.size is None:
-                    raise BadRequest("required when storage is given", where + "size")
-                uri = None if spec.uri is None else normal_uri(storage, spec.uri, where + "uri")
-                claims.new_items[(name, version)] = oid
-                claim_path(inv, (pending,), claims, storage, oid, name, version, uri,
-                           where + ("storage" if uri is None else "uri"))
+                if self.payloads is not None and verifies_ingest(storage.config):
+                    found = recheck(self.payloads[index], storage, version, spec.uri,
+                                    where + "storage")
+                    size = found.size
+                    if found.checksum is not None:
+                        checksum, method = found.checksum, model.DEFAULT_CHECKSUM_METHOD
+                if size is None:
+                    raise BadRequest("required when storage is given" + _unverified(storage),
+                                     where + "size")
+                _claim_bytes(storage.id, storage.used, f"storage {storage.name!r}", pending,
+                             added, size, where + "size")
                 state = model.READY
-                replicas.append(ReplicaRecord(oid, storage.id, uri, model.COMPLETE,
-                                              spec.size, spec.checksum, now, None, None))
+                replicas.append(ReplicaRecord(oid, storage.id, spec.uri, model.COMPLETE,
+                                              size, checksum, now, None, None))
             elif spec.uri is not None:
                 raise BadRequest("uri needs a storage", where + "uri")
+            if parent is not None and size:
+                top = _outermost(inv, prow)
+                if top not in container_sizes:
+                    container_sizes[top] = inv.container_size(top)
+                _claim_bytes(-1 - top, container_sizes[top], f"container {inv.i_name[top]!r}",
+                             pending, added, size, where + "size")
             items.append(ItemRecord(
-                oid, name, version, item_type, state, model.PHASE[spec.target_phase], spec.size,
-                spec.checksum, method, spec.metadata, parent, now, expire_at, 0, None,
+                oid, name, version, item_type, state, model.PHASE[spec.target_phase], size,
+                checksum, method, spec.metadata, parent, now, expire_at, 0, None,
                 spec.owner, spec.group, self.registered_by,
             ))
         for name, versions in claimed.items():
             pending.item_versions.setdefault(name, set()).update(versions)
-        claims.merge_into(pending)
+        for key, count in added.items():
+            pending.bytes_added[key] = pending.bytes_added.get(key, 0) + count
 
         def apply(inv: Inventory) -> list[ItemRecord]:
             inv.add_items(items)
@@ -379,6 +298,30 @@ class AddItems(Write):
         changes: list[Change] = [("item", rec) for rec in items]
         changes.extend(("replica", rep) for rep in replicas)
         return Prepared(ops, apply, changes, rows=len(items) + len(replicas))
+
+
+def _claim_bytes(key: int, base: int, what: str, pending: Pending, mine: dict[int, int],
+                 size: int, field: str) -> None:
+    """Count ``size`` more bytes on a storage or container (``key``: storage id, or -1 - row
+    of a container) holding ``base`` bytes, refusing a total past int64: every sum over sizes
+    stays an exact int that fits the columns, the int64 arrays and the JSON answers."""
+    total = base + pending.bytes_added.get(key, 0) + mine.get(key, 0) + size
+    if total > validate.MAX_BYTES:
+        raise Conflict(f"{what} would hold {total} bytes, more than {validate.MAX_BYTES} "
+                       f"(a signed 64-bit integer)", field)
+    mine[key] = mine.get(key, 0) + size
+
+
+def _unverified(storage: Any) -> str:
+    return ("" if verifies_ingest(storage.config) else
+            f" (storage {storage.name!r} has verify_ingest off: the server does not look there)")
+
+
+def _outermost(inv: Inventory, row: int) -> int:
+    """The container holding ``row`` at the top: its size includes every inner one's."""
+    while (up := inv.i_parent[row]) != -1:
+        row = up
+    return row
 
 
 # --------------------------------------------------------------------------- item changes
@@ -442,10 +385,13 @@ class UpdateItems(Write):
     """PATCH: the SKA DLM setters (state, phase, expiry, metadata, checksum, size, location)."""
 
     def __init__(self, patches: list[tuple[str, ItemPatch]], *, batch: bool = True,
-                 actor: Actor = OPERATOR) -> None:
+                 actor: Actor = OPERATOR,
+                 payloads: list[Payload | None] | None = None) -> None:
+        """``payloads``: the payloads of the locations registered, as for ``AddItems``."""
         self.patches = patches
         self.batch = batch
         self.actor = actor
+        self.payloads = payloads
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         if not self.patches:
@@ -454,29 +400,29 @@ class UpdateItems(Write):
             raise BadRequest(f"at most {MAX_BATCH} changes per request", "items")
         now = model.now()
         mine = Pending(items=dict(pending.items), new_replicas=set(pending.new_replicas),
-                       storages=pending.storages, path_claims=dict(pending.path_claims),
-                       custom_claims=set(pending.custom_claims), new_items=pending.new_items)
+                       storages=pending.storages)
         records: dict[int, ItemRecord] = {}
         replicas: list[ReplicaRecord] = []
+        added: dict[int, int] = {}
         for index, (oid_text, patch) in enumerate(self.patches):
             where = f"items[{index}]." if self.batch else ""
             rec = _item_or_404(inv, mine, oid_text, where + "oid")
-            new, replica = _patched(inv, mine, rec, patch, where, now)
+            payload = NO_CHECK if self.payloads is None else self.payloads[index]
+            new, replica = _patched(inv, mine, rec, patch, where, now, payload)
             _check_expiry_rule(self.actor, rec, new, patch, where, now)
+            if replica is not None:
+                storage = inv.storages[replica.storage_id]
+                _claim_bytes(storage.id, storage.used, f"storage {storage.name!r}", pending,
+                             added, replica.size or 0, where + "size")
             if replica is not None:
                 replicas.append(replica)
                 mine.new_replicas.add((rec.oid, replica.storage_id))
-                if replica.uri is not None:
-                    storage = inv.storages[replica.storage_id]
-                    mine.path_claims[(storage.id, paths.replica_path(
-                        storage, rec.item_name, rec.item_version, replica.uri))] = rec.oid
-                    mine.custom_claims.add((rec.oid, replica.storage_id))
             mine.items[rec.oid] = new
             records[rec.oid] = new
         pending.items.update(records)
         pending.new_replicas.update((r.oid, r.storage_id) for r in replicas)
-        pending.path_claims.update(mine.path_claims)
-        pending.custom_claims.update(mine.custom_claims)
+        for key, count in added.items():
+            pending.bytes_added[key] = pending.bytes_added.get(key, 0) + count
         items = list(records.values())
 
         def apply(inv: Inventory) -> list[ItemRecord]:
@@ -497,8 +443,12 @@ def item_upsert(items: list[ItemRecord]) -> UpsertRows:
     return UpsertRows("data_item", ITEM_COLUMNS, ("oid",), [item_db_row(r, out) for r in items])
 
 
+NO_CHECK = Payload(-1, "", "", "", None, -1, None)  # UpdateItems without payloads: trusted
+
+
 def _patched(inv: Inventory, pending: Pending, rec: ItemRecord, patch: ItemPatch, where: str,
-             now: float) -> tuple[ItemRecord, ReplicaRecord | None]:
+             now: float, payload: Payload | None = NO_CHECK
+             ) -> tuple[ItemRecord, ReplicaRecord | None]:
     changes: dict[str, Any] = {}
     unset = msgspec.UNSET
     if patch.target_phase is not unset:
@@ -514,13 +464,14 @@ def _patched(inv: Inventory, pending: Pending, rec: ItemRecord, patch: ItemPatch
         changes["metadata"] = patch.metadata or None
     if patch.size is not unset:
         changes["size"] = patch.size
-    if patch.checksum is not unset:
-        changes["checksum"] = patch.checksum
-        if patch.checksum is not None and patch.checksum_method is unset \
-                and rec.checksum_method is None:
-            changes["checksum_method"] = model.DEFAULT_CHECKSUM_METHOD
-    if patch.checksum_method is not unset:
-        changes["checksum_method"] = patch.checksum_method
+    if patch.checksum is not unset or patch.checksum_method is not unset:
+        given = rec.checksum if patch.checksum is unset else patch.checksum
+        method = rec.checksum_method if patch.checksum_method is unset else patch.checksum_method
+        checksum, method = validate.checksum(given, method, where)
+        if patch.checksum is not unset:
+            changes["checksum"] = checksum
+        if method != rec.checksum_method:
+            changes["checksum_method"] = method
     replica = None
     if patch.uri is not unset and patch.storage is unset:
         raise BadRequest("uri needs a storage", where + "uri")
@@ -534,17 +485,21 @@ def _patched(inv: Inventory, pending: Pending, rec: ItemRecord, patch: ItemPatch
             raise Conflict(f"{rec.item_name!r} already has a replica on {storage.name!r}",
                            where + "storage")
         size = changes.get("size", rec.size)
+        if payload is not NO_CHECK and verifies_ingest(storage.config):
+            found = recheck(payload, storage, rec.item_version,
+                            None if patch.uri is unset else patch.uri, where + "storage")
+            if size is None:
+                size = changes["size"] = found.size
+            if found.checksum is not None and changes.get("checksum", rec.checksum) is None:
+                changes["checksum"] = found.checksum
+                changes["checksum_method"] = model.DEFAULT_CHECKSUM_METHOD
         if size is None:
-            raise BadRequest("the item's size must be known (give size) to register a copy",
-                             where + "size")
+            raise BadRequest("the item's size must be known (give size) to register a copy"
+                             + _unverified(storage), where + "size")
         if state in (model.EXPIRED, model.DELETED):
             raise Conflict(f"cannot register a copy of a {model.ITEM_STATES[state]} item",
                            where + "storage")
-        uri = None if patch.uri is unset or patch.uri is None \
-            else normal_uri(storage, patch.uri, where + "uri")
-        claim_path(inv, (pending,), Claims(), storage, rec.oid, rec.item_name,
-                   rec.item_version, uri, where + ("storage" if uri is None else "uri"))
-        replica = ReplicaRecord(rec.oid, storage.id, uri,
+        replica = ReplicaRecord(rec.oid, storage.id, None if patch.uri is unset else patch.uri,
                                 model.COMPLETE, size, changes.get("checksum", rec.checksum),
                                 now, None, None)
         if state == model.INITIALISED:
@@ -655,6 +610,7 @@ class UpdateStorage(Write):
                     merged[key] = value
             changes["attributes"] = merged
         if patch.config is not unset:
+            _check_verify_ingest(patch.config)
             changes["config"] = {**rec.config, **patch.config}
         if patch.status is not unset and patch.status != rec.status:
             if patch.status == "retired":

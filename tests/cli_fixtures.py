@@ -53,8 +53,11 @@ class ThreadedServer:
         self.call(self._server.restart())
 
     def add_disk(self, name: str = "disk1", **spec: Any) -> dict[str, Any]:
+        """A storage at /data/NAME, which the server cannot reach: ``verify_ingest`` is off,
+        so the commands under test register items there without payloads (verified ingest has
+        its own tests, tests/test_ingest.py and the ones giving a real ``root``)."""
         body = {"name": name, "kind": "posix", "root": f"/data/{name}", "capacity": "10 TB",
-                "phase": "GAS", **spec}
+                "phase": "GAS", "config": {"verify_ingest": False}, **spec}
         return self.api(lambda c: c.add_storage(**body))
 
     @property

@@ -8,15 +8,19 @@ import pytest
 
 from inventory import errors
 
+NO_PAYLOADS = {"verify_ingest": False}  # roots the server cannot reach; see test_ingest.py
+
 
 async def setup_storages(c):
     await c.request("POST", "/v1/storages", json={"name": "disk1", "kind": "posix",
-                                                 "root": "/d1", "capacity": 10**6})
+                                                 "root": "/d1", "capacity": 10**6,
+                                                 "config": NO_PAYLOADS})
     await c.request("POST", "/v1/storages", json={"name": "disk2", "kind": "posix",
-                                                 "root": "/d2", "capacity": 10**6})
+                                                 "root": "/d2", "capacity": 10**6,
+                                                 "config": NO_PAYLOADS})
     await c.request("POST", "/v1/storages", json={"name": "tape", "kind": "posix",
                                                  "root": "/t", "capacity": 10**9,
-                                                 "phase": "SOLID"})
+                                                 "phase": "SOLID", "config": NO_PAYLOADS})
 
 
 async def test_ska_flow_initialise_then_set_location_and_state(server):

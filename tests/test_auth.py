@@ -117,6 +117,7 @@ async def test_expired_token_is_refused(sqlite_server):
 async def test_copy_request_records_the_requester(sqlite_server):
     c = sqlite_server.client
     await c.request("POST", "/v1/storages", json={"name": "d", "kind": "posix", "root": "/d",
+                                                 "config": {"verify_ingest": False},
                                                  "capacity": 9})
     await c.add_item(item_name="i", storage="d", size=1)
     await c.request("POST", "/v1/storages", json={"name": "e", "kind": "posix", "root": "/e",

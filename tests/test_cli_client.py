@@ -112,7 +112,11 @@ def run(*argv: str, env: dict[str, str], stdin: str | None = None) -> subprocess
 def test_the_dlm_process_against_dlm_serve(server_process, client_env, tmp_path):
     server = server_process().start()
     env = {**os.environ, "DLM_URL": server.url}
-    done = run("storage", "add", "disk1", "--kind", "posix", "--root", "/d", "--capacity",
+    root = tmp_path / "d"
+    (root / "p").mkdir(parents=True)
+    for i in range(3000):  # the payloads: the server checks each one before registering
+        (root / f"p/{i}").write_bytes(b"p" * i)
+    done = run("storage", "add", "disk1", "--kind", "posix", "--root", str(root), "--capacity",
                "1 TB", env=env)
     assert done.returncode == 0, done.stderr
     lines = "".join(json.dumps({"item_name": f"p/{i}", "size": i}) + "\n" for i in range(3000))

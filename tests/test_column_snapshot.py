@@ -25,7 +25,8 @@ async def populate(c, tmp_path) -> list[str]:
     for name in ("disk1", "disk2"):
         (tmp_path / name).mkdir()
         await c.add_storage(name=name, kind="posix", root=str(tmp_path / name),
-                            capacity=10**9, phase="GAS")
+                            capacity=10**9, phase="GAS",
+                            config={"verify_ingest": False})  # no payloads: snapshots only
     oids = []
     for i in range(30):
         item = await c.add_item(

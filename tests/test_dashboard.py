@@ -76,7 +76,10 @@ async def seed(srv: InProcessServer, tmp_path: Path) -> dict:
     await settle(c)
     await c.request("POST", "/v1/operations", json={"kind": "copy", "item": "set/f7",
                                                      "target": "disk2"})
+    (roots["tape1"] / "broken").mkdir()
+    (roots["tape1"] / "broken/x").write_bytes(b"0123456789")
     await c.add_item(item_name="broken/x", storage="tape1", size=10, checksum="00000001")
+    (roots["tape1"] / "broken/x").unlink()  # lost after registration: its copy fails
     await c.request("POST", "/v1/operations", json={"kind": "copy", "item": "broken/x",
                                                      "target": "disk2"})
     for i in range(2):

@@ -221,6 +221,17 @@ def test_cli_errors(tmp_path, capsys):
     assert "--every" in capsys.readouterr().err
 
 
+async def test_copies_pinned_by_a_request_survive_detox(site):
+    c = site.client
+    pinned_oid = site.items["set/f1"]  # the first candidate Detox would take
+    await c.request("POST", "/v1/requests", json={"item": pinned_oid, "storage": "disk1",
+                                                  "pin_until": "2099-01-01T00:00:00Z"})
+    result = await run_cycle(c, load_policy_text(POLICY, "t"), POLICY)
+    assert result.applied["summary"]["dropped"]["pinned"] == 1
+    await settle(c)
+    assert "disk1" in await replicas_of(c, pinned_oid)
+
+
 def _plan_key(plan) -> tuple:
     return (sorted((d.oid, d.storage_id, d.rule) for d in plan.deletions),
             sorted(plan.expirations), plan.summary()["storages"])
@@ -235,7 +246,9 @@ async def test_a_kept_snapshot_caught_up_through_the_feed_plans_like_a_new_one(s
     assert first.plan.deletions and first.snapshot is not None
     await settle(c)
     # the inventory moves on: the deletions done, new items, an expiry, a storage change
+    (site.roots["disk1"] / "late").mkdir()
     for i in range(5):
+        (site.roots["disk1"] / f"late/{i}").write_bytes(b"l" * 150)
         await c.add_item(item_name=f"late/{i}", storage="disk1", size=150)
     await c.request("PATCH", f"/v1/items/{site.items['set/f6']}",
                     json={"expire_at": "2000-01-01T00:00:00Z"})
@@ -274,6 +287,9 @@ async def test_a_kept_snapshot_the_feed_no_longer_reaches_is_taken_again(db_url,
         policy = load_policy_text(RECORD_POLICY, "test.policy")
         first = await run_cycle(c, policy, RECORD_POLICY, dry_run=True)
         for batch in range(3):  # 3 x 10 items and replicas: past what the feed keeps
+            (tmp_path / f"b{batch}").mkdir()
+            for i in range(10):
+                (tmp_path / f"b{batch}/{i}").write_bytes(b"b")
             await c.add_items({"item_name": f"b{batch}/{i}", "storage": "disk1", "size": 1}
                               for i in range(10))
         second = await run_cycle(c, policy, RECORD_POLICY, dry_run=True,

@@ -28,7 +28,8 @@ async def setup_tokens(server) -> dict[str, str]:
 
 async def add_disk(server, token: str) -> None:
     status, body, _ = await status_of(server.url, "POST", "/v1/storages", token, {
-        "name": "d", "kind": "posix", "root": "/d", "capacity": 100})
+        "name": "d", "kind": "posix", "root": "/d", "capacity": 100,
+        "config": {"verify_ingest": False}})  # no payloads: the expiry rule is under test
     assert status == 201, body
 
 

@@ -9,11 +9,14 @@ import pytest
 from inventory import errors
 from inventory.feed import WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS
 
+NO_PAYLOADS = {"verify_ingest": False}  # storages the server cannot reach: the feed only
+
 
 async def seed(client, n=50):
-    await client.add_storage(name="disk1", kind="posix", root="/d1", capacity=10**12)
+    await client.add_storage(name="disk1", kind="posix", root="/d1", capacity=10**12,
+                             config=NO_PAYLOADS)
     await client.add_storage(name="s3a", kind="s3", root="bucket/prefix", capacity=10**12,
-                             phase="LIQUID")
+                             phase="LIQUID", config=NO_PAYLOADS)
     return await client.add_items({"item_name": f"f/{i}", "storage": "disk1" if i % 2 else "s3a",
                                    "size": i, "checksum": f"{i:08x}"} for i in range(n))
 
@@ -125,7 +128,8 @@ async def test_changes_limit_splits_between_transactions(sqlite_server):
 
 async def test_changes_of_some_kinds_only(sqlite_server, http):
     client = sqlite_server.client
-    await client.add_storage(name="disk1", kind="posix", root="/d1", capacity=10**9)
+    await client.add_storage(name="disk1", kind="posix", root="/d1", capacity=10**9,
+                             config=NO_PAYLOADS)
     start = (await client.health())["version"]
     item = await client.add_item(item_name="k/1", storage="disk1", size=1)
     await client.add_request(item["oid"], "disk1")  # a transaction with a request only

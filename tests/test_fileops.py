@@ -171,6 +171,7 @@ async def test_cancel_a_queued_operation(tmp_path, db_url):
             (tmp_path / name).mkdir()
             await srv.client.add_storage(name=name, kind="posix", root=str(tmp_path / name),
                                          capacity=10)
+        (tmp_path / "a/x").write_bytes(b"x")
         item = await srv.client.add_item(item_name="x", storage="a", size=1)
         op = await queue(srv.client, "copy", "x", "b")
         cancelled = await srv.client.request("DELETE", f"/v1/operations/{op['id']}")

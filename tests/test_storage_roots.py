@@ -134,7 +134,8 @@ async def test_storage_rm_of_an_empty_storage_and_409_for_a_used_one(
     server = quiet_server  # no engine: operations stay as queued
     c = server.client
     for name in ("used", "queued", "asked", "empty"):
-        await c.add_storage(name=name, kind="posix", root=f"/nowhere/{name}", capacity=10**9)
+        await c.add_storage(name=name, kind="posix", root=f"/nowhere/{name}", capacity=10**9,
+                            config={"verify_ingest": False})  # roots the server cannot reach
     item = await c.add_item(item_name="x", storage="used", size=1)
     copy_to_empty = await queue(c, "copy", item["oid"], "empty")
     await c.request("DELETE", f"/v1/operations/{copy_to_empty['id']}")  # history naming it
@@ -215,6 +216,7 @@ def test_cli_storage_add_warns_creates_and_rm(dlm, cli_server, tmp_path):
     out = dlm("storage", "rm", "m").out
     assert out.strip() == "storage 'm' (id 1) removed"
     assert dlm.error("storage", "rm", "m") == "name: no storage named 'm'"
+    (created / "i").write_bytes(b"i")  # the payload, checked before it is registered
     cli_server.api(lambda client: client.add_item(item_name="i", storage="c", size=1))
     message = dlm.error("storage", "rm", "c")
     assert "holds 1 replica(s)" in message and message.startswith("name: ")

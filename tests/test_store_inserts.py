@@ -86,8 +86,10 @@ async def test_a_detox_cycle_leaves_rows_a_restart_loads_back(db_url, tmp_path):
         c = srv.client
         await c.add_storage(name="disk1", kind="posix", root=str(tmp_path / "disk1"),
                             capacity=1000, phase="GAS")
+        (tmp_path / "disk1/set").mkdir(parents=True)
         oids = []
         for i in range(4):
+            (tmp_path / f"disk1/set/f{i}").write_bytes(b"x" * 100)
             item = await c.add_item(item_name=f"set/f{i}", storage="disk1", size=100,
                                     checksum="0000000a", target_phase="GAS")
             oids.append(item["oid"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -34,8 +35,17 @@ async def srv(db_url, tmp_path):
         await server.stop()
 
 
+async def payload(client, name: str, storages=STORAGES) -> None:
+    """The item's 10-byte file on each storage: registrations check it is there."""
+    for storage in storages:
+        path = Path((await client.storage(storage))["root"]) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"0123456789")
+
+
 async def expired_item(client, name: str, storages=STORAGES) -> str:
     """An item with a complete replica on each of ``storages``, then marked for deletion."""
+    await payload(client, name, storages)
     item = await client.add_item(item_name=name, storage=storages[0], size=10)
     for storage in storages[1:]:
         await client.request("PATCH", f"/v1/items/{item['oid']}", json={"storage": storage})
@@ -83,6 +93,7 @@ async def test_a_cancelled_copy_and_a_deletion_in_one_group_delete_the_item(srv)
     """The removal of a copy that never arrived counts like a deletion's."""
     c = srv.client
     scheduler = srv.app[STATE].scheduler
+    await payload(c, "half", ("a",))
     item = await c.add_item(item_name="half", storage="a", size=10)
     copy = await c.request("POST", "/v1/operations",
                            json={"kind": "copy", "item": item["oid"], "target": "b"})
@@ -122,6 +133,7 @@ async def _stored_states(db_url: str) -> dict[str, str]:
 async def test_an_item_stuck_in_the_database_is_deleted_at_load(srv, db_url, caplog):
     c = srv.client
     stuck = await expired_item(c, "stuck", ("a",))
+    await payload(c, "live", ("a",))
     live = await c.add_item(item_name="live", storage="a", size=10)
     await c.add_item(item_name="new")  # INITIALISED, no replica: not touched
     loaded = (await c.health())["version"]

@@ -13,7 +13,7 @@ from aiohttp import web
 from inventory.dashboard import routes as dashboard_routes
 from inventory.dashboard.history import history_of
 from inventory.feed import ChangeFeed
-from inventory.fileops.engine import FileOpsEngine, FileOpsLimits
+from inventory.fileops.engine import Backends, FileOpsEngine, FileOpsLimits
 from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.scheduler import Scheduler
@@ -63,10 +63,8 @@ def make_app(config: ServerConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = config.store
+        await store.open()
         try:
-            # Only one server writes a database: ClaimRefused here if another one does.
-            await store.claim()
-            await store.open()
             schema_version = await store.schema_version()
             inventory = Inventory()
             started = time.perf_counter()
@@ -88,9 +86,12 @@ def make_app(config: ServerConfig) -> web.Application:
             # items a crash or an old writer left EXPIRED with no replica: DELETED, durably
             await scheduler.write(DeleteStuckItems())
             engine = None if config.fileops is None else FileOpsEngine(scheduler, config.fileops)
+            # Ingest looks at payloads through the engine's backends (one thread pool or S3
+            # client per storage), or its own when the server runs no engine.
+            backends = Backends() if engine is None else engine.backends
             app[STATE] = ServerState(inventory, store, feed, scheduler, schema_version,
                                      open_mode=config.loopback, load_seconds=load_seconds,
-                                     engine=engine)
+                                     engine=engine, backends=backends)
             history_of(app)  # the dashboard's occupancy samples start with the server
             try:
                 if engine is not None:
@@ -99,6 +100,8 @@ def make_app(config: ServerConfig) -> web.Application:
             finally:
                 if engine is not None:
                     await engine.stop()
+                else:
+                    await backends.close()
                 await scheduler.stop()
         finally:
             await store.close()

@@ -14,10 +14,11 @@ from inventory.errors import BadRequest, NotFound
 from inventory.inventory import NONE, Inventory
 from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond
+from inventory.server.ingest import payloads_of_items, payloads_of_patches, with_payloads
 from inventory.server.state import state_of
-from inventory.server.views import item_json
+from inventory.server.views import default_uri, item_json
 from inventory.specs import AccessSpec, AccessWithOid, ItemPatch, ItemPatchWithOid, ItemSpec
-from inventory.writes import AddItems, DeleteItem, RecordAccesses, UpdateItems
+from inventory.writes import MAX_BATCH, AddItems, DeleteItem, RecordAccesses, UpdateItems
 
 routes = web.RouteTableDef()
 
@@ -29,10 +30,15 @@ routes = web.RouteTableDef()
 async def add_items(request: web.Request) -> web.Response:
     body = await decode(request, ItemSpec | list[ItemSpec], root="items")
     single = isinstance(body, ItemSpec)
-    write = AddItems([body] if single else body, batch=not single,
-                     registered_by=requester(request))
-    records = await state_of(request).scheduler.write(write)
-    inv = state_of(request).inventory
+    specs = [body] if single else body
+    state = state_of(request)
+    if len(specs) > MAX_BATCH:  # refused before any payload is looked at
+        raise BadRequest(f"at most {MAX_BATCH} items per request, got {len(specs)}", "items")
+    records = await with_payloads(
+        lambda: payloads_of_items(state, specs, not single),
+        lambda found: state.scheduler.write(AddItems(
+            specs, batch=not single, payloads=found, registered_by=requester(request))))
+    inv = state.inventory
     if single:
         return respond(request, item_json(inv, inv.by_oid[records[0].oid]), status=201)
     fmt = model.format_uuid
@@ -47,19 +53,28 @@ async def add_items(request: web.Request) -> web.Response:
 @requires("producer")
 async def change_item(request: web.Request) -> web.Response:
     patch = await decode(request, ItemPatch)
-    oid_text = request.match_info["oid"]
-    [record] = await state_of(request).scheduler.write(
-        UpdateItems([(oid_text, patch)], batch=False, actor=actor(request)))
-    inv = state_of(request).inventory
+    patches = [(request.match_info["oid"], patch)]
+    state = state_of(request)
+    [record] = await with_payloads(
+        lambda: payloads_of_patches(state, patches, False),
+        lambda found: state.scheduler.write(UpdateItems(
+            patches, batch=False, payloads=found, actor=actor(request))))
+    inv = state.inventory
     return respond(request, item_json(inv, inv.by_oid[record.oid]))
 
 
 @routes.patch("/v1/items")
 @requires("producer")
 async def change_items(request: web.Request) -> web.Response:
-    patches = await decode(request, list[ItemPatchWithOid], root="items")
-    records = await state_of(request).scheduler.write(
-        UpdateItems([(p.oid, p) for p in patches], actor=actor(request)))
+    body = await decode(request, list[ItemPatchWithOid], root="items")
+    patches: list[tuple[str, ItemPatch]] = [(p.oid, p) for p in body]
+    state = state_of(request)
+    if len(patches) > MAX_BATCH:
+        raise BadRequest(f"at most {MAX_BATCH} changes per request", "items")
+    records = await with_payloads(
+        lambda: payloads_of_patches(state, patches, True),
+        lambda found: state.scheduler.write(UpdateItems(
+            patches, payloads=found, actor=actor(request))))
     return respond(request, {"count": len(records)})
 
 
@@ -136,7 +151,7 @@ async def item_storages(request: web.Request) -> web.Response:
     for r in inv.replica_rows_of_item(row):
         storage = inv.storages[inv.r_storage[r]]
         out.append({"name": storage.name, "state": model.REPLICA_STATES[inv.r_state[r]],
-                    "uri": inv.replica_uri(r)})
+                    "uri": inv.r_uri.get(r) or default_uri(storage, inv.i_name[row])})
     out.sort(key=lambda s: s["name"])
     return respond(request, {"storages": out})
 

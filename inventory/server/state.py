@@ -27,6 +27,7 @@ class ServerState:
     engine: Any = None  # the FileOpsEngine, when this server runs one
     internal_token_hash: str | None = None  # of the token scheduled cycles and workers use
     read_workers: Any = None  # workers.ReadWorkers, when ``dlm serve --workers N`` runs some
+    backends: Any = None  # fileops.engine.Backends: the storages as this server reaches them
 
 
 STATE = web.AppKey("state", ServerState)

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from inventory.ingest import VERIFY_INGEST
 from inventory.storage.base import Backend
 from inventory.storage.errors import ConfigError
 from inventory.storage.posix import PosixBackend
@@ -36,7 +37,10 @@ def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:
 
 def backend_for(kind: str, root: str, config: Mapping[str, Any] | None = None) -> Backend:
     """A new backend for the storage; the caller owns it and must ``await backend.close()``."""
-    config = config or {}
+    config = dict(config or {})
+    # Not a backend setting: whether ingest looks at the payload (inventory.ingest).
+    if not isinstance(config.pop(VERIFY_INGEST, True), bool):
+        raise ConfigError(f"{VERIFY_INGEST} must be true or false")
     if kind == "posix":
         return _posix(root, config)
     if kind == "s3":

@@ -5,9 +5,7 @@ never blocks the event loop, and blocking ``fsync`` calls cannot starve other us
 default executor.
 
 A write goes to ``.dlm-<random>.part`` in the target's directory, is fsynced, renamed over the
-target (atomic on POSIX; an exclusive write, every copy of a new replica, uses
-``renameat2(RENAME_NOREPLACE)`` or ``link`` instead, so an existing file is never replaced) and
-the directory is fsynced: a reader sees the old object or the whole
+target (atomic on POSIX) and the directory is fsynced: a reader sees the old object or the whole
 new one, and after a crash either the rename is durable or only a temporary file remains, which
 ``list`` hides and ``purge_partial`` removes. The adler32 computed while writing is kept in the
 ``user.dlm.adler32`` xattr together with the size and mtime it belongs to, so ``stat`` can give
@@ -36,7 +34,7 @@ import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from itertools import islice
@@ -50,7 +48,6 @@ from inventory.storage.base import (
     Space,
     WriteResult,
     check_expected,
-    exists_error,
 )
 from inventory.storage.checksum import Adler32
 from inventory.storage.errors import (
@@ -81,6 +78,7 @@ COPY_CHUNK = 512 << 10
 WRITEBACK_EVERY = 2 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 _LIST_BATCH = 1000
+STAT_BATCH = 2048  # paths per thread-pool call of stat_many
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -94,37 +92,6 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _load_sync_file_range()
-
-
-def _load_renameat2() -> Callable[..., int] | None:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # not Linux, or a libc before glibc 2.28
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_renameat2 = _load_renameat2()
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def rename_noreplace(src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists (``FileExistsError`` then), atomically:
-    ``renameat2(RENAME_NOREPLACE)``, or where the file system lacks it, ``link`` (which never
-    replaces) and ``unlink`` of the temporary name."""
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                      _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), dst)
-    os.link(src, dst)
-    with suppress(OSError):  # a leftover temporary file: purge_partial removes it
-        os.unlink(src)
 
 
 def _start_writeback(fd: int, offset: int, count: int) -> None:
@@ -302,6 +269,77 @@ class PosixBackend(Backend):
     async def stat(self, path: str) -> ObjectInfo:
         return await self._run(path, self._stat, path)
 
+    def _stat_batch(self, paths: Sequence[str]) -> list[ObjectInfo | StorageError]:
+        """Stats of many paths in one thread-pool call, as safe as ``_stat`` and cheaper: an
+        ``lstat`` per file, and one per directory the batch meets (``_inside_dir``) instead of
+        a ``realpath`` of every file; a file that is itself a symlink is resolved in full, as
+        ``_open_source`` would."""
+        known: dict[str, bool] = {self.root: True}
+        out: list[ObjectInfo | StorageError] = []
+        for path in paths:
+            try:
+                full = self._full(path)
+                if not self._inside_dir(full.rpartition("/")[0], known):
+                    raise InvalidPath("path resolves outside the storage root", path=path)
+                st = os.lstat(full)
+                if stat_mod.S_ISLNK(st.st_mode):
+                    self._check_inside(full, path)
+                    st = os.stat(full)
+                if not stat_mod.S_ISREG(st.st_mode):
+                    raise NotFound(f"{path} is not a regular file", path=path)
+                out.append(ObjectInfo(st.st_size, st.st_mtime))
+            except StorageError as exc:
+                out.append(exc)
+            except OSError as exc:
+                out.append(self._translate(exc, path))
+        return out
+
+    def _inside_dir(self, directory: str, known: dict[str, bool]) -> bool:
+        """Whether ``directory`` (under the root, by name) resolves inside the root: its parent
+        does and it is a real directory, or it is a symlink whose target is inside. ``known``
+        remembers each directory of the batch; a missing one counts as inside (the file's
+        ``lstat`` then reports it missing)."""
+        ok = known.get(directory)
+        if ok is None:
+            parent = directory.rpartition("/")[0]
+            ok = self._inside_dir(parent, known)
+            if ok:
+                try:
+                    st = os.lstat(directory)
+                except OSError:
+                    st = None
+                if st is not None and stat_mod.S_ISLNK(st.st_mode):
+                    real = os.path.realpath(directory)
+                    ok = real == self._real_root or real.startswith(self._real_root + "/")
+            known[directory] = ok
+        return ok
+
+    async def stat_many(self, paths: Sequence[str]) -> list[ObjectInfo | StorageError]:
+        """Batches of ``STAT_BATCH`` paths, one thread-pool call each, the batches in parallel
+        on the pool's threads (a slow NFS server answers several lookups at once)."""
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(self._pool, self._stat_batch, paths[i:i + STAT_BATCH])
+            for i in range(0, len(paths), STAT_BATCH)))
+        return [info for part in parts for info in part]
+
+    def _checksum_file(self, path: str) -> WriteResult:
+        fd, _info = self._open_source(path)
+        try:
+            summer, size = Adler32(), 0
+            buffer = bytearray(min(self.chunk_size, COPY_CHUNK))
+            view = memoryview(buffer)
+            while count := os.readv(fd, [buffer]):
+                summer.update(view[:count])
+                size += count
+            return WriteResult(size, summer.hexdigest())
+        finally:
+            os.close(fd)
+
+    async def checksum(self, path: str) -> WriteResult:
+        """The whole read and sum in one thread-pool call, through one reused buffer."""
+        return await self._run(path, self._checksum_file, path)
+
     @asynccontextmanager
     async def open_read(self, path: str) -> AsyncIterator[Reader]:
         fd, info = await self._run(path, self._open_source, path)
@@ -390,10 +428,8 @@ class PosixBackend(Backend):
             _start_writeback(temp.fd, temp.flushed, temp.written - temp.flushed)
             temp.flushed = temp.written
 
-    def _commit(self, temp: _Temp, full: str, result: WriteResult, path: str,
-                exclusive: bool = False) -> None:
-        """Check what the file system holds, record the checksum, make it durable, rename
-        (with ``exclusive``, never over an existing file)."""
+    def _commit(self, temp: _Temp, full: str, result: WriteResult, path: str) -> None:
+        """Check what the file system holds, record the checksum, make it durable, rename."""
         st = os.fstat(temp.fd)
         if st.st_size != result.size:
             raise SizeMismatch(f"target holds {st.st_size} bytes, {result.size} were written",
@@ -407,13 +443,7 @@ class PosixBackend(Backend):
         os.close(temp.fd)
         temp.fd = -1
         assert temp.path is not None
-        if exclusive:
-            try:
-                rename_noreplace(temp.path, full)
-            except FileExistsError:
-                raise exists_error(path, " (it appeared while copying)") from None
-        else:
-            os.rename(temp.path, full)
+        os.rename(temp.path, full)
         temp.path = None
         if self.fsync:
             self._fsync_dir(os.path.dirname(full))
@@ -426,8 +456,7 @@ class PosixBackend(Backend):
 
     async def write(self, path: str, chunks: AsyncIterable[bytes], size_hint: int | None = None,
                     *, expected_size: int | None = None,
-                    expected_checksum: str | None = None,
-                    exclusive: bool = False) -> WriteResult:
+                    expected_checksum: str | None = None) -> WriteResult:
         temp, full = await self._run(path, self._create_temp, path)
         try:
             summer = Adler32()
@@ -446,7 +475,7 @@ class PosixBackend(Backend):
             result = WriteResult(size, summer.hexdigest())
             check_expected(size, result.checksum, expected_size=expected_size,
                            expected_checksum=expected_checksum, path=path)
-            await self._run(path, self._commit, temp, full, result, path, exclusive)
+            await self._run(path, self._commit, temp, full, result, path)
             return result
         except BaseException:
             await self._discard(temp)
@@ -456,14 +485,13 @@ class PosixBackend(Backend):
 
     async def copy_from(self, src: Backend, src_path: str, path: str, *,
                         expected_size: int | None,
-                        expected_checksum: str | None,
-                        exclusive: bool = False) -> WriteResult | None:
+                        expected_checksum: str | None) -> WriteResult | None:
         if not isinstance(src, PosixBackend):
             return None
         stop = threading.Event()
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._pool, self._copy_file, src, src_path, path,
-                                   expected_size, expected_checksum, stop, exclusive)
+                                   expected_size, expected_checksum, stop)
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -475,7 +503,7 @@ class PosixBackend(Backend):
 
     def _copy_file(self, src: PosixBackend, src_path: str, path: str,
                    expected_size: int | None, expected_checksum: str | None,
-                   stop: threading.Event, exclusive: bool = False) -> WriteResult:
+                   stop: threading.Event) -> WriteResult:
         try:
             fi, info = src._open_source(src_path)
         except OSError as exc:
@@ -494,7 +522,7 @@ class PosixBackend(Backend):
                                expected_size=info.size if expected_size is None
                                else expected_size,
                                expected_checksum=expected_checksum, path=src_path)
-                self._commit(temp, full, result, path, exclusive)
+                self._commit(temp, full, result, path)
                 return result
             except OSError as exc:
                 raise self._translate(exc, path) from exc

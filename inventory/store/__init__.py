@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 
 from inventory.store.base import (
-    ClaimRefused,
-    ClaimStale,
     SchemaError,
     Store,
     StoreConflict,
@@ -15,8 +13,8 @@ from inventory.store.base import (
     StoreUnavailable,
 )
 
-__all__ = ["ClaimRefused", "ClaimStale", "SchemaError", "Store", "StoreConflict", "StoreError",
-           "StoreInDoubt", "StoreUnavailable", "open_store"]
+__all__ = ["SchemaError", "Store", "StoreConflict", "StoreError", "StoreInDoubt",
+           "StoreUnavailable", "open_store"]
 
 
 def open_store(db_url: str | None, data_dir: str) -> Store:
