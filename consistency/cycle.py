@@ -45,11 +45,11 @@ from consistency.diff import (
 from inventory import errors, model
 from inventory.client import Client, Snapshot
 from inventory.feed import WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS, WIRE_STORAGE_FIELDS
-from inventory.fileops.engine import replica_path
 from inventory.storage import checksum as adler
 from inventory.storage.base import Backend, Entry
 from inventory.storage.errors import NotFound, StorageError
 from inventory.storage.factory import backend_for
+from inventory.storage.paths import replica_path
 
 _I = {name: i for i, name in enumerate(WIRE_ITEM_FIELDS)}
 _R = {name: i for i, name in enumerate(WIRE_REPLICA_FIELDS)}
@@ -195,7 +195,8 @@ def inventory_side(snap: Snapshot, storage: SimpleNamespace, touched: Iterable[l
                    ) -> tuple[list[Known], set[str]]:
     """The storage's replicas as the diff takes them, and the paths in flight."""
     items = snap.items
-    i_name, i_type, i_size = _I["item_name"], _I["item_type"], _I["size"]
+    i_name, i_version = _I["item_name"], _I["item_version"]
+    i_type, i_size = _I["item_type"], _I["size"]
     i_sum, i_method = _I["checksum"], _I["checksum_method"]
     r_oid, r_sid, r_uri, r_state = _R["oid"], _R["storage_id"], _R["uri"], _R["state"]
     r_size, r_sum, r_created = _R["size"], _R["checksum"], _R["created"]
@@ -207,7 +208,7 @@ def inventory_side(snap: Snapshot, storage: SimpleNamespace, touched: Iterable[l
         item = items.get(rec[r_oid])
         if item is None or item[i_type] == "container":
             continue
-        path = _path(storage, item[i_name], rec[r_uri])
+        path = _path(storage, item[i_name], item[i_version], rec[r_uri])
         if path is None:
             continue
         size = rec[r_size]
@@ -221,15 +222,15 @@ def inventory_side(snap: Snapshot, storage: SimpleNamespace, touched: Iterable[l
     for rec in touched:
         item = items.get(rec[r_oid])
         if item is not None:
-            path = _path(storage, item[i_name], rec[r_uri])
+            path = _path(storage, item[i_name], item[i_version], rec[r_uri])
             if path is not None:
                 in_flight.add(path)
     return known, in_flight
 
 
-def _path(storage: SimpleNamespace, name: str, uri: str | None) -> str | None:
+def _path(storage: SimpleNamespace, name: str, version: int, uri: str | None) -> str | None:
     try:
-        return replica_path(storage, name, uri)  # type: ignore[arg-type]
+        return replica_path(storage, name, version, uri)  # type: ignore[arg-type]
     except StorageError:
         return None  # registered at a uri outside the root: not this listing's business
 

@@ -34,11 +34,13 @@ from detox.planner import (
     DecisionKinds,
     Deletion,
     DetoxPlan,
+    protect_pinned,
 )
 from inventory import model
 from inventory.columns import ColumnSnapshot
 from inventory.decisions import DECISION_COLUMNS
 from inventory.feed import WIRE_STORAGE_FIELDS as SF
+from inventory.pins import Pin
 from policies import DELETE, DISMISS, IGNORE, PROTECT, Policy, StorageView, vector
 from policies.context import EMPTY
 from policies.ir import attributes_of
@@ -253,6 +255,22 @@ def item_columns(snap: ColumnSnapshot, ri: np.ndarray, now: float, half_life: fl
     }
 
 
+def pinned_positions(pins: dict[tuple[int, int], Pin], now: float, items: np.ndarray,
+                     sids: np.ndarray) -> tuple[np.ndarray, list[Pin]]:
+    """Where in (``items``, ``sids``) a copy is kept by a pin that holds at ``now``, and the
+    pin of each: a sorted search of the few pins, not a lookup per replica."""
+    holding = [(row, sid, pin) for (row, sid), pin in pins.items() if pin.holds(now)]
+    if not holding or not len(items):
+        return np.zeros(0, dtype=np.int64), []
+    keys = np.array([row << 16 | sid for row, sid, _pin in holding], dtype=np.int64)
+    order = np.argsort(keys)
+    keys = keys[order]
+    wanted = (items.astype(np.int64) << 16) | sids.astype(np.int64)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    positions = np.flatnonzero(keys[at] == wanted)
+    return positions, [holding[i][2] for i in order[at[positions]].tolist()]
+
+
 def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     """The deletions of one Detox cycle over a column snapshot (see the module's docstring)."""
     detox, partition = policy.detox, policy.partition
@@ -442,14 +460,33 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     candidate = (action == action_codes[DISMISS]) & is_triggered[rs] & inside
     deleting = (action == action_codes[DELETE]) & inside
     ignored = (action == action_codes[IGNORE]) & inside
-    kept = inside & ~candidate & ~deleting & ~ignored
+    # copies a copy request pins: kept whatever a protect, delete or dismiss rule says
+    pin_at, pin_of = pinned_positions(snap.pins, now, r_item[rows], rs)
+    held = np.zeros(len(rows), dtype=bool)
+    if len(pin_at):
+        judged_pin = inside[pin_at] & ~ignored[pin_at]
+        pin_of = [pin for pin, ok in zip(pin_of, judged_pin.tolist(), strict=True) if ok]
+        pin_at = pin_at[judged_pin]
+        held[pin_at] = True
+        candidate &= ~held
+        deleting &= ~held
+    kept = inside & ~candidate & ~deleting & ~ignored & ~held
     kept_code = np.array([decisions.code(KEPT, r.label, r.line) for r in rules], dtype=np.int32)
     ignored_code = np.array([decisions.code(IGNORED, r.label, r.line) for r in rules],
                             dtype=np.int32)
     # decisions in replica order, as the record planner appends them
-    decided = kept | ignored
-    decisions.extend(rows[decided], np.where(ignored, ignored_code[slot],
-                                              kept_code[slot])[decided])
+    decided = kept | ignored | held
+    codes = np.where(ignored, ignored_code[slot], kept_code[slot])
+    pin_kept: dict[tuple[int, Pin], list[int]] = {}
+    if len(pin_at):
+        codes[pin_at] = [decisions.code(KEPT, pin.reason, 0) for pin in pin_of]
+        for sid, nbytes, pin in zip(rs[pin_at].tolist(), size[rows[pin_at]].tolist(), pin_of,
+                                    strict=True):
+            entry = pin_kept.setdefault((sid, pin), [0, 0])
+            entry[0] += 1
+            entry[1] += nbytes
+    decisions.extend(rows[decided], codes[decided])
+    del codes, held
     protecting = kept & (action == action_codes[PROTECT])
     del action
     n_rules = len(rules)
@@ -457,6 +494,7 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
                          size[rows[protecting]], n_sids * n_rules).reshape(n_sids, n_rules)
     for sid, r in zip(*np.nonzero(by_rule), strict=True):
         protected[int(sid)][rules[int(r)].label] += int(by_rule[sid, r])
+    protect_pinned(plan, protected, pin_kept)
 
     # ---- 3a. `delete` decisions, everywhere
     for (index, item, sid, state, nbytes), s in zip(columns_of(rows[deleting]),

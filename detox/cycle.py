@@ -107,7 +107,7 @@ async def run_cycle(client: Client, policy: Policy, policy_text: str, *, dry_run
 
     def plan(snap: Snapshot, _context: None) -> DetoxPlan:
         return plan_cycle(policy, snap.storages, snap.items, snap.replica_records(),
-                          started if now is None else now)
+                          started if now is None else now, snap.pins())
 
     def body(plan: DetoxPlan, snap: Snapshot) -> dict[str, Any]:
         return plan_body(policy, policy_text, plan, snap.version, started)
@@ -242,18 +242,37 @@ def format_report(result: CycleResult, *, dry_run: bool) -> str:
     lines.append("decisions by rule:")
     for key, entry in sorted(summary["by_rule"].items(), key=lambda kv: -kv[1]["bytes"]):
         lines.append(f"  {key:<50} {entry['replicas']:>9} replicas {_bytes(entry['bytes']):>10}")
+    if summary["pinned"]:
+        lines.append("")
+        lines.append("kept, pinned by copy requests:")
+        for pin in summary["pinned"]:
+            by = f" ({pin['requester']})" if pin["requester"] else ""
+            lines.append(f"  request {pin['request']}{by} until {pin['until']}: "
+                         f"{pin['replicas']} replicas, {_bytes(pin['bytes'])}")
     if result.applied is not None:
         applied = result.applied["summary"]
-        dropped = applied.get("dropped", {})
         lines.append("")
         lines.append(f"applied as cycle {result.applied['id']}: "
                      f"{applied['applied']['deletions']} deletions queued, "
-                     f"{applied['applied']['expirations']} expirations; dropped because the "
-                     f"inventory changed: {dropped.get('changed', 0)}, by the safety re-check: "
-                     f"{dropped.get('safety', 0)}")
+                     f"{applied['applied']['expirations']} expirations; "
+                     f"dropped at apply: {format_dropped(applied.get('dropped', {}))}")
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
     lines.append(f"timing: {timing}")
     return "\n".join(lines)
+
+
+DROPPED = {  # why the server dropped part of a plan (inventory.writes_cycles.ApplyDetoxPlan)
+    "changed": "the inventory changed",
+    "safety": "the safety re-check",
+    "pinned": "pinned by a copy request since the snapshot",
+    "not_due": "expiry no longer due",
+}
+
+
+def format_dropped(dropped: dict[str, int]) -> str:
+    """Every kind of drop the server counted, the known ones first, none left out."""
+    kinds = [*DROPPED, *sorted(set(dropped) - set(DROPPED))]
+    return ", ".join(f"{dropped.get(kind, 0)} ({DROPPED.get(kind, kind)})" for kind in kinds)
 
 
 def _bytes(n: float) -> str:

@@ -4,7 +4,10 @@ The algorithm is Dynamo's, with its gaps closed:
 
 1. Items whose expiry time has passed are expired, and all their payloads planned for deletion.
 2. Every replica of the partition on a storage Detox works on (`on`) is judged by the compiled
-   rules: protect / delete / dismiss / ignore, first match wins.
+   rules: protect / delete / dismiss / ignore, first match wins. A copy a copy request pins
+   (``inventory.pins``, pin still holding) is kept whatever a protect, delete or dismiss rule
+   says, with the pin as its reason (`pinned by copy request N until T`), and counts as
+   protected: the storage's next candidates are taken instead.
 3. `delete` decisions are planned everywhere; on each triggered storage (`when`), taken in order
    of highest protected fraction first, `dismiss` candidates are planned in the policy's order
    until `until` holds. Occupancy is projected: pending copies count, planned and pending
@@ -27,9 +30,11 @@ from operator import itemgetter
 from typing import Any
 
 from inventory import model
+from inventory.feed import STORAGE_HEX
 from inventory.feed import WIRE_ITEM_FIELDS as IF
 from inventory.feed import WIRE_REPLICA_FIELDS as RF
 from inventory.feed import WIRE_STORAGE_FIELDS as SF
+from inventory.pins import Pin
 from policies import DELETE, DISMISS, IGNORE, PROTECT, ItemView, Policy, ReplicaView, StorageView
 from policies.context import EMPTY
 from policies.model import Rule
@@ -178,6 +183,7 @@ class DetoxPlan:
     storages: list[StorageOutcome] = field(default_factory=list)
     # per replica: (uid, storage id, outcome, rule label, rule line, size)
     decisions: Decisions = field(default_factory=Decisions)
+    pinned: dict[Pin, list[int]] = field(default_factory=dict)  # pin -> [replicas, bytes] kept
 
     def summary(self) -> dict[str, Any]:
         by_rule: dict[str, dict[str, int]] = defaultdict(lambda: {"replicas": 0, "bytes": 0})
@@ -199,6 +205,8 @@ class DetoxPlan:
             "by_rule": dict(by_rule),
             "storages": [s.to_json() for s in self.storages],
             "unsatisfied": [s.name for s in self.storages if not s.satisfied],
+            "pinned": [pin.to_json() | {"replicas": n, "bytes": b} for pin, (n, b)
+                       in sorted(self.pinned.items(), key=lambda kv: kv[0].request)],
         }
 
 
@@ -309,8 +317,9 @@ _PHASE_OF_WEIGHT = tuple(model.PHASES[model.phase_of_weights(w)] for w in range(
 
 def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
                items: Mapping[str, Sequence[Any]], replicas: Iterable[Sequence[Any]],
-               now: float) -> DetoxPlan:
-    """The deletions of one Detox cycle over a snapshot's wire records.
+               now: float, pins: Mapping[tuple[str, int], Pin] | None = None) -> DetoxPlan:
+    """The deletions of one Detox cycle over a snapshot's wire records; ``pins`` are the
+    copies copy requests pin, per (oid, storage id) (``Snapshot.pins()``).
 
     Memory beyond the snapshot: one int per item (complete copies and phase weight), the
     decisions column-wise, the candidates of triggered storages and the deletions. The views
@@ -332,6 +341,10 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         _I["target_phase"]
     R_OID, R_SID, R_STATE, R_SIZE, R_CREATED, R_EXPIRE = (
         _R["oid"], _R["storage_id"], _R["state"], _R["size"], _R["created"], _R["expire_at"])
+    R_UID = _R["uid"]
+    # the pins that hold now, by replica uid (the oid's text with the storage id at its end)
+    pinned = {oid[:32] + STORAGE_HEX[sid]: pin for (oid, sid), pin in (pins or {}).items()
+              if pin.holds(now)}
 
     # ---- items: which are expired, which expire now
     expired: set[str] = set()
@@ -492,6 +505,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     candidates: dict[int, list[tuple[tuple, int, Sequence[Any], int, Rule]]] = defaultdict(list)
     protected_by_rule = {sid: [0] * len(rules) for sid in storage_by_id}
     deletes: list[tuple[int, Sequence[Any], int, Rule]] = []
+    pin_kept: dict[tuple[int, Pin], list[int]] = {}  # per storage and pin: [replicas, bytes]
     decide, sort_key, outside = detox.decide, detox.sort_key, detox.outside
     iv, rv = ItemView(""), ReplicaView("")
     last_oid = None
@@ -528,6 +542,16 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         if rule is outside:
             continue  # not in the partition (the generated decide checks `members` first)
         action = rule.action
+        if pinned and action != IGNORE:
+            pin = pinned.get(rep[R_UID])
+            if pin is not None:  # a user's copy request keeps it, like a protect rule
+                add(rep, code(KEPT, pin.reason, 0), size)
+                kept = pin_kept.get((sid, pin))
+                if kept is None:
+                    kept = pin_kept[sid, pin] = [0, 0]
+                kept[0] += 1
+                kept[1] += size
+                continue
         if action == DELETE:
             deletes.append((index, rep, size, rule))
         elif action == DISMISS and sid in triggered:
@@ -547,6 +571,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         for rule, size in zip(rules, by_rule, strict=True):
             if size:
                 protected[sid][rule.label] += size
+    protect_pinned(plan, protected, pin_kept)
 
     # ---- 3a. `delete` decisions, everywhere
     for index, rep, size, rule in deletes:
@@ -565,6 +590,19 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     # ---- 4. the outcome per storage
     plan.storages = book.outcomes(plan.deletions, protected)
     return plan
+
+
+def protect_pinned(plan: DetoxPlan, protected: dict[int, dict[str, int]],
+                   pin_kept: Mapping[tuple[int, Pin], Sequence[int]]) -> None:
+    """Count what pins keep (``pin_kept``: per storage and pin, [replicas, bytes]) as
+    protected on each storage by the pin's reason, after the rules, request by request, and
+    per pin in the plan: both planners end their step 2 with this."""
+    for (sid, pin), (count, size) in sorted(pin_kept.items(),
+                                            key=lambda kv: (kv[0][0], kv[0][1].request)):
+        protected[sid][pin.reason] += size
+        total = plan.pinned.setdefault(pin, [0, 0])
+        total[0] += count
+        total[1] += size
 
 
 def _fill_replica(rv: ReplicaView, rep: Sequence[Any], name_of: Mapping[int, str], size: int,

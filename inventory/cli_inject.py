@@ -67,7 +67,9 @@ def add_commands(subparsers: Any) -> None:
     item = p.add_argument_group("item fields")
     item.add_argument("--storage", help="one-call ingest: the item is READY with a complete "
                                         "replica there")
-    item.add_argument("--uri", help="where on the storage (default: root + item name)")
+    item.add_argument("--uri", help="where on the storage, relative to its root or absolute "
+                                    "under it (default: root + item name, + @vN for "
+                                    "version N >= 2)")
     item.add_argument("--size", type=int,
                       help="bytes; with --storage it must match the payload's, and by default "
                            "is read from the storage (required only on a storage with "

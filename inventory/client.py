@@ -25,6 +25,7 @@ import aiohttp
 import msgpack
 
 from inventory import errors
+from inventory.pins import Pin, pins_of, wire_request_fields
 
 DEFAULT_URL = "http://127.0.0.1:8642"
 _BY_STATUS: dict[int, type[errors.DLMError]] = {
@@ -56,11 +57,13 @@ class Snapshot:
     (decoded with ``use_list=False``: tuples are ~3x cheaper to decode than lists; arrays
     inside metadata and attributes are tuples too).
 
-    ``items`` is a dict by oid. ``replicas`` (a dict by uid) is built on first use: the stream's
+    ``items`` is a dict by oid, ``requests`` the copy requests that pin copies, by id (their
+    pins: ``pins()``). ``replicas`` (a dict by uid) is built on first use: the stream's
     replica records are kept as a list until then, and ``replica_records()`` gives them without
     ever building it (10M inserts into a dict of 10M cost seconds and ~0.5 GiB)."""
 
-    __slots__ = ("_changed", "_replicas", "_rows", "fields", "items", "storages", "version")
+    __slots__ = ("_changed", "_replicas", "_rows", "fields", "items", "requests", "storages",
+                 "version")
 
     def __init__(self, version: int, fields: dict[str, list[str]],
                  storages: list[tuple[Any, ...]] | None = None,
@@ -73,6 +76,7 @@ class Snapshot:
         self._replicas = replicas  # by uid, once built
         self._rows: list[tuple[Any, ...]] = []  # replica records as streamed, until then
         self._changed: dict[str, tuple[Any, ...]] = {}  # change-feed upserts over _rows
+        self.requests: dict[int, tuple[Any, ...]] = {}  # wire records (feed.object_wire)
 
     def __repr__(self) -> str:
         return (f"Snapshot(version={self.version}, {len(self.storages)} storages, "
@@ -126,6 +130,32 @@ class Snapshot:
             status = self.fields["storage"].index("status")
             if record[status] != "removed":  # feed.REMOVED_STORAGE: the storage is gone
                 self.storages.append(record)
+        elif kind == "request":
+            self.requests[record[0]] = record
+
+    def pins(self) -> dict[tuple[str, int], Pin]:
+        """The copies the snapshot's copy requests pin (``inventory.pins``), per (oid, storage
+        id); a container's request pins its members."""
+        if not self.requests:
+            return {}
+        requests = [wire_request_fields(r) for r in self.requests.values()]
+        items = self.items
+        type_at = self.fields["item"].index("item_type")
+        parent_at = self.fields["item"].index("parent_oid")
+        containers = {r[1] for r in requests
+                      if r[1] in items and items[r[1]][type_at] == "container"}
+        members: dict[str, list[str]] = {oid: [] for oid in containers}
+        if containers:
+            for oid, item in items.items():
+                if item[parent_at] in members:
+                    members[item[parent_at]].append(oid)
+
+        def files_of(oid: Any) -> Iterable[str]:
+            if oid not in items:
+                return ()
+            return members.get(oid, (oid,))
+
+        return pins_of(requests, files_of)
 
 
 def query_params(**params: Any) -> dict[str, str]:
@@ -547,6 +577,8 @@ def _snapshot_record(snap: Snapshot, obj: Sequence[Any]) -> bool:
         snap.items.update(zip(map(_first, body), body, strict=True))
     elif kind == "replicas":
         snap.add_replicas(body)
+    elif kind == "requests":
+        snap.requests.update(zip(map(_first, body), body, strict=True))
     elif kind == "changes":
         for _version, changes in body:
             for change_kind, record in changes:
@@ -596,7 +628,7 @@ async def _packed_parts(body: dict[str, Any]) -> AsyncIterator[bytes | memoryvie
 
 _first = itemgetter(0)
 MSGPACK = "application/msgpack"
-SNAPSHOT_KINDS = ("item", "replica", "storage")  # what a Snapshot holds of the feed
+SNAPSHOT_KINDS = ("item", "replica", "storage", "request")  # what a Snapshot holds of the feed
 
 
 def _json_or_none(data: bytes) -> Any:

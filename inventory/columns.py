@@ -17,7 +17,9 @@ Layout of the stream (msgpack objects, one after the other):
 1. ``{"format": "dlm-columns/1", "version", "counts", "columns", "names"}``: ``columns`` maps
    ``item`` and ``replica`` to ``{column: numpy dtype}`` of the fixed-width columns, ``counts``
    gives their row counts, ``names`` the owner and group tables their codes index;
-2. ``["storages", [wire storage records]]``;
+2. ``["storages", [wire storage records]]``, then ``["pins", [[item row, storage id,
+   pin_until, request id, requester], ...]]``: the copies copy requests pin (``inventory.pins``),
+   each with the request that holds it longest, expired or not (the planner's clock decides);
 3. ``["column", table, column, bytes]``: a chunk of a fixed-width column, in row order;
 4. ``["text", "item", "name", bytes, lengths]``: a chunk of names as UTF-8, one after the
    other, and their lengths in bytes (``<i4``): the client keeps the bytes and decodes only the
@@ -40,6 +42,7 @@ import numpy as np
 
 from inventory import model
 from inventory.feed import STORAGE_HEX, WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS
+from inventory.pins import Pin, inventory_pins
 
 FORMAT = "dlm-columns/1"
 MEDIA_TYPE = "application/vnd.dlm-columns+msgpack"  # raw arrays inside: not JSON-able
@@ -67,7 +70,7 @@ class ColumnSnapshot:
     row per item / live replica), the storages as wire records, the owner and group tables,
     and what was asked of the optional fields: the item names (``name(row)``; UTF-8 bytes
     and offsets, decoded when read) and ``metadata`` (item row -> dict, only items that have
-    some)."""
+    some), and the copies copy requests pin (``pins``: (item row, storage id) -> ``Pin``)."""
 
     version: int
     storages: list[Sequence[Any]]
@@ -78,6 +81,7 @@ class ColumnSnapshot:
     name_bytes: bytes | None = None
     name_offsets: np.ndarray | None = None  # item row -> start in name_bytes (one more: end)
     metadata: dict[int, Any] | None = None
+    pins: dict[tuple[int, int], Pin] = field(default_factory=dict)
 
     @property
     def has_names(self) -> bool:
@@ -129,6 +133,8 @@ def copy_columns(inv: Any, optional: frozenset[str]) -> dict[str, Any]:
     copied: dict[str, Any] = {
         "version": inv.version,
         "storages": [s.record() for s in inv.storages.values()],
+        "pins": [[row, sid, pin.until, pin.request, pin.requester]
+                 for (row, sid), pin in inventory_pins(inv).items()],
         "item": {
             # The oid list itself, not a copy: a row's oid never changes and rows are only
             # appended, so its first n_items rows stay these; encoded later, a chunk at a time.
@@ -169,6 +175,7 @@ async def encode_stream(copied: dict[str, Any], storage_wire: Callable[[Any], An
         "optional": [k for k in ("names", "metadata") if k in copied],
     })
     yield pack(["storages", [storage_wire(s) for s in copied["storages"]]])
+    yield pack(["pins", copied["pins"]])
     oids, n_items = copied["item"]["oid"], copied["counts"]["items"]
     step = CHUNK_BYTES // 16
     for lo in range(0, n_items, step):
@@ -216,6 +223,7 @@ class ColumnReader:
         self.name_lengths: list[np.ndarray] = []
         self.metadata: dict[int, Any] | None = None
         self.replica_expire: list[tuple[int, float]] = []
+        self.pins: dict[tuple[int, int], Pin] = {}
         self.ended: int | None = None
         self.received = 0  # bytes of column data so far
         self.total = 0
@@ -259,6 +267,9 @@ class ColumnReader:
                 self.replica_expire.extend(pairs)
         elif kind == "storages":
             self.storages.extend(obj[1])
+        elif kind == "pins":
+            self.pins.update(((row, sid), Pin(until, request, requester))
+                             for row, sid, until, request, requester in obj[1])
         elif kind == "end":
             self.ended = obj[1]["version"]
         elif kind == "error":
@@ -293,7 +304,7 @@ class ColumnReader:
         return ColumnSnapshot(self.ended, self.storages, items, replicas,
                               list(names["owner"]), list(names["group"]),
                               None if self.names is None else bytes(self.names), offsets,
-                              self.metadata)
+                              self.metadata, self.pins)
 
 
 def name_offsets(lengths: Sequence[np.ndarray]) -> np.ndarray:
@@ -306,10 +317,12 @@ def name_offsets(lengths: Sequence[np.ndarray]) -> np.ndarray:
 
 def from_records(version: int, storages: Sequence[Sequence[Any]],
                  items: Mapping[str, Sequence[Any]],
-                 replicas: Sequence[Sequence[Any]]) -> ColumnSnapshot:
+                 replicas: Sequence[Sequence[Any]],
+                 pins: Mapping[tuple[str, int], Pin] | None = None) -> ColumnSnapshot:
     """A column snapshot of record-snapshot data (wire records, as ``inventory.client.
-    Snapshot`` holds them): items in the mapping's order, replicas in the given order. What
-    the tests compare the column planners against the record planners with."""
+    Snapshot`` holds them, and its ``pins()``: (oid, storage id) -> ``Pin``): items in the
+    mapping's order, replicas in the given order. What the tests compare the column planners
+    against the record planners with."""
     fi = {name: i for i, name in enumerate(WIRE_ITEM_FIELDS)}
     fr = {name: i for i, name in enumerate(WIRE_REPLICA_FIELDS)}
     rows = {oid: row for row, oid in enumerate(items)}
@@ -366,4 +379,5 @@ def from_records(version: int, storages: Sequence[Sequence[Any]],
     return ColumnSnapshot(version, list(storages), items_out, reps_out, owners, groups,
                           b"".join(encoded),
                           name_offsets([np.array(list(map(len, encoded)), dtype=np.int64)]),
-                          metadata)
+                          metadata, {(rows[oid], sid): pin for (oid, sid), pin in
+                                     (pins or {}).items() if oid in rows})

@@ -26,11 +26,14 @@ from sortedcontainers import SortedList, SortedSet
 from inventory import model
 from inventory.objects import CopyRequest, Cycle, Operation, Row, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
+from inventory.storage import paths
+from inventory.storage.errors import InvalidPath
 
 NONE = -1  # "no row" in link columns
 _NAN = model.NO_TIME
 _intern = sys.intern
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
+_DELETED = model.REPLICA_STATE["deleted"]
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -248,6 +251,10 @@ class Inventory:
         self.r_size = array("q")
         self.r_checksum = Checksums()  # as verified; nearly every replica has one
         self.r_uri: dict[int, str] = {}  # where not the storage's default location
+        # storage id -> {uri in normal form: row} of the replicas registered at a uri: with the
+        # invertible default layout (storage.paths.default_owners) it answers "which replica
+        # names this file" in a few dict lookups, with nothing kept per default-path replica.
+        self.uri_index: dict[int, dict[str, int]] = {}
         self.r_created = array("d")
         self.r_expire: dict[int, float] = {}  # temporary copies only
         self.r_verified = array("d")
@@ -588,6 +595,8 @@ class Inventory:
         for sparse, value in ((self.r_uri, rec.uri), (self.r_expire, rec.expire_at)):
             if value is not None:
                 sparse[row] = value
+        if rec.uri is not None:
+            self._index_uri(row, rec.storage_id, rec.uri)
         self.r_next_in_item[row] = self.i_first_replica[item]
         self.i_first_replica[item] = row
         storage = self.storages[rec.storage_id]
@@ -622,6 +631,10 @@ class Inventory:
         self.r_checksum.extend(checksum)
         for sparse, values in ((self.r_uri, uri), (self.r_expire, expire)):
             sparse.update((r, v) for r, v in zip(rows, values, strict=True) if v is not None)
+        if uri.count(None) != n:
+            for r, sid, u in zip(rows, storage_id, uri, strict=True):
+                if u is not None:
+                    self._index_uri(r, sid, u)
         self.r_prev_on_storage.extend(array("i", [NONE]) * n)
         # Each new replica becomes the head of its item's list and of its storage's list.
         first = self.i_first_replica
@@ -686,6 +699,12 @@ class Inventory:
         self.r_size[row] = -1 if rec.size is None else rec.size
         self.r_verified[row] = _time(rec.last_verified)
         self.r_checksum.set(row, rec.checksum)
+        old_uri = self.r_uri.get(row)
+        if old_uri != rec.uri:
+            if old_uri is not None:
+                self._unindex_uri(row, old_uri)
+            if rec.uri is not None:
+                self._index_uri(row, storage.id, rec.uri)
         for sparse, value in ((self.r_uri, rec.uri), (self.r_expire, rec.expire_at)):
             if value is None:
                 sparse.pop(row, None)
@@ -716,11 +735,74 @@ class Inventory:
         if after != NONE:
             self.r_prev_on_storage[after] = before
         self.r_checksum.set(row, None)
+        uri = self.r_uri.get(row)
+        if uri is not None:
+            self._unindex_uri(row, uri)
         for sparse in (self.r_uri, self.r_expire):
             sparse.pop(row, None)
         self.r_item[row] = NONE
         self.free_replica_rows.append(row)
         self.counts.replicas -= 1
+
+    def _normal_uri(self, storage_id: int, uri: str) -> str | None:
+        """``uri`` in the normal form (root prefix + checked path), or None for a uri that names
+        nothing under the storage (registered before uris were checked)."""
+        storage = self.storages[storage_id]
+        prefix = paths.storage_prefix(storage.kind, storage.root)
+        if uri.startswith(prefix):
+            return uri  # registered since uris are normalised: the key is the same string
+        try:
+            return prefix + paths.path_of_uri(storage.kind, storage.root, uri)
+        except InvalidPath:
+            return None
+
+    def _index_uri(self, row: int, storage_id: int, uri: str) -> None:
+        key = self._normal_uri(storage_id, uri)
+        if key is not None:
+            index = self.uri_index.get(storage_id)
+            if index is None:
+                index = self.uri_index[storage_id] = {}
+            index.setdefault(key, row)  # two (legacy) claims: the first keeps the entry
+
+    def _unindex_uri(self, row: int, uri: str) -> None:
+        key = self._normal_uri(self.r_storage[row], uri)
+        index = self.uri_index.get(self.r_storage[row])
+        if key is not None and index is not None and index.get(key) == row:
+            del index[key]
+
+    def replica_path(self, row: int) -> str:
+        """Where the replica in ``row`` lives, relative to its storage root
+        (``storage.paths.replica_path``; InvalidPath for a legacy uri outside the storage)."""
+        item = self.r_item[row]
+        return paths.replica_path(self.storages[self.r_storage[row]], self.i_name[item],
+                                  self.i_version[item], self.r_uri.get(row))
+
+    def replica_uri(self, row: int) -> str:
+        item = self.r_item[row]
+        return paths.replica_uri(self.storages[self.r_storage[row]], self.i_name[item],
+                                 self.i_version[item], self.r_uri.get(row))
+
+    def path_holder(self, storage_id: int, path: str, *, skip_oid: int = -1,
+                    owners: list[tuple[str, int]] | None = None) -> int | None:
+        """The row of the live replica (any state but ``deleted``) on the storage whose file is
+        ``path``, other than ``skip_oid``'s, or None. A few dict lookups: the uri index, then
+        the at most two (name, version) whose default path ``path`` is (``owners``, when the
+        caller has them already, without the skipped item's own)."""
+        index = self.uri_index.get(storage_id)
+        if index:
+            storage = self.storages[storage_id]
+            row = index.get(paths.uri_of(storage.kind, storage.root, path))
+            if row is not None and self.i_oid[self.r_item[row]] != skip_oid \
+                    and self.r_state[row] != _DELETED:
+                return row
+        for name, version in paths.default_owners(path) if owners is None else owners:
+            item = self.row_of_name(name, version)
+            if item is None or self.i_oid[item] == skip_oid:
+                continue
+            row = self.replica_row(self.i_oid[item], storage_id)
+            if row is not None and row not in self.r_uri and self.r_state[row] != _DELETED:
+                return row
+        return None
 
     def _replica_bytes(self, row: int) -> int:
         size = self.r_size[row]

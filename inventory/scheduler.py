@@ -18,19 +18,27 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from inventory.errors import Conflict, DLMError, Unavailable
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
 from inventory.memory import gc_paused
-from inventory.store import Store, StoreConflict, StoreError, StoreInDoubt
+from inventory.store import (
+    ClaimRefused,
+    ClaimStale,
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreInDoubt,
+)
 from inventory.writes import Pending, Prepared, Write
 
 log = logging.getLogger("dlm.scheduler")
 
 MAX_GROUP_WRITES = 512  # bounds the latency one group adds to the writes queued behind it
+CLAIM_CHECK = 0.5  # seconds between two looks at the store's write claim
 
 
 class RWLock:
@@ -98,25 +106,37 @@ class WriterStats:
 
 
 class Scheduler:
-    def __init__(self, inventory: Inventory, store: Store, feed: ChangeFeed) -> None:
+    """``on_fatal(reason)`` is called once when the server must not go on writing (another
+    server wrote while this one had lost its claim): ``dlm serve`` then exits non-zero."""
+
+    def __init__(self, inventory: Inventory, store: Store, feed: ChangeFeed,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.inventory = inventory
         self.store = store
         self.feed = feed
+        self.on_fatal = on_fatal
         self.lock = RWLock()
         self.stats = WriterStats()
         self._queue: asyncio.Queue[tuple[Write, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._claim_task: asyncio.Task | None = None
+        # One of: a group's commit and apply, an in-doubt resolution, a re-take of the claim.
+        # The re-take compares the database's version with memory's: no commit may be halfway.
+        self._store_turn = asyncio.Lock()
         self.broken: str | None = None  # why writes are refused until a restart
+        self.claim_lost: str | None = None  # why writes are refused until the claim is back
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dlm-writer")
+        self._claim_task = asyncio.create_task(self._keep_claim(), name="dlm-claim")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._claim_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._claim_task = None
         while not self._queue.empty():
             _write, future = self._queue.get_nowait()
             if not future.done():
@@ -126,6 +146,8 @@ class Scheduler:
         """Queue ``write`` and return its result once it is durable and visible."""
         if self.broken:
             raise Unavailable(self.broken)
+        if self.claim_lost:
+            raise Unavailable(self.claim_lost)
         if self._task is None or self._task.done():
             raise Unavailable("the writer is not running")
         future = asyncio.get_running_loop().create_future()
@@ -148,7 +170,8 @@ class Scheduler:
                 group.append(queue.get_nowait())
             for part in split_alone(group):
                 try:
-                    await self._commit_group(part)
+                    async with self._store_turn:
+                        await self._commit_group(part)
                 except Exception as exc:  # the writer must survive anything one group does
                     log.exception("writer failed on a group of %d writes", len(part))
                     for _write, future in part:
@@ -199,8 +222,100 @@ class Scheduler:
                     future.set_exception(exc)
         return ready
 
+    # ----------------------------------------------------------------- the write claim
+
+    async def _keep_claim(self) -> None:
+        """Notice a lost write claim and take it back (or give up writing) without waiting for
+        a client's write: meanwhile writes are refused at once (503), reads go on."""
+        told = False  # the loss is logged once, not every look
+        while not self.broken:
+            await asyncio.sleep(CLAIM_CHECK)
+            if self.claim_lost is None and self.store.holds_claim():
+                told = False
+                continue
+            async with self._store_turn:
+                if self.claim_lost is None and self.store.holds_claim():
+                    continue
+                if not told:
+                    log.warning("the write claim is lost (its database session ended); "
+                                "taking it back", extra={"version": self.inventory.version})
+                    told = True
+                with contextlib.suppress(ClaimStale):  # _retake_claim has stopped the writer
+                    await self._retake_claim()
+
+    async def _retake_claim(self) -> None:
+        """Take the claim back; go on writing only if the database is still at memory's
+        version (ClaimStale, and the server stops, if someone else wrote)."""
+        try:
+            found = await self.store.claimed_version()
+        except ClaimRefused as exc:
+            self._claim_refused(str(exc))
+            return
+        except StoreError as exc:  # unreachable: writes try themselves (503 while it is)
+            log.debug("cannot take the write claim back yet", extra={"error": str(exc)})
+            self.claim_lost = None
+            return
+        if found != self.inventory.version:
+            raise self._stale(f"the database is at inventory version {found} and this server's "
+                              f"memory at {self.inventory.version}: another server wrote while "
+                              f"this one did not hold the write claim")
+        log.warning("write claim taken back; writes accepted again", extra={"version": found})
+        self.claim_lost = None
+
+    def _claim_refused(self, why: str) -> None:
+        reason = (f"this server has lost its write claim on the database ({why}); writes are "
+                  f"refused until it holds it again")
+        if reason != self.claim_lost:
+            log.error("write claim lost; refusing writes", extra={"reason": why})
+        self.claim_lost = reason
+
+    def _stale(self, why: str) -> ClaimStale:
+        """Stop writing for good: memory is not the database's any more. ``on_fatal`` ends the
+        server so that a restart (a supervisor's) loads the database again."""
+        if self.broken is None:
+            self.broken = f"{why}; restart the server to reload the inventory"
+            log.error("not writing on a stale inventory; stopping", extra={"reason": why})
+            if self.on_fatal is not None:
+                self.on_fatal(self.broken)
+        return ClaimStale(why)
+
     async def _committed_after_all(self, version: int, exc: StoreError) -> bool:
-        return await _resolve_in_doubt(self.store, version, exc, self.stats)
+        """Did the commit of ``version`` happen? Its answer was lost (the connection broke during
+        COMMIT, say); the database knows. Ask it, under the claim taken back, until it answers:
+        the writer waits meanwhile, so memory never runs ahead of or behind the database."""
+        delay = 0.05
+        warned = False
+        others = None  # a server that held the claim while this one asked
+        stats = self.stats
+        while True:
+            try:
+                found = await self.store.claimed_version()
+            except StoreError as failure:
+                if isinstance(failure, ClaimRefused):
+                    others = failure.holder
+                    self._claim_refused(str(failure))
+                if not warned:
+                    log.error("commit outcome unknown, asking the database until it answers",
+                              extra={"version": version, "error": str(exc)})
+                    warned = True
+                stats.in_doubt = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            stats.in_doubt = False
+            if found == version - 1:
+                self.claim_lost = None
+                return False
+            if found == version and others is None:
+                log.warning("commit reported failed but was durable; applying it",
+                            extra={"version": version, "error": str(exc)})
+                self.claim_lost = None
+                return True
+            if found == version:  # ours, or the other server's first commit: no telling
+                raise self._stale(f"the commit of inventory version {version} was in doubt and "
+                                  f"another server ({others}) held the write claim meanwhile")
+            raise self._stale(f"the database is at inventory version {found}, memory at "
+                              f"{version - 1}: another writer changed it")
 
     async def _commit(self, ready: list[tuple[Prepared, asyncio.Future]]) -> None:
         inv = self.inventory
@@ -218,9 +333,17 @@ class Scheduler:
             self.stats.failed_commits += 1
             if not await self._committed_after_all(version, exc):
                 raise
+        except ClaimStale as exc:
+            self.stats.failed_commits += 1
+            raise self._stale(str(exc)) from None
+        except ClaimRefused as exc:
+            self.stats.failed_commits += 1
+            self._claim_refused(str(exc))
+            raise
         except StoreError:
             self.stats.failed_commits += 1
             raise
+        self.claim_lost = None  # the commit held the claim, taken back if it had to be
         elapsed = time.perf_counter() - started
         self.stats.commit_seconds += elapsed
         self.stats.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, elapsed)] += 1
@@ -265,36 +388,6 @@ def split_alone(group: list[tuple[Write, asyncio.Future]]
         else:
             parts[-1].append(entry)
     return [part for part in parts if part]
-
-
-async def _resolve_in_doubt(store: Store, version: int, exc: StoreError,
-                            stats: WriterStats) -> bool:
-    """Did the commit of ``version`` happen? Its answer was lost (the connection broke during
-    COMMIT, say); the database knows. Ask until it answers: the writer waits meanwhile, so
-    memory never runs ahead of or behind the database."""
-    delay = 0.05
-    warned = False
-    while True:
-        try:
-            found = await store.committed_version()
-        except StoreError:
-            if not warned:
-                log.error("commit outcome unknown, asking the database until it answers",
-                          extra={"version": version, "error": str(exc)})
-                warned = True
-            stats.in_doubt = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            continue
-        stats.in_doubt = False
-        if found == version:
-            log.warning("commit reported failed but was durable; applying it",
-                        extra={"version": version, "error": str(exc)})
-            return True
-        if found == version - 1:
-            return False
-        raise RuntimeError(f"the database is at inventory version {found}, memory at "
-                           f"{version - 1}: another writer changed it")
 
 
 def raise_into(ready: list[tuple[Prepared, asyncio.Future]], exc: DLMError) -> None:

@@ -36,6 +36,7 @@ DEFAULT_DATA_DIR = "./dlm-data"
 CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule",
                "workers", "max_body", "max_plan_body"}
 MAX_WORKERS = 64
+EXIT_STALE = 3  # another server wrote while this one had lost its write claim: restart it
 
 
 @dataclass(slots=True)
@@ -174,7 +175,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from inventory import logs
     from inventory.server.app import ServerConfig
     from inventory.server.auth import is_loopback
-    from inventory.store import SchemaError, StoreError, open_store
+    from inventory.store import ClaimRefused, SchemaError, StoreError, open_store
 
     settings = settings_from(args)
     logs.setup(settings.log_level)
@@ -196,6 +197,9 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         runner(serve(config, settings.host, settings.port,
                      parse_schedule(settings.schedule, "config"), settings))
+    except ClaimRefused as exc:
+        raise CLIError(f"{exc}; a database has one writing server (`dlm serve --workers N` "
+                       f"adds read workers to it)") from None
     except SchemaError as exc:
         raise CLIError(str(exc)) from None
     except StoreError as exc:
@@ -218,8 +222,16 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     runtime = None
+    stop = asyncio.Event()
+    stale: list[str] = []
+
+    def give_up(reason: str) -> None:  # the scheduler will not write on a stale inventory
+        stale.append(reason)
+        stop.set()
+
     try:
         state = app[STATE]
+        state.scheduler.on_fatal = give_up
         inventory = state.inventory
         if not inventory.tokens and not config.loopback:
             raise CLIError(
@@ -248,7 +260,6 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
             schedule.start()
             log.info("schedule started", extra={"jobs": [f"{j.kind} {j.target} every "
                                                          f"{j.every:g}s" for j in jobs]})
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
@@ -263,6 +274,8 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
         await runner.cleanup()
         if runtime is not None:
             runtime.remove()
+    if stale:
+        raise CLIError(stale[0], status=EXIT_STALE)
 
 
 async def start_read_workers(runner: Any, state: Any, count: int, token: str, host: str,

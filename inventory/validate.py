@@ -7,11 +7,14 @@ from fractions import Fraction
 
 from inventory import model
 from inventory.errors import BadRequest
+from inventory.storage import paths
 from inventory.storage.checksum import normalize as normalize_adler32
+from inventory.storage.errors import InvalidPath
 
 MAX_NAME_LENGTH = 1024
 _STORAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+0080-U+009F)
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 _UNITS = {
     "": 1, "B": 1,
     "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
@@ -27,19 +30,35 @@ CHECKSUM_METHODS = (model.DEFAULT_CHECKSUM_METHOD,)
 
 
 def item_name(name: str, field: str) -> str:
-    """An item name is also a path under every storage root: it must not be able to leave it."""
+    """An item name is also a path under every storage root: it must not be able to leave it,
+    and whatever a storage would refuse at the first copy (``storage.paths.check_name``: a
+    backslash, a ``.dlm-`` segment, a segment over 255 bytes) is refused here, at registration.
+    C1 controls and bidirectional overrides are refused as in ``check_name``: they make a name
+    display as another one."""
     if not name:
         raise BadRequest("must not be empty", field)
     if len(name) > MAX_NAME_LENGTH:
         raise BadRequest(f"longer than {MAX_NAME_LENGTH} characters", field)
     if _CONTROL.search(name):
-        raise BadRequest("must not contain control characters", field)
+        raise BadRequest("must not contain control characters (C0, DEL or C1)", field)
+    if _BIDI.search(name):
+        raise BadRequest("must not contain bidirectional override or isolate characters "
+                         "(U+202A-U+202E, U+2066-U+2069)", field)
     if name.startswith("/"):
         raise BadRequest("must be relative (no leading '/')", field)
     for part in name.split("/"):
         if part in ("", ".", ".."):
             raise BadRequest(f"must not contain an empty, '.' or '..' path segment: {name!r}",
                              field)
+    try:
+        paths.check_name(name)
+    except InvalidPath as exc:
+        raise BadRequest(exc.message, field) from None
+    if paths.is_versioned_name(name):
+        raise BadRequest(f"names ending in '{paths.VERSION_MARK}<N>' are where version N of "
+                         f"another name is stored ({name!r} is version "
+                         f"{paths.default_owners(name)[1][1]} of "
+                         f"{paths.default_owners(name)[1][0]!r}): choose another name", field)
     return name
 
 

@@ -35,6 +35,8 @@ from inventory.specs import (
     StorageSpec,
     TokenSpec,
 )
+from inventory.storage import paths
+from inventory.storage.errors import InvalidPath
 from inventory.store.base import ITEM_COLUMNS, STORAGE_COLUMNS, item_db_row, storage_db_row
 from inventory.store.generic import upsert
 from inventory.store.ops import (
@@ -47,6 +49,7 @@ from inventory.store.ops import (
 )
 
 MAX_BATCH = 10_000
+DELETED_REPLICA = model.REPLICA_STATE["deleted"]
 MAX_VERSION = 2**31 - 1  # specs.Version's bound: item versions are a 32-bit column
 
 Change = tuple[str, Any]  # ("storage" | "item" | "replica", record)
@@ -77,6 +80,12 @@ class Pending:
     storages: dict[int, StorageRecord] = field(default_factory=dict)
     objects: dict[tuple[str, Any], Any] = field(default_factory=dict)  # (table, key) -> object
     max_ids: dict[str, int] = field(default_factory=dict)
+    # Files claimed by replicas of the group (see claim_path): (storage id, path) -> oid of the
+    # replicas registered at a uri, the (oid, storage id) of those, and the oids of new items.
+    # A default-path claim needs no entry: (oid, storage id) in new_replicas says it.
+    path_claims: dict[tuple[int, str], int] = field(default_factory=dict)
+    custom_claims: set[tuple[int, int]] = field(default_factory=set)
+    new_items: dict[tuple[str, int], int] = field(default_factory=dict)
     # bytes registered by the group per storage id (containers: -1 - row): the int64 bound
     bytes_added: dict[int, int] = field(default_factory=dict)
 
@@ -126,6 +135,107 @@ class Pending:
     def has_version(self, inv: Inventory, name: str, version: int) -> bool:
         return (version in self.item_versions.get(name, ())
                 or inv.row_of_name(name, version) is not None)
+
+
+@dataclass(slots=True)
+class Claims:
+    """Path claims a write makes before they join ``Pending`` (merged when it succeeds)."""
+
+    new_replicas: set[tuple[int, int]] = field(default_factory=set)
+    path_claims: dict[tuple[int, str], int] = field(default_factory=dict)
+    custom_claims: set[tuple[int, int]] = field(default_factory=set)
+    new_items: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def merge_into(self, pending: Pending) -> None:
+        pending.new_replicas.update(self.new_replicas)
+        pending.path_claims.update(self.path_claims)
+        pending.custom_claims.update(self.custom_claims)
+        pending.new_items.update(self.new_items)
+
+
+def path_holder(inv: Inventory, layers: tuple[Pending | Claims, ...], storage_id: int,
+                path: str, oid: int, owners: list[tuple[str, int]]) -> int | None:
+    """The oid of the live replica other than ``oid``'s whose file on the storage is ``path``:
+    in memory, or claimed earlier in the same group or write (``layers``); None when the file
+    is free. ``owners`` are the (name, version) whose default path ``path`` is, but ``oid``'s
+    own item (``storage.paths.default_owners``)."""
+    row = inv.path_holder(storage_id, path, skip_oid=oid, owners=())  # registered uris
+    if row is not None:
+        return inv.i_oid[inv.r_item[row]]
+    for layer in layers:
+        if layer.path_claims:
+            holder = layer.path_claims.get((storage_id, path))
+            if holder is not None and holder != oid:
+                return holder
+    for owner in owners:
+        other = None
+        for layer in layers:
+            other = layer.new_items.get(owner)
+            if other is not None:
+                break
+        if other is None:
+            item = inv.row_of_name(*owner)
+            if item is None:
+                continue
+            other = inv.i_oid[item]
+        if other == oid:
+            continue
+        key = (other, storage_id)
+        row = inv.replica_row(other, storage_id)
+        if row is not None and row not in inv.r_uri and inv.r_state[row] != DELETED_REPLICA:
+            return other
+        if any(key in layer.new_replicas for layer in layers) \
+                and not any(key in layer.custom_claims for layer in layers):
+            return other
+    return None
+
+
+def claim_path(inv: Inventory, layers: tuple[Pending | Claims, ...], mine: Claims,
+               storage: StorageRecord | Any, oid: int, name: str, version: int,
+               uri: str | None, field: str) -> None:
+    """Refuse (409 naming ``field``) a replica of ``oid`` on ``storage`` whose file another
+    live replica names, else record the claim in ``mine``: one file per replica."""
+    sid = storage.id
+    key = (oid, sid)
+    if uri is None and version == 1 and paths.VERSION_MARK not in name \
+            and not inv.uri_index.get(sid) and not mine.path_claims \
+            and not any(layer.path_claims for layer in layers):
+        # The usual Dealer copy: the bare name is the default path of (name, 1) alone, and no
+        # uri on the storage can name it: nothing to look up.
+        mine.new_replicas.add(key)
+        return
+    path = paths.replica_path(storage, name, version, uri)
+    if uri is None and version > 1:
+        owners = [(path, 1)]  # name@vN: the only other item it can be the default path of
+    elif uri is None and paths.VERSION_MARK not in name:
+        owners = []
+    else:
+        owners = [o for o in paths.default_owners(path) if o != (name, version)]
+    holder = path_holder(inv, (*layers, mine), sid, path, oid, owners)
+    if holder is not None:
+        row = inv.row_of_oid(holder)
+        what = ("another item" if row is None
+                else f"{inv.i_name[row]!r} version {inv.i_version[row]}")
+        raise Conflict(f"{path!r} on storage {storage.name!r} is the file of {what} "
+                       f"(oid {model.format_uuid(holder)}): one file per replica", field,
+                       holder=model.format_uuid(holder))
+    mine.new_replicas.add(key)
+    if uri is not None:
+        mine.path_claims[(sid, path)] = oid
+        mine.custom_claims.add(key)
+
+
+def normal_uri(storage: StorageRecord | Any, uri: str, field: str) -> str:
+    """A registered uri in its normal form: relative uris resolved against the root, anything
+    outside the root or bucket prefix, or a path the storage would refuse, a 400 naming
+    ``field``."""
+    try:
+        path = paths.path_of_uri(storage.kind, storage.root, uri)
+    except InvalidPath as exc:
+        raise BadRequest(f"{exc.message} (storage {storage.name!r} is "
+                         f"{paths.storage_prefix(storage.kind, storage.root)!r})",
+                         field) from None
+    return paths.uri_of(storage.kind, storage.root, path)
 
 
 class Write(abc.ABC):
@@ -208,6 +318,7 @@ class AddItems(Write):
         items: list[ItemRecord] = []
         replicas: list[ReplicaRecord] = []
         claimed: dict[str, set[int]] = {}
+        claims = Claims()
         container_sizes: dict[int, int] = {}
         added: dict[int, int] = {}  # bytes per storage or container (_claim_bytes)
         storages = inv.storage_by_name
@@ -255,6 +366,7 @@ class AddItems(Write):
                 if item_type == model.CONTAINER:
                     raise BadRequest("a container has no payload to place on a storage",
                                      where + "storage")
+                uri = None if spec.uri is None else normal_uri(storage, spec.uri, where + "uri")
                 if self.payloads is not None and verifies_ingest(storage.config):
                     found = recheck(self.payloads[index], storage, version, spec.uri,
                                     where + "storage")
@@ -264,10 +376,13 @@ class AddItems(Write):
                 if size is None:
                     raise BadRequest("required when storage is given" + _unverified(storage),
                                      where + "size")
+                claims.new_items[(name, version)] = oid
+                claim_path(inv, (pending,), claims, storage, oid, name, version, uri,
+                           where + ("storage" if uri is None else "uri"))
                 _claim_bytes(storage.id, storage.used, f"storage {storage.name!r}", pending,
                              added, size, where + "size")
                 state = model.READY
-                replicas.append(ReplicaRecord(oid, storage.id, spec.uri, model.COMPLETE,
+                replicas.append(ReplicaRecord(oid, storage.id, uri, model.COMPLETE,
                                               size, checksum, now, None, None))
             elif spec.uri is not None:
                 raise BadRequest("uri needs a storage", where + "uri")
@@ -284,6 +399,7 @@ class AddItems(Write):
             ))
         for name, versions in claimed.items():
             pending.item_versions.setdefault(name, set()).update(versions)
+        claims.merge_into(pending)
         for key, count in added.items():
             pending.bytes_added[key] = pending.bytes_added.get(key, 0) + count
 
@@ -400,7 +516,8 @@ class UpdateItems(Write):
             raise BadRequest(f"at most {MAX_BATCH} changes per request", "items")
         now = model.now()
         mine = Pending(items=dict(pending.items), new_replicas=set(pending.new_replicas),
-                       storages=pending.storages)
+                       storages=pending.storages, path_claims=dict(pending.path_claims),
+                       custom_claims=set(pending.custom_claims), new_items=pending.new_items)
         records: dict[int, ItemRecord] = {}
         replicas: list[ReplicaRecord] = []
         added: dict[int, int] = {}
@@ -417,10 +534,17 @@ class UpdateItems(Write):
             if replica is not None:
                 replicas.append(replica)
                 mine.new_replicas.add((rec.oid, replica.storage_id))
+                if replica.uri is not None:
+                    storage = inv.storages[replica.storage_id]
+                    mine.path_claims[(storage.id, paths.replica_path(
+                        storage, rec.item_name, rec.item_version, replica.uri))] = rec.oid
+                    mine.custom_claims.add((rec.oid, replica.storage_id))
             mine.items[rec.oid] = new
             records[rec.oid] = new
         pending.items.update(records)
         pending.new_replicas.update((r.oid, r.storage_id) for r in replicas)
+        pending.path_claims.update(mine.path_claims)
+        pending.custom_claims.update(mine.custom_claims)
         for key, count in added.items():
             pending.bytes_added[key] = pending.bytes_added.get(key, 0) + count
         items = list(records.values())
@@ -499,7 +623,11 @@ def _patched(inv: Inventory, pending: Pending, rec: ItemRecord, patch: ItemPatch
         if state in (model.EXPIRED, model.DELETED):
             raise Conflict(f"cannot register a copy of a {model.ITEM_STATES[state]} item",
                            where + "storage")
-        replica = ReplicaRecord(rec.oid, storage.id, None if patch.uri is unset else patch.uri,
+        uri = None if patch.uri is unset or patch.uri is None \
+            else normal_uri(storage, patch.uri, where + "uri")
+        claim_path(inv, (pending,), Claims(), storage, rec.oid, rec.item_name,
+                   rec.item_version, uri, where + ("storage" if uri is None else "uri"))
+        replica = ReplicaRecord(rec.oid, storage.id, uri,
                                 model.COMPLETE, size, changes.get("checksum", rec.checksum),
                                 now, None, None)
         if state == model.INITIALISED:

@@ -37,12 +37,11 @@ import msgspec
 
 from inventory import model, validate
 from inventory.errors import BadRequest
-from inventory.fileops.engine import replica_path
 from inventory.inventory import NONE, Inventory, Storage
 from inventory.objects import Cycle, Operation
 from inventory.records import ItemRecord, ReplicaRecord
 from inventory.storage.errors import StorageError
-from inventory.storage.paths import check_name
+from inventory.storage.paths import check_name, default_owners, replica_path
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
 from inventory.writes import Pending, Prepared, Write
@@ -246,8 +245,9 @@ class _Repairs:
                            None, sid, "consistency", "queued", 0, None, self.now, self.now)
             self.ops.append(op)
             size = item.size if item.size is not None and item.size >= 0 else None
-            self.replicas[key] = ReplicaRecord(oid, sid, None, PENDING, size, None, self.now,
-                                               None, None)
+            # the re-copy goes where the replica is: its registered uri, if any
+            self.replicas[key] = ReplicaRecord(oid, sid, inv.r_uri.get(row), PENDING, size,
+                                               None, self.now, None, None)
             self.applied["recopies"] += 1
             return f"{state_name}: re-copy from a good replica queued (operation {op.id})"
         self.replicas[key] = inv.replica_record(row)._replace(state=new_state)
@@ -272,18 +272,22 @@ class _Repairs:
         if mtime is None or mtime > self.now - grace:
             self.dropped["orphan_young"] += 1
             return "not deleted: younger than the grace period"
-        if path in self._extra_paths(storage) or self._has_replica_named(path):
+        if path in self._extra_paths(storage) or self._has_replica_at(path):
             self.dropped["orphan_known"] += 1
             return "not deleted: the inventory knows this path now"
         self.applied["orphans_confirmed"] += 1
         return CONFIRMED
 
-    def _has_replica_named(self, path: str) -> bool:
-        """Whether any version of the item named ``path`` has a replica on the storage."""
+    def _has_replica_at(self, path: str) -> bool:
+        """Whether a replica on the storage names ``path``: at a registered uri, or as the
+        default path of a version of an item (``name`` or ``name@vN``), or one claimed earlier
+        in the same group."""
         inv, sid = self.inv, self.sid
-        for row in inv.versions_of(path):
-            oid = inv.i_oid[row]
-            if inv.replica_row(oid, sid) is not None or (oid, sid) in self.pending.new_replicas:
+        if inv.path_holder(sid, path) is not None:
+            return True
+        for name, version in default_owners(path):
+            row = inv.row_of_name(name, version)
+            if row is not None and (inv.i_oid[row], sid) in self.pending.new_replicas:
                 return True
         return False
 
@@ -294,17 +298,20 @@ class _Repairs:
         if self._known_paths is None:
             inv, sid = self.inv, self.sid
             known: set[str] = set()
-            for row, uri in inv.r_uri.items():
+            for row in inv.r_uri:
                 if inv.r_storage[row] == sid and inv.r_item[row] != NONE:
                     try:
-                        known.add(replica_path(storage, inv.i_name[inv.r_item[row]], uri))
+                        known.add(inv.replica_path(row))
                     except StorageError:
                         continue
             for op in inv.operations.values():
                 if op.target_id == sid and op.state in ACTIVE:
                     item_row = inv.row_of_oid(op.oid)
                     if item_row is not None:
-                        known.add(inv.i_name[item_row])
+                        row = inv.replica_row(op.oid, sid)
+                        uri = None if row is None else inv.r_uri.get(row)
+                        known.add(replica_path(storage, inv.i_name[item_row],
+                                               inv.i_version[item_row], uri))
             self._known_paths = known
         return self._known_paths
 

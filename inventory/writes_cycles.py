@@ -16,11 +16,12 @@ from inventory import model, validate
 from inventory.errors import BadRequest, DLMError
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation
+from inventory.pins import inventory_pins
 from inventory.records import ItemRecord, ReplicaRecord
 from inventory.specs import CyclePlanIn, DealerPlanIn, DetoxPlanIn
 from inventory.store.generic import upsert
 from inventory.store.ops import DbOp, UpsertRows
-from inventory.writes import Pending, Prepared, Write
+from inventory.writes import Claims, Pending, Prepared, Write
 from inventory.writes_ops import (
     DELETING,
     OperationSpec,
@@ -130,6 +131,7 @@ class ApplyDealerPlan(Write):
         now = model.now()
         dropped = {"changed": 0}
         claimed: set[tuple[int, int]] = set()
+        mine = Claims(new_replicas=claimed)
         replicas: list[ReplicaRecord] = []
         ops: list[Operation] = []
         for index, (text, target_id, source_id, reason, _line) in enumerate(plan.copies):
@@ -143,16 +145,16 @@ class ApplyDealerPlan(Write):
             spec = OperationSpec("copy", oid, target_id, source_id)
             try:
                 replica = QueueOperations.copy_replica(
-                    inv, spec, row, target, inv.replica_row(oid, target_id), "", now)
+                    inv, spec, row, target, inv.replica_row(oid, target_id), "", now, pending,
+                    mine)
             except DLMError:
                 dropped["changed"] += 1  # the inventory moved since the snapshot
                 continue
-            claimed.add(key)
             replicas.append(replica)
             origin = "user" if reason.startswith("request") else "dealer"
             ops.append(Operation(pending.next_id("operation", inv.operations), "copy", oid,
                                  source_id, target_id, origin, "queued", 0, None, now, now))
-        pending.new_replicas.update(claimed)
+        mine.merge_into(pending)
         done = []
         for request_id in plan.requests_done:
             request = inv.requests.get(request_id)
@@ -176,18 +178,10 @@ class ApplyDealerPlan(Write):
 
 def pinned(inv: Inventory, now: float) -> set[tuple[int, int]]:
     """(oid, storage id) of copies that open or served copy requests pin until a later time
-    (a container's request pins its members)."""
-    out: set[tuple[int, int]] = set()
-    for request in inv.requests.values():
-        if request.state not in ("pending", "done") or request.pin_until is None \
-                or request.pin_until <= now:
-            continue
-        row = inv.row_of_oid(request.oid)
-        if row is None:
-            continue
-        rows = inv.child_rows(row) if inv.i_type[row] == model.CONTAINER else [row]
-        out.update((inv.i_oid[r], request.storage_id) for r in rows)
-    return out
+    (a container's request pins its members): ``inventory.pins``, as the planners see them."""
+    oids = inv.i_oid
+    return {(oids[row], sid) for (row, sid), pin in inventory_pins(inv).items()
+            if pin.holds(now)}
 
 
 def _satisfied(inv: Inventory, request: CopyRequest) -> bool:

@@ -20,10 +20,13 @@ from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord
+from inventory.storage.errors import StorageError
 from inventory.store.base import REPLICA_COLUMNS, replica_db_row
 from inventory.store.generic import insert, upsert
 from inventory.store.ops import DbOp, DeleteRows, UpsertRows
-from inventory.writes import Change, Pending, Prepared, Write, item_upsert
+from inventory.writes import Change, Claims, Pending, Prepared, Write, claim_path, item_upsert
+
+log = logging.getLogger("dlm.fileops")
 
 log = logging.getLogger("dlm.inventory")
 
@@ -122,6 +125,7 @@ class QueueOperations(Write):
         ops: list[Operation] = []
         replicas: list[ReplicaRecord] = []
         claimed: set[tuple[int, int]] = set()
+        mine = Claims(new_replicas=claimed)
         deleting: set[tuple[int, int]] = set(pending.deleting)
         for index, spec in enumerate(self.specs):
             where = f"operations[{index}]."
@@ -137,7 +141,8 @@ class QueueOperations(Write):
             claimed.add(key)
             existing = inv.replica_row(spec.oid, spec.target_id)
             if spec.kind == "copy":
-                replica = self.copy_replica(inv, spec, row, target, existing, where, now)
+                replica = self.copy_replica(inv, spec, row, target, existing, where, now,
+                                            pending, mine)
             elif spec.kind == "delete":
                 replica = self._delete(inv, spec, existing, target, where, deleting)
                 deleting.add(key)
@@ -147,7 +152,7 @@ class QueueOperations(Write):
             ops.append(Operation(pending.next_id("operation", inv.operations), spec.kind,
                                  spec.oid, spec.source_id, spec.target_id, self.origin,
                                  "queued", 0, None, now, now))
-        pending.new_replicas.update(claimed)
+        mine.merge_into(pending)
         pending.deleting.update(deleting)
 
         def apply(inv: Inventory) -> list[Operation]:
@@ -168,8 +173,10 @@ class QueueOperations(Write):
 
     @staticmethod
     def copy_replica(inv: Inventory, spec: OperationSpec, row: int, target, existing,
-                     where: str, now: float) -> ReplicaRecord:
-        """The pending target replica of a copy, or a DLMError saying why it cannot be."""
+                     where: str, now: float, pending: Pending, mine: Claims) -> ReplicaRecord:
+        """The pending target replica of a copy, or a DLMError saying why it cannot be (its
+        default path on the target being another live replica's file included). The claim is
+        recorded in ``mine``."""
         if inv.i_state[row] not in (model.READY, model.CORRUPTED):
             raise Conflict(f"{inv.i_name[row]!r} is {model.ITEM_STATES[inv.i_state[row]]}: "
                            f"only READY items are copied", where + "item")
@@ -188,6 +195,8 @@ class QueueOperations(Write):
         elif not sources:
             raise Conflict(f"{inv.i_name[row]!r} has no complete copy to copy from",
                            where + "item")
+        claim_path(inv, (pending,), mine, target, spec.oid, inv.i_name[row], inv.i_version[row],
+                   None, where + "target")
         size = inv.i_size[row]
         return ReplicaRecord(spec.oid, spec.target_id, None, PENDING,
                              None if size < 0 else size, None, now, None, None)
@@ -286,11 +295,60 @@ class StartOperation(Write):
             refusal = deletion_refusal(inv, op.oid, op.target_id)
             if refusal:
                 raise Conflict(f"refused: {refusal}", "id")
+            shared = _shared_file(inv, op)
+            if shared is not None:
+                return _forget_replica(inv, pending, op, shared)
         now = model.now()
         new = dataclasses.replace(op, state="running", attempts=op.attempts + 1, updated=now,
                                   not_before=None)
         replica = _with_replica_state(inv, op, COPYING if op.kind == "copy" else DELETING)
         return _finish(new, [] if replica is None else [replica], [], [])
+
+
+def _shared_file(inv: Inventory, op: Operation) -> str | None:
+    """Why the file of the replica a deletion removes must stay: another live replica names
+    it (a registration from before one file per replica was enforced), else None."""
+    row = inv.replica_row(op.oid, op.target_id)
+    if row is None:
+        return None
+    try:
+        path = inv.replica_path(row)
+    except StorageError:
+        return None  # a legacy uri outside the storage: the deletion fails on its own
+    holder = inv.path_holder(op.target_id, path, skip_oid=op.oid)
+    if holder is None:
+        return None
+    other = inv.r_item[holder]
+    return (f"{path!r} on {inv.storages[op.target_id].name!r} is also the file of "
+            f"{inv.i_name[other]!r} version {inv.i_version[other]}")
+
+
+def _forget_replica(inv: Inventory, pending: Pending, op: Operation, why: str) -> Prepared:
+    """A deletion whose file another replica names: the replica leaves the inventory, the file
+    stays. The operation is done at once (the engine sees it so and touches nothing)."""
+    done = dataclasses.replace(op, state="done", attempts=op.attempts + 1,
+                               updated=model.now(), not_before=None,
+                               last_error=f"file kept: {why}")
+    prepared = _removal(inv, pending, op, done)
+    applied = prepared.apply
+
+    def apply(inv: Inventory) -> Operation:
+        result = applied(inv)
+        log.warning("deletion removed the replica from the inventory but kept its file",
+                    extra={"operation": op.id, "oid": model.format_uuid(op.oid),
+                           "storage": inv.storages[op.target_id].name, "reason": why})
+        return result
+
+    prepared.apply = apply
+    return prepared
+
+
+def _removal(inv: Inventory, pending: Pending, op: Operation, done: Operation) -> Prepared:
+    """A finished deletion: the replica row goes; an EXPIRED item whose last payload it was
+    becomes DELETED (decided on the group's final state, ``_removing``)."""
+    row = inv.replica_row(op.oid, op.target_id)
+    removed = [] if row is None else [inv.replica_record(row)]
+    return _finish(done, [], removed, _removing(inv, pending, removed))
 
 
 class CompleteOperation(Write):
@@ -310,10 +368,7 @@ class CompleteOperation(Write):
             replica = _with_replica_state(inv, op, model.COMPLETE, size=self.size,
                                           checksum=self.checksum, last_verified=now)
             return _finish(done, [] if replica is None else [replica], [], [])
-        row = inv.replica_row(op.oid, op.target_id)
-        removed = [] if row is None else [inv.replica_record(row)]
-        # the last payload of an expired item is gone: the item is DELETED
-        return _finish(done, [], removed, _removing(inv, pending, removed))
+        return _removal(inv, pending, op, done)
 
 
 class FailOperation(Write):

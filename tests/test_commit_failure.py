@@ -24,6 +24,7 @@ import pytest
 
 from inventory import model
 from inventory.client import Client
+from inventory.store.claim import CLAIM_KEY
 from tests.conftest import InProcessServer, wait_healthy
 from tests.pgcluster import PgCluster, throwaway_cluster
 
@@ -395,6 +396,22 @@ class CommitCutter:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def claim_released(pg_url: str, timeout: float = 30) -> None:
+    """Wait (serving this event loop, where the proxy runs) until no session holds the
+    single-writer claim of the database at ``pg_url``."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND "
+                "database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                CLAIM_KEY):
+            assert time.monotonic() < deadline, "the killed server's claim was never released"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("where", [
     "before-answer",
@@ -418,13 +435,15 @@ async def test_in_doubt_commit_leaves_memory_equal_to_the_database(pg_url, serve
         async with aiohttp.ClientSession() as session:
             cutter.armed = True
             status, body = await post(session, srv.url, item("in-doubt"))
-            assert cutter.fired.is_set(), "the proxy did not cut the connection"
-            # The database is reachable again at once: the next write goes through.
+            # The database is reachable again at once: the next write goes through (after an
+            # "after-answer" cut, its first message on the writer's connection meets the cut).
             later_status, _ = await post(session, srv.url, item("later"))
+            assert cutter.fired.is_set(), "the proxy did not cut the connection"
             assert later_status == 201
         memory = await names_in(srv.url)
         memory_health = await wait_healthy(srv.url)
         srv.kill()
+        await claim_released(pg_url)  # the proxy ends the killed server's session
         srv = server_process(pg_url).start()  # straight to PostgreSQL, no proxy
         database_view = await names_in(srv.url)
         database_health = await wait_healthy(srv.url)

@@ -221,17 +221,6 @@ def test_cli_errors(tmp_path, capsys):
     assert "--every" in capsys.readouterr().err
 
 
-async def test_copies_pinned_by_a_request_survive_detox(site):
-    c = site.client
-    pinned_oid = site.items["set/f1"]  # the first candidate Detox would take
-    await c.request("POST", "/v1/requests", json={"item": pinned_oid, "storage": "disk1",
-                                                  "pin_until": "2099-01-01T00:00:00Z"})
-    result = await run_cycle(c, load_policy_text(POLICY, "t"), POLICY)
-    assert result.applied["summary"]["dropped"]["pinned"] == 1
-    await settle(c)
-    assert "disk1" in await replicas_of(c, pinned_oid)
-
-
 def _plan_key(plan) -> tuple:
     return (sorted((d.oid, d.storage_id, d.rule) for d in plan.deletions),
             sorted(plan.expirations), plan.summary()["storages"])

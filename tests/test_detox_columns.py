@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from detox.columns import needed_fields, plan_columns, supports
 from detox.planner import plan_cycle
 from inventory import columns, model
+from inventory.pins import Pin
 from policies import load_policy_text
 
 NOW = 1_800_000_000.0
@@ -89,7 +90,21 @@ def inventories(draw):
             replicas.append([model.format_uuid(model.parse_uuid(oid) | sid), oid, sid, None,
                              rstate, rsize, None, NOW - draw(st.integers(0, 5)) * DAY,
                              draw(st.sampled_from([None, None, NOW - 1, NOW + 1])), None])
-    return storages, items, replicas
+    return storages, items, replicas, draw(pins_of(storages, items))
+
+
+@st.composite
+def pins_of(draw, storages, items):
+    """Copies copy requests pin (``Snapshot.pins()``): some holding, some expired, one
+    request sometimes pinning several copies; copies with no replica too."""
+    pins = {}
+    for oid in items:
+        for s in storages:
+            if draw(st.integers(0, 3)) == 0:
+                request = draw(st.integers(1, 4))
+                until = draw(st.sampled_from([NOW + 1000, NOW + 1000, NOW - 10, NOW]))
+                pins[oid, s[0]] = Pin(until, request, draw(st.sampled_from([None, "ann"])))
+    return pins
 
 
 @st.composite
@@ -114,9 +129,9 @@ def policies(draw):
     return load_policy_text(text, "random.policy")
 
 
-def both(policy, storages, items, replicas):
-    expected = plan_cycle(policy, storages, items, replicas, NOW)
-    snap = columns.from_records(1, storages, items, replicas)
+def both(policy, storages, items, replicas, pins=None):
+    expected = plan_cycle(policy, storages, items, replicas, NOW, pins)
+    snap = columns.from_records(1, storages, items, replicas, pins)
     got = plan_columns(policy, snap, NOW)
     return expected, got
 
@@ -129,6 +144,7 @@ def assert_same_plan(expected, got) -> None:
         [s.to_json() | {"protected": s.protected_bytes} for s in expected.storages]
     assert sorted(got.decisions) == sorted(expected.decisions)
     assert got.summary() == expected.summary()
+    assert got.pinned == expected.pinned
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,6 +1,8 @@
 """Properties of the Detox planner over random inventories and random policies (hypothesis):
 no last copy of a live item and no copy whose loss drops a live item below its target phase is
-ever planned, and every triggered storage ends under `until` or is reported as unable to."""
+ever planned, no copy of a live item a copy request pins, every triggered storage ends under
+`until` or is reported as unable to, and the column planner plans what the record planner plans
+with pins too."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from detox.planner import DELETED, KEPT, plan_cycle
 from inventory import model
 from inventory.feed import WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS
 from policies import load_policy_text
+from tests.test_detox_columns import assert_same_plan, both, pins_of
 
 NOW = 1_800_000_000.0
 PHASES = list(model.PHASES)
@@ -49,7 +52,7 @@ def inventories(draw):
             replicas.append([model.format_uuid(model.parse_uuid(oid) | sid), oid, sid, None,
                              rstate, size, None, NOW - draw(st.integers(0, 5 * 86400)), None,
                              None])
-    return storages, items, replicas
+    return storages, items, replicas, draw(pins_of(storages, items))
 
 
 @st.composite
@@ -75,8 +78,8 @@ def phase_of(storage_phase: dict[int, str], sids) -> int:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_no_live_item_loses_its_last_copy_or_drops_below_target(inventory, policy):
-    storages, items, replicas = inventory
-    plan = plan_cycle(policy, storages, items, replicas, NOW)
+    storages, items, replicas, pins = inventory
+    plan = plan_cycle(policy, storages, items, replicas, NOW, pins)
     storage_phase = {s[0]: s[5] for s in storages}
     planned = {(d.oid, d.storage_id) for d in plan.deletions}
     assert len(planned) == len(plan.deletions), "a replica planned twice"
@@ -101,8 +104,8 @@ def test_no_live_item_loses_its_last_copy_or_drops_below_target(inventory, polic
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_triggered_storages_end_satisfied_or_report_why_not(inventory, policy):
-    storages, items, replicas = inventory
-    plan = plan_cycle(policy, storages, items, replicas, NOW)
+    storages, items, replicas, pins = inventory
+    plan = plan_cycle(policy, storages, items, replicas, NOW, pins)
     by_name = {s.name: s for s in plan.storages}
     sid_name = {s[0]: s[1] for s in storages}
     for outcome in plan.storages:
@@ -121,3 +124,27 @@ def test_triggered_storages_end_satisfied_or_report_why_not(inventory, policy):
     for name, total in deleted.items():
         assert by_name[name].deleted_bytes == total
     assert sum(1 for d in plan.decisions if d[2] == DELETED) == len(plan.deletions)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), policies())
+def test_a_pin_that_holds_keeps_a_live_items_copy_and_both_planners_agree(inventory, policy):
+    storages, items, replicas, pins = inventory
+    plan, on_columns = both(policy, storages, items, replicas, pins)
+    assert_same_plan(plan, on_columns)
+    expired = set(plan.expirations) | {o for o, it in items.items()
+                                       if it[WIRE_ITEM_FIELDS.index("state")] == "EXPIRED"}
+    for d in plan.deletions:
+        pin = pins.get((d.oid, d.storage_id))
+        assert d.oid in expired or pin is None or not pin.holds(NOW), (d, pin)
+    # every copy a holding pin keeps is reported with the pin as its reason
+    uid = {model.format_uuid(model.parse_uuid(oid) | sid): (oid, sid) for oid, sid in pins}
+    kept = {}
+    for rid, _sid, outcome, rule, _line, size in plan.decisions:
+        if rule.startswith("pinned by"):
+            pin = pins[uid[rid]]
+            assert outcome == KEPT and pin.holds(NOW) and rule == pin.reason
+            kept.setdefault(pin, [0, 0])
+            kept[pin][0] += 1
+            kept[pin][1] += size
+    assert kept == plan.pinned

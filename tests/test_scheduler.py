@@ -44,6 +44,7 @@ class FlakyStore(SQLiteStore):
 @pytest.fixture
 async def scheduler(tmp_path):
     store = FlakyStore(str(tmp_path / "db.sqlite"))
+    await store.claim()  # as the server does: the writer's claim first
     await store.open()
     inv = Inventory()
     await store.load(inv)

@@ -464,7 +464,7 @@ def item(inv: Inventory, row: int, item_decisions: list[tuple[Cycle, dict[str, A
             td(h(storage.name)), td(h(model.REPLICA_STATES[inv.r_state[r]])),
             td(h(size(rsize if rsize >= 0 else None)), rsize),
             td(time_tag(inv.r_created[r]), inv.r_created[r]),
-            td(h(inv.r_uri.get(r) or storage.root.rstrip("/") + "/" + inv.i_name[row]))))
+            td(h(inv.replica_uri(r)))))
             + "</tr>")
     ops = figures.operations_of(inv, oid)
     requests = sorted((r for r in inv.requests.values() if r.oid == oid), key=lambda r: -r.id)

@@ -27,6 +27,7 @@ from inventory.storage import transfer
 from inventory.storage.base import Backend
 from inventory.storage.errors import IntegrityError, StorageError
 from inventory.storage.factory import backend_for
+from inventory.storage.paths import replica_path
 from inventory.writes_ops import (
     CompleteOperation,
     FailOperation,
@@ -58,18 +59,6 @@ class Backends:
             with contextlib.suppress(Exception):
                 await backend.close()
         self._open.clear()
-
-
-def replica_path(storage: Storage, item_name: str, uri: str | None) -> str:
-    """The path of a copy relative to its storage root: the item name, unless the replica was
-    registered at a custom uri under the root."""
-    if uri is None:
-        return item_name
-    root = storage.root.rstrip("/")
-    prefix = f"s3://{root}/" if storage.kind == "s3" else f"{root}/"
-    if uri.startswith(prefix):
-        return uri[len(prefix):]
-    raise StorageError(f"uri {uri!r} is not under the storage root {storage.root!r}", path=uri)
 
 
 def _blame(exc: StorageError, source: Storage, target: Storage) -> Storage:
@@ -191,6 +180,8 @@ class FileOpsEngine:
                 log.warning("operation refused", extra={"operation": op_id,
                                                         "reason": exc.message})
                 return
+            if op.state == "done":
+                return  # settled inside the writer (a deletion whose file another replica names)
             if op.kind == "copy":
                 await self._copy(op, source)
             else:
@@ -214,6 +205,7 @@ class FileOpsEngine:
         inv = self.inventory
         row = inv.row_of_oid(op.oid)
         name = inv.i_name[row]
+        version = inv.i_version[row]
         size = inv.i_size[row]
         checksum = inv.i_checksum.get(row)
         method = inv.methods[inv.i_method[row]]
@@ -230,11 +222,17 @@ class FileOpsEngine:
         source, target = inv.storages[source_id], inv.storages[op.target_id]
         started = time.monotonic()
         try:
-            src_row = inv.replica_row(op.oid, source_id)
-            src_path = replica_path(source, name, inv.r_uri.get(src_row))
+            src_path = replica_path(source, name, version,
+                                    inv.r_uri.get(inv.replica_row(op.oid, source_id)))
+            dst_row = inv.replica_row(op.oid, op.target_id)
+            dst_path = replica_path(target, name, version,
+                                    None if dst_row is None else inv.r_uri.get(dst_row))
+            # A consistency re-copy replaces its own replica's missing or damaged file; any
+            # other copy finds its path free, or a file it wrote itself before a crash.
             result = await transfer.copy(
-                self.backends.get(source), src_path, self.backends.get(target), name,
-                expected_size=None if size < 0 else size, expected_checksum=expected_checksum)
+                self.backends.get(source), src_path, self.backends.get(target), dst_path,
+                expected_size=None if size < 0 else size, expected_checksum=expected_checksum,
+                replace=op.origin == "consistency")
         except IntegrityError as exc:
             if exc.side == "source":
                 # the source copy is bad: never read it again, try another one
@@ -266,7 +264,8 @@ class FileOpsEngine:
         storage = inv.storages[op.target_id]
         rrow = inv.replica_row(op.oid, op.target_id)
         try:
-            path = replica_path(storage, name, None if rrow is None else inv.r_uri.get(rrow))
+            path = replica_path(storage, name, inv.i_version[row],
+                                None if rrow is None else inv.r_uri.get(rrow))
             await self.backends.get(storage).delete(path)
         except StorageError as exc:
             storage.reliability.deletions_failed += 1

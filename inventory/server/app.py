@@ -63,8 +63,10 @@ def make_app(config: ServerConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = config.store
-        await store.open()
         try:
+            # Only one server writes a database: ClaimRefused here if another one does.
+            await store.claim()
+            await store.open()
             schema_version = await store.schema_version()
             inventory = Inventory()
             started = time.perf_counter()

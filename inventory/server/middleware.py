@@ -23,6 +23,7 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                415: "unsupported_media_type"}
 
 
+RETRY_AFTER = "1"  # seconds, on every 503 (RFC 9110, 10.2.3)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PREFIX = os.urandom(4).hex()
 _SERIAL = itertools.count(1)
@@ -70,6 +71,8 @@ def error_response(request: web.Request, exc: DLMError) -> web.Response:
     response = respond(request, exc.to_json(), status=exc.status)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dlm"'
+    elif exc.status == 503:  # the database or the write claim is away for now: come back
+        response.headers["Retry-After"] = RETRY_AFTER
     return response
 
 

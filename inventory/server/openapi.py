@@ -364,6 +364,7 @@ class SnapshotFields(Closed):
     storage: list[str]
     item: list[str]
     replica: list[str]
+    request: list[str]
 
 
 class SnapshotHeader(Closed):
@@ -375,11 +376,12 @@ class SnapshotHeader(Closed):
     counts: SnapshotCounts
 
 
-# The stream's later objects are [tag, payload] pairs: ["storages"|"items"|"replicas", [rows]],
+# The stream's later objects are [tag, payload] pairs: ["storages"|"requests"|"items"|"replicas",
+# [rows]] (requests: those with a pin_until),
 # ["changes", [transactions]], ["end", {"version"}] or ["error", {"code", "message"}]. Described
 # without prefixItems, which schemathesis' 3.1 support rejects in responses.
 SnapshotChunk = Annotated[
-    list[Literal["storages", "items", "replicas", "changes", "end", "error"]
+    list[Literal["storages", "requests", "items", "replicas", "changes", "end", "error"]
          | list[Any] | dict[str, Any]],
     msgspec.Meta(min_length=2, max_length=2)]
 Snapshot = Annotated[list[SnapshotHeader | SnapshotChunk], msgspec.Meta(

@@ -21,9 +21,11 @@ from inventory.feed import (
     WIRE_REPLICA_FIELDS,
     WIRE_STORAGE_FIELDS,
     item_rows_wire,
+    object_wire,
     replica_rows_wire,
     storage_wire,
 )
+from inventory.objects import CopyRequest
 from inventory.server.auth import IDENTITY
 from inventory.server.bodies import MSGPACK, query_int, respond
 from inventory.server.state import state_of
@@ -71,13 +73,16 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         "format": SNAPSHOT_FORMAT,
         "version": start,
         "fields": {"storage": WIRE_STORAGE_FIELDS, "item": WIRE_ITEM_FIELDS,
-                   "replica": WIRE_REPLICA_FIELDS},
+                   "replica": WIRE_REPLICA_FIELDS, "request": CopyRequest.columns()},
         "counts": {"storages": len(inv.storages), "items": inv.counts.items,
                    "replicas": inv.counts.replicas},
     }))
     secrets = _with_secrets(request)
     await response.write(pack(["storages", [storage_wire(s.record(), secrets=secrets)
                                             for s in inv.storages.values()]]))
+    # the requests that pin copies: Detox keeps what they pin (inventory.pins)
+    await response.write(pack(["requests", [object_wire(r) for r in inv.requests.values()
+                                            if r.pin_until is not None]]))
     total = len(inv.i_oid)
     for lo in range(0, total, CHUNK):
         await response.write(pack(["items", item_rows_wire(inv, lo, min(total, lo + CHUNK))]))

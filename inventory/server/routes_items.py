@@ -16,7 +16,7 @@ from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.ingest import payloads_of_items, payloads_of_patches, with_payloads
 from inventory.server.state import state_of
-from inventory.server.views import default_uri, item_json
+from inventory.server.views import item_json
 from inventory.specs import AccessSpec, AccessWithOid, ItemPatch, ItemPatchWithOid, ItemSpec
 from inventory.writes import MAX_BATCH, AddItems, DeleteItem, RecordAccesses, UpdateItems
 
@@ -151,7 +151,7 @@ async def item_storages(request: web.Request) -> web.Response:
     for r in inv.replica_rows_of_item(row):
         storage = inv.storages[inv.r_storage[r]]
         out.append({"name": storage.name, "state": model.REPLICA_STATES[inv.r_state[r]],
-                    "uri": inv.r_uri.get(r) or default_uri(storage, inv.i_name[row])})
+                    "uri": inv.replica_uri(r)})
     out.sort(key=lambda s: s["name"])
     return respond(request, {"storages": out})
 

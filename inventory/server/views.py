@@ -43,7 +43,6 @@ def replica_json(inv: Inventory, row: int, oid_text: str | None = None) -> dict[
     that text with the storage id in the last four hex digits)."""
     item = inv.r_item[row]
     storage = inv.storages[inv.r_storage[row]]
-    uri = inv.r_uri.get(row)
     size = inv.r_size[row]
     if oid_text is None:
         oid_text = _fmt(inv.i_oid[item])
@@ -52,7 +51,7 @@ def replica_json(inv: Inventory, row: int, oid_text: str | None = None) -> dict[
         "oid": oid_text,
         "storage": storage.name,
         "storage_id": storage.id,
-        "uri": uri if uri is not None else default_uri(storage, inv.i_name[item]),
+        "uri": inv.replica_uri(row),
         "state": model.REPLICA_STATES[inv.r_state[row]],
         "size": None if size < 0 else size,
         "checksum": inv.r_checksum.get(row),
@@ -60,12 +59,6 @@ def replica_json(inv: Inventory, row: int, oid_text: str | None = None) -> dict[
         "expire_at": _time(inv.r_expire.get(row)),
         "last_verified": _time(inv.r_verified[row]),
     }
-
-
-def default_uri(storage: Storage, item_name: str) -> str:
-    if storage.kind == "s3":
-        return f"s3://{storage.root.rstrip('/')}/{item_name}"
-    return f"{storage.root.rstrip('/')}/{item_name}"
 
 
 def item_json(inv: Inventory, row: int, *, replicas: bool = True) -> dict[str, Any]:

@@ -8,7 +8,10 @@ system calls in their own thread pool, S3 backends use aiobotocore.
 Contract for ``write``: bytes become visible at ``path`` all at once, and only after the whole
 stream arrived, matched ``expected_size``/``expected_checksum`` when given, and is durable; on any
 failure (including cancellation) nothing new is visible at ``path`` and no temporary object is
-left behind when the storage is still reachable.
+left behind when the storage is still reachable. With ``exclusive=True`` (every copy the engine
+makes of a new replica) the bytes never replace an existing object: if one is at ``path`` when
+the write would make its bytes visible, ``PathConflict`` is raised ("exists and is not this
+copy's") and nothing changes at ``path``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from inventory.storage.checksum import Adler32
-from inventory.storage.errors import ChecksumMismatch, Side, SizeMismatch, StorageError
+from inventory.storage.errors import (
+    ChecksumMismatch,
+    PathConflict,
+    Side,
+    SizeMismatch,
+    StorageError,
+)
 
 STAT_CONCURRENCY = 64  # stats in flight at once in the default ``stat_many`` (S3: HEADs)
 
@@ -116,8 +125,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def write(self, path: str, chunks: AsyncIterable[bytes], size_hint: int | None = None,
                     *, expected_size: int | None = None,
-                    expected_checksum: str | None = None) -> WriteResult:
-        """Store the streamed bytes at ``path`` atomically (see the module docstring).
+                    expected_checksum: str | None = None,
+                    exclusive: bool = False) -> WriteResult:
+        """Store the streamed bytes at ``path`` atomically (see the module docstring); with
+        ``exclusive``, never over an existing object.
 
         ``size_hint`` only tunes the transfer (single PUT or multipart, part size). With
         ``expected_size``/``expected_checksum``, a stream that does not match raises
@@ -147,7 +158,8 @@ class Backend(abc.ABC):
 
     async def copy_from(self, src: Backend, src_path: str, path: str, *,
                         expected_size: int | None,
-                        expected_checksum: str | None) -> WriteResult | None:
+                        expected_checksum: str | None,
+                        exclusive: bool = False) -> WriteResult | None:
         """A fast path for copying from ``src`` (kernel copy, server-side copy), with the same
         guarantees as ``write``; None when there is none for this pair and a stream copy must
         be used."""
@@ -176,3 +188,10 @@ def check_expected(size: int, checksum: str | None, *, expected_size: int | None
         raise ChecksumMismatch(f"{side} adler32 is {checksum}, expected {expected_checksum}",
                                side=side, expected=expected_checksum, actual=checksum,
                                path=path)
+
+
+def exists_error(path: str, detail: str = "") -> PathConflict:
+    """The error of an exclusive write that found an object at its path: a copy never writes
+    over a file that is not its own (another replica's, or one nobody registered)."""
+    return PathConflict(f"{path} exists and is not this copy's{detail}: not overwritten",
+                        path=path)

@@ -3,12 +3,17 @@
 An item name is relative and ``/``-separated, like an S3 key: it must not be able to name
 anything outside the storage root. Rather than resolve and compare afterwards (which a symlink
 or a ``..`` in the right place defeats), a name is checked segment by segment before it is
-joined: no empty, ``.`` or ``..`` segments, no leading ``/``, no NUL or control characters, no
-backslashes (a separator elsewhere), and no segment in the ``.dlm-`` namespace that backends use
-for temporary files. Spaces and any printable Unicode are fine.
+joined: no empty, ``.`` or ``..`` segments, no leading ``/``, no NUL or control characters (C0,
+DEL and C1), no bidirectional override or isolate characters (they make a listed name read as
+another: U+202A-U+202E, U+2066-U+2069), no backslashes (a separator elsewhere), no segment longer
+than 255 bytes (the POSIX limit), and no segment in the ``.dlm-`` namespace that backends use for
+temporary files. Spaces and any other printable Unicode are fine.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Protocol
 
 from inventory.storage.errors import InvalidPath
 
@@ -17,11 +22,14 @@ MAX_NAME_BYTES = 1024  # the S3 key limit; POSIX limits each segment to 255 byte
 MAX_SEGMENT_BYTES = 255
 
 
+# C0 controls, DEL, C1 controls (U+0080-U+009F), bidi embeddings/overrides and isolates, and
+# the backslash. One pattern: a C-level search instead of a Python loop per character.
+FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\\]")
+
+
 def _bad_char(name: str) -> str | None:
-    for ch in name:
-        if ch < " " or ch == "\x7f" or ch == "\\":
-            return ch
-    return None
+    match = FORBIDDEN_CHARS.search(name)
+    return None if match is None else match.group()
 
 
 def check_name(name: str) -> str:
@@ -82,6 +90,8 @@ def join_key(prefix: str, name: str) -> str:
 # registration (inventory/writes.py), it is not silently shared.
 
 VERSION_MARK = "@v"
+# ``{name}@v{N}`` with N >= 2 written the way default_path writes it (no leading zero)
+_VERSIONED = re.compile(r"(.+)@v([2-9]|[1-9][0-9]+)")
 
 
 def default_path(name: str, version: int) -> str:
@@ -112,3 +122,46 @@ def path_of_uri(kind: str, root: str, uri: str) -> str:
     else:
         relative = uri
     return check_name(relative)
+
+
+class Located(Protocol):
+    """What ``replica_path`` needs of a storage (``Storage``, ``StorageRecord``, a snapshot's
+    storage)."""
+
+    kind: str
+    root: str
+
+
+def replica_path(storage: Located, name: str, version: int, uri: str | None) -> str:
+    """Where a replica lives, relative to its storage root: its registered uri, else the
+    default path of (name, version). The one answer every user of a replica's location (copies,
+    deletions, consistency listings, the API and the dashboard) shares. Raises ``InvalidPath``
+    for a uri outside the storage (a registration older than uri validation)."""
+    if uri is None:
+        return default_path(name, version)
+    return path_of_uri(storage.kind, storage.root, uri)
+
+
+def replica_uri(storage: Located, name: str, version: int, uri: str | None) -> str:
+    """The uri users see for a replica: as registered, else the default path's uri."""
+    if uri is not None:
+        return uri
+    return uri_of(storage.kind, storage.root, default_path(name, version))
+
+
+def default_owners(path: str) -> list[tuple[str, int]]:
+    """Every (name, version) whose default path is ``path``: the layout is invertible, so a
+    path has at most two: ``(path, 1)``, and ``(X, N)`` when the path reads ``X@vN`` (N >= 2).
+    New names of that form are refused (``is_versioned_name``), so the second is the only one
+    but for items registered before the layout existed."""
+    owners = [(path, 1)]
+    match = _VERSIONED.fullmatch(path) if VERSION_MARK in path else None
+    if match is not None and not match.group(1).endswith("/"):
+        owners.append((match.group(1), int(match.group(2))))
+    return owners
+
+
+def is_versioned_name(name: str) -> bool:
+    """Whether ``name`` reads like the default path of another name's version N >= 2
+    (``X@v2``): such an item would share its default path with version 2 of ``X``."""
+    return len(default_owners(name)) > 1

@@ -5,7 +5,9 @@ never blocks the event loop, and blocking ``fsync`` calls cannot starve other us
 default executor.
 
 A write goes to ``.dlm-<random>.part`` in the target's directory, is fsynced, renamed over the
-target (atomic on POSIX) and the directory is fsynced: a reader sees the old object or the whole
+target (atomic on POSIX; an exclusive write, every copy of a new replica, uses
+``renameat2(RENAME_NOREPLACE)`` or ``link`` instead, so an existing file is never replaced) and
+the directory is fsynced: a reader sees the old object or the whole
 new one, and after a crash either the rename is durable or only a temporary file remains, which
 ``list`` hides and ``purge_partial`` removes. The adler32 computed while writing is kept in the
 ``user.dlm.adler32`` xattr together with the size and mtime it belongs to, so ``stat`` can give
@@ -48,6 +50,7 @@ from inventory.storage.base import (
     Space,
     WriteResult,
     check_expected,
+    exists_error,
 )
 from inventory.storage.checksum import Adler32
 from inventory.storage.errors import (
@@ -92,6 +95,37 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _load_sync_file_range()
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a libc before glibc 2.28
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (``FileExistsError`` then), atomically:
+    ``renameat2(RENAME_NOREPLACE)``, or where the file system lacks it, ``link`` (which never
+    replaces) and ``unlink`` of the temporary name."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                      _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), dst)
+    os.link(src, dst)
+    with suppress(OSError):  # a leftover temporary file: purge_partial removes it
+        os.unlink(src)
 
 
 def _start_writeback(fd: int, offset: int, count: int) -> None:
@@ -428,8 +462,10 @@ class PosixBackend(Backend):
             _start_writeback(temp.fd, temp.flushed, temp.written - temp.flushed)
             temp.flushed = temp.written
 
-    def _commit(self, temp: _Temp, full: str, result: WriteResult, path: str) -> None:
-        """Check what the file system holds, record the checksum, make it durable, rename."""
+    def _commit(self, temp: _Temp, full: str, result: WriteResult, path: str,
+                exclusive: bool = False) -> None:
+        """Check what the file system holds, record the checksum, make it durable, rename
+        (with ``exclusive``, never over an existing file)."""
         st = os.fstat(temp.fd)
         if st.st_size != result.size:
             raise SizeMismatch(f"target holds {st.st_size} bytes, {result.size} were written",
@@ -443,7 +479,13 @@ class PosixBackend(Backend):
         os.close(temp.fd)
         temp.fd = -1
         assert temp.path is not None
-        os.rename(temp.path, full)
+        if exclusive:
+            try:
+                rename_noreplace(temp.path, full)
+            except FileExistsError:
+                raise exists_error(path, " (it appeared while copying)") from None
+        else:
+            os.rename(temp.path, full)
         temp.path = None
         if self.fsync:
             self._fsync_dir(os.path.dirname(full))
@@ -456,7 +498,8 @@ class PosixBackend(Backend):
 
     async def write(self, path: str, chunks: AsyncIterable[bytes], size_hint: int | None = None,
                     *, expected_size: int | None = None,
-                    expected_checksum: str | None = None) -> WriteResult:
+                    expected_checksum: str | None = None,
+                    exclusive: bool = False) -> WriteResult:
         temp, full = await self._run(path, self._create_temp, path)
         try:
             summer = Adler32()
@@ -475,7 +518,7 @@ class PosixBackend(Backend):
             result = WriteResult(size, summer.hexdigest())
             check_expected(size, result.checksum, expected_size=expected_size,
                            expected_checksum=expected_checksum, path=path)
-            await self._run(path, self._commit, temp, full, result, path)
+            await self._run(path, self._commit, temp, full, result, path, exclusive)
             return result
         except BaseException:
             await self._discard(temp)
@@ -485,13 +528,14 @@ class PosixBackend(Backend):
 
     async def copy_from(self, src: Backend, src_path: str, path: str, *,
                         expected_size: int | None,
-                        expected_checksum: str | None) -> WriteResult | None:
+                        expected_checksum: str | None,
+                        exclusive: bool = False) -> WriteResult | None:
         if not isinstance(src, PosixBackend):
             return None
         stop = threading.Event()
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._pool, self._copy_file, src, src_path, path,
-                                   expected_size, expected_checksum, stop)
+                                   expected_size, expected_checksum, stop, exclusive)
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -503,7 +547,7 @@ class PosixBackend(Backend):
 
     def _copy_file(self, src: PosixBackend, src_path: str, path: str,
                    expected_size: int | None, expected_checksum: str | None,
-                   stop: threading.Event) -> WriteResult:
+                   stop: threading.Event, exclusive: bool = False) -> WriteResult:
         try:
             fi, info = src._open_source(src_path)
         except OSError as exc:
@@ -522,7 +566,7 @@ class PosixBackend(Backend):
                                expected_size=info.size if expected_size is None
                                else expected_size,
                                expected_checksum=expected_checksum, path=src_path)
-                self._commit(temp, full, result, path)
+                self._commit(temp, full, result, path, exclusive)
                 return result
             except OSError as exc:
                 raise self._translate(exc, path) from exc

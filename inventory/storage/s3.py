@@ -28,7 +28,7 @@ from inventory.storage.checksum import normalize
 from inventory.storage.errors import SizeMismatch
 from inventory.storage.paths import check_prefix, join_key
 from inventory.storage.s3client import ClientHolder, S3Settings, translate
-from inventory.storage.s3upload import META_CHECKSUM, Upload
+from inventory.storage.s3upload import META_CHECKSUM, Upload, check_free, conditional
 
 READ_CHUNK = 1 << 20
 MAX_COPY_OBJECT = 5 << 30  # larger sources need UploadPartCopy; they are streamed instead
@@ -109,15 +109,17 @@ class S3Backend(Backend):
 
     async def write(self, path: str, chunks: AsyncIterable[bytes], size_hint: int | None = None,
                     *, expected_size: int | None = None,
-                    expected_checksum: str | None = None) -> WriteResult:
+                    expected_checksum: str | None = None,
+                    exclusive: bool = False) -> WriteResult:
         key = self._key(path)
-        upload = Upload(await self._clients.get(), self.settings, key, path)
+        upload = Upload(await self._clients.get(), self.settings, key, path, exclusive)
         with translate(path, self._where):
             return await upload.run(chunks, size_hint, expected_size, expected_checksum)
 
     async def copy_from(self, src: Backend, src_path: str, path: str, *,
                         expected_size: int | None,
-                        expected_checksum: str | None) -> WriteResult | None:
+                        expected_checksum: str | None,
+                        exclusive: bool = False) -> WriteResult | None:
         if not isinstance(src, S3Backend) or not self.settings.same_endpoint(src.settings):
             return None
         head = await src._head(src_path)
@@ -128,7 +130,10 @@ class S3Backend(Backend):
             return None
         client = await self._clients.get()
         with translate(path, self._where):
-            await client.copy_object(
+            if exclusive:
+                await check_free(client, self.settings.bucket, self._key(path), path)
+            await conditional(
+                client.copy_object, path, exclusive,
                 Bucket=self.settings.bucket, Key=self._key(path), MetadataDirective="COPY",
                 CopySource={"Bucket": src.settings.bucket, "Key": src._key(src_path)},
                 CopySourceIfMatch=head["ETag"])

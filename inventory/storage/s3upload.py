@@ -30,6 +30,11 @@ The checksum is stored as ``x-amz-meta-adler32`` so ``stat`` and server-side cop
 streaming PUTs and multipart uploads send their metadata before the first byte, so there it is
 stored only when the caller gave the expected checksum (which is then verified before the object
 can appear).
+
+An exclusive upload (``exclusive=True``: a copy never replaces a file that is not its own) asks
+HEAD before the request that makes the object visible (the PUT, or the multipart completion)
+and sends ``If-None-Match: *`` with it, so a server that implements conditional writes refuses
+the race HEAD cannot see (rclone's ``serve s3`` ignores the header: there HEAD is the check).
 """
 
 from __future__ import annotations
@@ -44,9 +49,15 @@ from typing import Any
 
 import botocore.exceptions as bce
 
-from inventory.storage.base import WriteResult, check_expected
+from inventory.storage.base import WriteResult, check_expected, exists_error
 from inventory.storage.checksum import Adler32
-from inventory.storage.errors import ChecksumMismatch, SizeMismatch, StorageError, Unreachable
+from inventory.storage.errors import (
+    ChecksumMismatch,
+    PathConflict,
+    SizeMismatch,
+    StorageError,
+    Unreachable,
+)
 from inventory.storage.s3client import MAX_PARTS, MiB, S3Settings
 
 META_CHECKSUM = "adler32"
@@ -89,6 +100,34 @@ def _prepare(chunks: list[bytes], summer: Adler32, md5: bool) -> tuple[bytes, st
 
 def _code(exc: BaseException) -> str | None:
     return exc.response.get("Error", {}).get("Code") if isinstance(exc, bce.ClientError) else None
+
+
+_TAKEN = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+_ABSENT = ("404", "NoSuchKey", "NotFound")
+
+
+async def check_free(client: Any, bucket: str, key: str, path: str) -> None:
+    """HEAD ``key``: ``PathConflict`` (exists and is not this copy's) if an object is there."""
+    try:
+        await client.head_object(Bucket=bucket, Key=key)
+    except bce.ClientError as exc:
+        if _code(exc) in _ABSENT:
+            return
+        raise
+    raise exists_error(path)
+
+
+async def conditional(call: Any, path: str, exclusive: bool, **kwargs: Any) -> Any:
+    """``call(**kwargs)``, with ``IfNoneMatch="*"`` when ``exclusive``: a server that refuses
+    it because the key exists raises ``PathConflict``."""
+    if not exclusive:
+        return await call(**kwargs)
+    try:
+        return await call(IfNoneMatch="*", **kwargs)
+    except bce.ClientError as exc:
+        if _code(exc) in _TAKEN:
+            raise exists_error(path, " (it appeared while copying)") from None
+        raise
 
 
 def _cause(exc: BaseException, tasks: list[asyncio.Task[None]]) -> BaseException:
@@ -178,12 +217,18 @@ class _StreamBody:
 class Upload:
     """One object upload; ``run`` does it all and returns what was stored."""
 
-    def __init__(self, client: Any, settings: S3Settings, key: str, path: str) -> None:
+    def __init__(self, client: Any, settings: S3Settings, key: str, path: str,
+                 exclusive: bool = False) -> None:
         self.client = client
         self.settings = settings
         self.key = key
         self.path = path
+        self.exclusive = exclusive
         self.summer = Adler32()
+
+    async def _check_free(self) -> None:
+        if self.exclusive:
+            await check_free(self.client, self.settings.bucket, self.key, self.path)
 
     async def run(self, chunks: AsyncIterable[bytes], size_hint: int | None,
                   expected_size: int | None, expected_checksum: str | None) -> WriteResult:
@@ -212,9 +257,10 @@ class Upload:
         result = WriteResult(len(data), self.summer.hexdigest())
         check_expected(result.size, result.checksum, expected_size=expected_size,
                        expected_checksum=expected_checksum, path=self.path)
-        await self.client.put_object(Bucket=self.settings.bucket, Key=self.key, Body=data,
-                                     Metadata={META_CHECKSUM: result.checksum},
-                                     **self._md5_arg(md5))
+        await self._check_free()
+        await conditional(self.client.put_object, self.path, self.exclusive,
+                          Bucket=self.settings.bucket, Key=self.key, Body=data,
+                          Metadata={META_CHECKSUM: result.checksum}, **self._md5_arg(md5))
         return result
 
     async def _stream_put(self, chunks: AsyncIterable[bytes], size: int,
@@ -222,10 +268,13 @@ class Upload:
         body = _StreamBody(chunks, size, self.summer, self.settings.content_md5,
                            expected_checksum, self.path)
         metadata = {META_CHECKSUM: expected_checksum} if expected_checksum else {}
+        await self._check_free()
         try:
-            answer = await self.client.put_object(Bucket=self.settings.bucket, Key=self.key,
-                                                  Body=body, ContentLength=size,
-                                                  Metadata=metadata)
+            answer = await conditional(self.client.put_object, self.path, self.exclusive,
+                                       Bucket=self.settings.bucket, Key=self.key, Body=body,
+                                       ContentLength=size, Metadata=metadata)
+        except PathConflict:
+            raise
         except Exception as exc:
             if body.failure is not None:  # the source or the checks cut the body short
                 raise body.failure from None
@@ -297,7 +346,9 @@ class Upload:
             result = WriteResult(size, self.summer.hexdigest())
             check_expected(size, result.checksum, expected_size=expected_size,
                            expected_checksum=expected_checksum, path=self.path)
-            await self.client.complete_multipart_upload(
+            await self._check_free()
+            await conditional(
+                self.client.complete_multipart_upload, self.path, self.exclusive,
                 Bucket=bucket, Key=self.key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"ETag": etags[n], "PartNumber": n}
                                            for n in sorted(etags)]})

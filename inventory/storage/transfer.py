@@ -7,6 +7,13 @@ into ``target.write``. Either way the checksum is computed from the bytes as the
 second read of the source), and size and checksum are compared with the expected values before
 the target is renamed into place or the upload completed: on a mismatch nothing is left at the
 target and the error's ``side`` says which copy is wrong.
+
+A copy never writes over a file that is not its own: unless told to ``replace`` (a consistency
+re-copy of a replica's own missing or damaged file), the target must be free, and the backend
+writes exclusively (``Backend.write``). One exception: a file already at the target with exactly
+the expected size and checksum is what an earlier attempt of this same copy completed before its
+server died (nothing else may name that path: the inventory gives each file one replica), so it
+is accepted, verified, instead of failing a copy that is in fact done.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-from inventory.storage.base import Backend, check_expected
-from inventory.storage.checksum import normalize
+from inventory.storage.base import Backend, ObjectInfo, check_expected, exists_error
+from inventory.storage.checksum import Adler32, normalize
+from inventory.storage.errors import NotFound
 
 
 class CopyResult(NamedTuple):
@@ -28,19 +36,27 @@ class CopyResult(NamedTuple):
 
 async def copy(src: Backend, src_path: str, dst: Backend, dst_path: str, *,
                expected_size: int | None = None,
-               expected_checksum: str | None = None) -> CopyResult:
+               expected_checksum: str | None = None, replace: bool = False) -> CopyResult:
     """Copy ``src_path`` on ``src`` to ``dst_path`` on ``dst``, verified.
 
     ``expected_size``/``expected_checksum`` are the item's (from the inventory); without them
     the copy is checked only against the source's own size. Raises ``StorageError`` subclasses:
     ``NotFound`` (source missing), ``SizeMismatch``/``ChecksumMismatch`` with ``side``,
-    ``Unreachable``, ``StorageFull``, ``PermissionDenied``, ``PathConflict``, ``InvalidPath``.
+    ``Unreachable``, ``StorageFull``, ``PermissionDenied``, ``PathConflict`` (also: the target
+    exists and is not this copy's), ``InvalidPath``.
     """
     started = time.monotonic()
     if expected_checksum is not None:
         expected_checksum = normalize(expected_checksum)
+    if not replace:
+        existing = await _stat_or_none(dst, dst_path)
+        if existing is not None:
+            size, checksum = await _adopt(src, src_path, dst, dst_path, existing,
+                                          expected_size, expected_checksum)
+            return CopyResult(size, checksum, time.monotonic() - started)
+    exclusive = not replace
     result = await dst.copy_from(src, src_path, dst_path, expected_size=expected_size,
-                                 expected_checksum=expected_checksum)
+                                 expected_checksum=expected_checksum, exclusive=exclusive)
     if result is None:
         async with src.open_read(src_path) as reader:
             info = reader.info
@@ -50,5 +66,44 @@ async def copy(src: Backend, src_path: str, dst: Backend, dst_path: str, *,
             result = await dst.write(
                 dst_path, reader, size_hint=info.size,
                 expected_size=info.size if expected_size is None else expected_size,
-                expected_checksum=expected_checksum)
+                expected_checksum=expected_checksum, exclusive=exclusive)
     return CopyResult(result.size, result.checksum, time.monotonic() - started)
+
+
+async def _stat_or_none(backend: Backend, path: str) -> ObjectInfo | None:
+    try:
+        return await backend.stat(path)
+    except NotFound:
+        return None
+
+
+async def _checksum_of(backend: Backend, path: str, info: ObjectInfo) -> str:
+    """The object's adler32: recorded by our own write when still valid, else read in full."""
+    if info.checksum is not None:
+        return info.checksum
+    summer = Adler32()
+    async with backend.open_read(path) as reader:
+        async for chunk in reader:
+            summer.update(chunk)
+    return summer.hexdigest()
+
+
+async def _adopt(src: Backend, src_path: str, dst: Backend, dst_path: str,
+                 existing: ObjectInfo, expected_size: int | None,
+                 expected_checksum: str | None) -> tuple[int, str]:
+    """Accept the file at the target as this copy's if it has exactly the expected size and
+    checksum (the source's, when the item records none); else ``PathConflict``."""
+    if expected_size is None or expected_checksum is None:
+        source = await src.stat(src_path)
+        if expected_size is None:
+            expected_size = source.size
+        if expected_checksum is None and existing.size == expected_size:
+            expected_checksum = await _checksum_of(src, src_path, source)
+    if existing.size != expected_size:
+        raise exists_error(dst_path, f" (it has {existing.size} bytes, this copy "
+                                     f"{expected_size})")
+    checksum = await _checksum_of(dst, dst_path, existing)
+    if checksum != expected_checksum:
+        raise exists_error(dst_path, f" (its adler32 is {checksum}, this copy's "
+                                     f"{expected_checksum})")
+    return existing.size, checksum

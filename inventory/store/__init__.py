@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 from inventory.store.base import (
+    ClaimRefused,
+    ClaimStale,
     SchemaError,
     Store,
     StoreConflict,
@@ -13,8 +15,8 @@ from inventory.store.base import (
     StoreUnavailable,
 )
 
-__all__ = ["SchemaError", "Store", "StoreConflict", "StoreError", "StoreInDoubt",
-           "StoreUnavailable", "open_store"]
+__all__ = ["ClaimRefused", "ClaimStale", "SchemaError", "Store", "StoreConflict", "StoreError",
+           "StoreInDoubt", "StoreUnavailable", "open_store"]
 
 
 def open_store(db_url: str | None, data_dir: str) -> Store:

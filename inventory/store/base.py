@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
@@ -41,6 +42,20 @@ class StoreConflict(StoreError):
     """The database refused the transaction on a constraint (HTTP 409)."""
 
 
+class ClaimRefused(StoreUnavailable):
+    """Another server holds the database's single-writer claim (inventory.store.claim)."""
+
+    def __init__(self, where: str, holder: str) -> None:
+        super().__init__(f"another dlm server writes {where}: held by {holder}")
+        self.where = where
+        self.holder = holder
+
+
+class ClaimStale(StoreError):
+    """The claim was lost and taken back, and the database moved meanwhile: another server
+    wrote, and this server's memory is no longer the database's. Only a reload can go on."""
+
+
 class SchemaError(Exception):
     """The database schema cannot be used by this version of dlm."""
 
@@ -71,6 +86,33 @@ class Store(abc.ABC):
         """Apply ``ops`` and set the inventory version in one transaction."""
 
     @abc.abstractmethod
+    async def claim(self) -> None:
+        """Take the database's single-writer claim, or raise ClaimRefused naming the holder.
+        A server takes it before ``open``; ``commit`` writes only while it is held."""
+
+    @abc.abstractmethod
+    def holds_claim(self) -> bool:
+        """Whether the claim is held now (False once lost: a PostgreSQL session that died)."""
+
+    async def claimed_version(self) -> int:
+        """Take the claim back if it was lost, then the version the database holds: under the
+        claim nobody else can change it, so it tells whether someone wrote meanwhile."""
+        await self.claim()
+        return await self.committed_version()
+
+    async def claim_for(self, version: int) -> None:
+        """Before the commit of ``version``: hold the claim, and when it had to be taken (again),
+        check that the database is still at ``version - 1``, the memory the commit comes from
+        (ClaimStale otherwise): a write never lands on an inventory someone else changed."""
+        if self.holds_claim():
+            return
+        found = await self.claimed_version()
+        if found != version - 1:
+            raise ClaimStale(f"the database is at inventory version {found} and this server's "
+                             f"memory at {version - 1}: another server wrote while this one "
+                             f"did not hold the write claim")
+
+    @abc.abstractmethod
     async def schema_version(self) -> int: ...
 
     @abc.abstractmethod
@@ -89,6 +131,21 @@ class Store(abc.ABC):
 
     def describe(self) -> str:
         return self.backend
+
+
+PATH_REPAIRS = ("SELECT p.oid, s.name, p.item_name, p.item_version, p.old_uri, p.new_uri, "
+                "p.state FROM path_repair p JOIN storage s ON s.id = p.storage_id")
+
+
+def log_path_repairs(rows: Sequence[Sequence[Any]]) -> None:
+    """Say which replicas migration 008 moved off a file another replica kept (schema/*/
+    008_one_file_per_replica.sql): each was left ``missing`` at its new path, so consistency
+    and Dealer copy it again."""
+    log = logging.getLogger("dlm.store")
+    for oid, storage, name, version, old, new, state in rows:
+        log.warning("replica shared its file with a newer one: moved to its own path", extra={
+            "oid": str(oid), "item": name, "version": version, "storage": storage,
+            "old_uri": old, "new_uri": new, "state": state})
 
 
 def check_schema_version(found: int, known: int, where: str) -> None:

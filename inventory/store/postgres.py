@@ -16,6 +16,7 @@ from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
+    PATH_REPAIRS,
     REPLICA_COLUMNS,
     STORAGE_COLUMNS,
     Store,
@@ -26,11 +27,13 @@ from inventory.store.base import (
     item_db_row,
     item_records,
     loading,
+    log_path_repairs,
     replica_db_row,
     replica_records,
     storage_db_row,
     storage_from_db,
 )
+from inventory.store.claim import PgClaim
 from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
 
 
@@ -49,6 +52,10 @@ _ITEM_QUERIES = (
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                 asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
                 TimeoutError)
+# A connection whose session was killed in the middle of an operation can be left in a protocol
+# state asyncpg does not expect (seen with pg_terminate_backend under writes): it is dropped, so
+# that the write claim it carried is taken again on a new one (issue 15).
+_CONFUSED = (asyncpg.exceptions.InternalClientError,)
 
 
 class PostgresStore(Store):
@@ -59,6 +66,7 @@ class PostgresStore(Store):
         self.url = url
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
+        self._claim = PgClaim(url, self.describe())
 
     def describe(self) -> str:
         # Never print a password.
@@ -67,6 +75,12 @@ class PostgresStore(Store):
             user = head.split("//", 1)[-1].split(":", 1)[0]
             return f"postgresql://{user}:***@{tail}"
         return self.url
+
+    async def claim(self) -> None:
+        await self._claim.take()
+
+    def holds_claim(self) -> bool:
+        return self._claim.held()
 
     async def open(self) -> None:
         try:
@@ -88,8 +102,14 @@ class PostgresStore(Store):
                 await conn.execute(migration.sql)
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version VALUES ($1)", migration.version)
+            if found < len(known) and await conn.fetchval(
+                    "SELECT to_regclass('path_repair') IS NOT NULL"):
+                # what migration 008 moved: logged, then forgotten
+                log_path_repairs(await conn.fetch(PATH_REPAIRS))
+                await conn.execute("DELETE FROM path_repair")
 
     async def close(self) -> None:
+        await self._claim.release()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -151,25 +171,26 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ commit
 
     async def commit(self, ops: Sequence[DbOp], version: int) -> None:
+        """Commit on the claim's connection: the session that holds the claim is the only one
+        that writes, so a write without the claim cannot happen."""
         if self._pool is None:
             raise StoreUnavailable("the database is closed")
-        try:
-            conn = await self._pool.acquire(timeout=30)
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
-        committed = False
+        await self.claim_for(version)
+        conn = self._claim.conn
         try:
             await self._commit_on(conn, ops, version)
-            committed = True
-        finally:
-            try:
-                await self._pool.release(conn)
-            except Exception as exc:
-                # After a successful COMMIT a failed release (the connection reset) changes
-                # nothing: the transaction is durable and must be reported so.
-                if not committed:
-                    raise StoreInDoubt(f"postgresql: connection lost: {exc}") from exc
-                log.warning("connection lost after a commit", extra={"error": str(exc)})
+        except StoreInDoubt:
+            raise
+        except StoreUnavailable:
+            if not conn.is_closed():
+                raise
+            # The claim's session was gone before COMMIT was sent (PostgreSQL restarted, the
+            # connection dropped, pg_terminate_backend): nothing of this transaction happened.
+            # Take the claim again (checking nobody wrote meanwhile) and try once more, so one
+            # dead connection does not fail a write the database could take (issue 15).
+            log.warning("the write claim's connection is gone; taking the claim again")
+            await self.claim_for(version)
+            await self._commit_on(self._claim.conn, ops, version)
 
     async def _commit_on(self, conn: asyncpg.Connection, ops: Sequence[DbOp],
                          version: int) -> None:
@@ -186,11 +207,16 @@ class PostgresStore(Store):
                 raise
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreConflict(f"database constraint: {exc}") from exc
+        except _CONFUSED as exc:
+            conn.terminate()
+            raise StoreUnavailable(f"postgresql: connection dropped: {exc}") from exc
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"postgresql: {exc}") from exc
         try:
             await transaction.commit()
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*_UNAVAILABLE, asyncpg.PostgresError, *_CONFUSED) as exc:
+            if isinstance(exc, _CONFUSED):
+                conn.terminate()
             # COMMIT was sent; whether it happened only the database knows now
             raise StoreInDoubt(f"postgresql: connection lost during COMMIT: {exc}") from exc
 

@@ -21,6 +21,7 @@ from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
     ITEM_COLUMNS,
+    PATH_REPAIRS,
     REPLICA_COLUMNS,
     STORAGE_COLUMNS,
     Store,
@@ -30,11 +31,13 @@ from inventory.store.base import (
     item_db_row,
     item_records,
     loading,
+    log_path_repairs,
     replica_db_row,
     replica_records,
     storage_db_row,
     storage_from_db,
 )
+from inventory.store.claim import FileClaim
 from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
 
 T = TypeVar("T")
@@ -64,6 +67,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._claim = FileClaim(path, self.describe())
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlm-sqlite")
 
     def describe(self) -> str:
@@ -72,7 +76,13 @@ class SQLiteStore(Store):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    # ------------------------------------------------------------------ open / migrate
+    # ------------------------------------------------------------------ claim / open / migrate
+
+    async def claim(self) -> None:
+        await self._run(self._claim.take)
+
+    def holds_claim(self) -> bool:
+        return self._claim.held()
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -97,6 +107,21 @@ class SQLiteStore(Store):
                     conn.execute(statement)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version VALUES (?)", (migration.version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if found < len(known):
+            self._report_path_repairs()
+
+    def _report_path_repairs(self) -> None:
+        """Log and forget what migration 008 moved (``log_path_repairs``)."""
+        conn = self._conn
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'path_repair'").fetchone():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                log_path_repairs(conn.execute(PATH_REPAIRS).fetchall())
+                conn.execute("DELETE FROM path_repair")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -139,6 +164,7 @@ class SQLiteStore(Store):
             await self._run(self._conn.close)
             self._conn = None
         self._thread.shutdown(wait=True)
+        self._claim.release()  # after the last write
 
     # ------------------------------------------------------------------ load
 
@@ -166,12 +192,16 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ commit
 
     async def commit(self, ops: Sequence[DbOp], version: int) -> None:
+        await self.claim_for(version)
         await self._run(self._commit, ops, version)
 
     def _commit(self, ops: Sequence[DbOp], version: int) -> None:
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("the database is closed")
+        if not self._claim.check():
+            raise StoreUnavailable(f"the write claim's lock file {self._claim.path} was removed "
+                                   f"or replaced; writes wait until the claim is taken again")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
