@@ -256,19 +256,20 @@ def item_columns(snap: ColumnSnapshot, ri: np.ndarray, now: float, half_life: fl
 
 
 def pinned_positions(pins: dict[tuple[int, int], Pin], now: float, items: np.ndarray,
-                     sids: np.ndarray) -> tuple[np.ndarray, list[Pin]]:
-    """Where in (``items``, ``sids``) a copy is kept by a pin that holds at ``now``, and the
-    pin of each: a sorted search of the few pins, not a lookup per replica."""
-    holding = [(row, sid, pin) for (row, sid), pin in pins.items() if pin.holds(now)]
+                     sids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Pin]]:
+    """Where in (``items``, ``sids``) a copy is kept by a pin that holds at ``now``, the index
+    of its pin in the list of holding pins, and that list: a sorted search of the pins, not a
+    lookup per replica."""
+    holding = [(row << 16 | sid, pin) for (row, sid), pin in pins.items() if pin.holds(now)]
     if not holding or not len(items):
-        return np.zeros(0, dtype=np.int64), []
-    keys = np.array([row << 16 | sid for row, sid, _pin in holding], dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
+    keys = np.array([key for key, _pin in holding], dtype=np.int64)
     order = np.argsort(keys)
     keys = keys[order]
     wanted = (items.astype(np.int64) << 16) | sids.astype(np.int64)
     at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     positions = np.flatnonzero(keys[at] == wanted)
-    return positions, [holding[i][2] for i in order[at[positions]].tolist()]
+    return positions, order[at[positions]], [pin for _key, pin in holding]
 
 
 def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
@@ -461,12 +462,11 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     deleting = (action == action_codes[DELETE]) & inside
     ignored = (action == action_codes[IGNORE]) & inside
     # copies a copy request pins: kept whatever a protect, delete or dismiss rule says
-    pin_at, pin_of = pinned_positions(snap.pins, now, r_item[rows], rs)
+    pin_at, pin_index, pin_list = pinned_positions(snap.pins, now, r_item[rows], rs)
     held = np.zeros(len(rows), dtype=bool)
     if len(pin_at):
         judged_pin = inside[pin_at] & ~ignored[pin_at]
-        pin_of = [pin for pin, ok in zip(pin_of, judged_pin.tolist(), strict=True) if ok]
-        pin_at = pin_at[judged_pin]
+        pin_at, pin_index = pin_at[judged_pin], pin_index[judged_pin]
         held[pin_at] = True
         candidate &= ~held
         deleting &= ~held
@@ -479,12 +479,20 @@ def plan_columns(policy: Policy, snap: ColumnSnapshot, now: float) -> DetoxPlan:
     codes = np.where(ignored, ignored_code[slot], kept_code[slot])
     pin_kept: dict[tuple[int, Pin], list[int]] = {}
     if len(pin_at):
-        codes[pin_at] = [decisions.code(KEPT, pin.reason, 0) for pin in pin_of]
-        for sid, nbytes, pin in zip(rs[pin_at].tolist(), size[rows[pin_at]].tolist(), pin_of,
-                                    strict=True):
-            entry = pin_kept.setdefault((sid, pin), [0, 0])
-            entry[0] += 1
-            entry[1] += nbytes
+        used = np.unique(pin_index)
+        pin_code = np.zeros(len(pin_list), dtype=np.int32)
+        pin_code[used] = [decisions.code(KEPT, pin_list[i].reason, 0) for i in used.tolist()]
+        codes[pin_at] = pin_code[pin_index]
+        # per (storage, pin): replicas and bytes kept
+        key = rs[pin_at].astype(np.int64) * len(pin_list) + pin_index
+        keys, counts = np.unique(key, return_counts=True)
+        sums = exact_sums(np.searchsorted(keys, key), size[rows[pin_at]], len(keys))
+        for k, n, b in zip(keys.tolist(), counts.tolist(), sums.tolist(), strict=True):
+            # equal pins (one request's, on many copies) are one entry
+            entry = pin_kept.setdefault((k // len(pin_list), pin_list[k % len(pin_list)]),
+                                        [0, 0])
+            entry[0] += n
+            entry[1] += b
     decisions.extend(rows[decided], codes[decided])
     del codes, held
     protecting = kept & (action == action_codes[PROTECT])

@@ -506,6 +506,7 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
     protected_by_rule = {sid: [0] * len(rules) for sid in storage_by_id}
     deletes: list[tuple[int, Sequence[Any], int, Rule]] = []
     pin_kept: dict[tuple[int, Pin], list[int]] = {}  # per storage and pin: [replicas, bytes]
+    pin_codes: dict[Pin, int] = {}
     decide, sort_key, outside = detox.decide, detox.sort_key, detox.outside
     iv, rv = ItemView(""), ReplicaView("")
     last_oid = None
@@ -545,7 +546,10 @@ def plan_cycle(policy: Policy, storages: Sequence[Sequence[Any]],
         if pinned and action != IGNORE:
             pin = pinned.get(rep[R_UID])
             if pin is not None:  # a user's copy request keeps it, like a protect rule
-                add(rep, code(KEPT, pin.reason, 0), size)
+                pin_code = pin_codes.get(pin)
+                if pin_code is None:
+                    pin_code = pin_codes[pin] = code(KEPT, pin.reason, 0)
+                add(rep, pin_code, size)
                 kept = pin_kept.get((sid, pin))
                 if kept is None:
                     kept = pin_kept[sid, pin] = [0, 0]

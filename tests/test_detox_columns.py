@@ -95,15 +95,16 @@ def inventories(draw):
 
 @st.composite
 def pins_of(draw, storages, items):
-    """Copies copy requests pin (``Snapshot.pins()``): some holding, some expired, one
-    request sometimes pinning several copies; copies with no replica too."""
+    """Copies copy requests pin (``Snapshot.pins()``): some holding, some expired, a request
+    often pinning several copies (one ``Pin`` for all, as a container's request does); copies
+    with no replica too."""
+    requests = [Pin(draw(st.sampled_from([NOW + 1000, NOW + 1000, NOW - 10, NOW])), request,
+                    draw(st.sampled_from([None, "ann"]))) for request in range(1, 5)]
     pins = {}
     for oid in items:
         for s in storages:
             if draw(st.integers(0, 3)) == 0:
-                request = draw(st.integers(1, 4))
-                until = draw(st.sampled_from([NOW + 1000, NOW + 1000, NOW - 10, NOW]))
-                pins[oid, s[0]] = Pin(until, request, draw(st.sampled_from([None, "ann"])))
+                pins[oid, s[0]] = draw(st.sampled_from(requests))
     return pins
 
 
