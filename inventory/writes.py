@@ -198,12 +198,15 @@ def claim_path(inv: Inventory, layers: tuple[Pending | Claims, ...], mine: Claim
     sid = storage.id
     key = (oid, sid)
     if uri is None and version == 1 and paths.VERSION_MARK not in name \
-            and not inv.uri_index.get(sid) and not mine.path_claims \
-            and not any(layer.path_claims for layer in layers):
-        # The usual Dealer copy: the bare name is the default path of (name, 1) alone, and no
-        # uri on the storage can name it: nothing to look up.
-        mine.new_replicas.add(key)
-        return
+            and not inv.uri_index.get(sid) and not mine.path_claims:
+        for layer in layers:
+            if layer.path_claims:
+                break
+        else:
+            # The usual Dealer copy: the bare name is the default path of (name, 1) alone,
+            # and no uri on the storage can name it: nothing to look up.
+            mine.new_replicas.add(key)
+            return
     path = paths.replica_path(storage, name, version, uri)
     if uri is None and version > 1:
         owners = [(path, 1)]  # name@vN: the only other item it can be the default path of
