@@ -216,6 +216,7 @@ async def test_another_items_file_is_a_conflict_naming_the_holder(fs):
         await c.request("PATCH", f"/v1/items/{item['oid']}", json={"storage": "src",
                                                                     "uri": "store/c.bin"})
     assert caught.value.field == "uri"
+    put(fs.roots["src"], "same", b"1")
     with pytest.raises(errors.Conflict) as caught:
         await c.request("POST", "/v1/items", json=[
             {"item_name": "a", "storage": "src", "size": 1, "uri": "same"},
@@ -476,6 +477,7 @@ async def test_migration_008_moves_shared_files_apart(db_url, tmp_path, monkeypa
                  if r.name == "dlm.store" and hasattr(r, "new_uri")}
         assert moved == {("a", "disk", f"{root}/a@v1"), ("d", "disk", f"{root}/d")}
         # the pinned file is still its replica's: a new registration cannot take it
+        put(root, "lone", b"abc")  # (ingest looks at the payload first)
         with pytest.raises(errors.Conflict):
             await c.add_item(item_name="thief", storage="disk", size=1, uri="lone")
     finally:
