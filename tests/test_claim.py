@@ -93,6 +93,29 @@ async def test_sqlite_the_lock_is_next_to_the_database_file(server_process, tmp_
         assert_refused(await asyncio.to_thread(serve, port, str(data_dir), db), first, port)
 
 
+async def test_sqlite_a_removed_lock_file_never_lets_two_servers_write(server_process,
+                                                                        tmp_path):
+    """Someone deletes the lock file under a running server: a second server can then lock a
+    new file and write; the first finds its lock gone at its next commit, refuses writes
+    (503 naming the second), and once the second is gone sees that it wrote and exits 3."""
+    a = server_process(None).start()
+    await wait_healthy(a.url)
+    async with Client(a.url, token="") as client:
+        await client.add_storage(**STORAGE)
+        await client.add_item(**item("by-a"))
+    (tmp_path / "data" / ("inventory.sqlite" + LOCK_SUFFIX)).unlink()
+    b = server_process(None).start()
+    await wait_healthy(b.url)
+    async with Client(b.url, token="") as client:
+        await client.add_item(**item("by-b"))
+    async with aiohttp.ClientSession() as session:
+        assert_claim_503(*await post(session, a.url, "a-again"), f"pid={b.proc.pid}")
+    b.kill()
+    assert await asyncio.to_thread(a.proc.wait, WAIT) == 3
+    c = server_process(None).start()
+    assert await names_in(c.url) == {"by-a", "by-b"}
+
+
 async def test_after_kill_9_a_new_server_starts_and_has_every_acknowledged_write(
         db_url, server_process):
     first = server_process(db_url).start()
@@ -201,7 +224,7 @@ async def test_terminated_session_refuses_writes_until_the_claim_is_back(pg_url,
                 assert_claim_503(*await post(session, srv.url, name), "host=elsewhere pid=4242")
             async with session.get(f"{srv.url}/v1/items/{first['oid']}") as resp:
                 assert resp.status == 200  # reads go on from memory
-            await wait_healthy(srv.url)
+            assert "host=elsewhere pid=4242" in (await wait_healthy(srv.url))["claim_lost"]
     finally:
         await other.close()  # the other holder goes away without writing
     async with aiohttp.ClientSession() as session:
@@ -211,6 +234,7 @@ async def test_terminated_session_refuses_writes_until_the_claim_is_back(pg_url,
             assert time.monotonic() < deadline, "the server never took its claim back"
             await asyncio.sleep(0.05)
     health = await wait_healthy(srv.url)
+    assert health["claim_lost"] is None
     srv.kill()
     again = server_process(pg_url).start()
     assert (await wait_healthy(again.url))["version"] == health["version"]

@@ -241,6 +241,7 @@ class ReadWorker(Closed):
 class Health(Closed):
     status: Literal["ok", "broken"]
     problem: str | None  # why writes are refused until a restart (status "broken", HTTP 503)
+    claim_lost: str | None  # why writes are refused until the write claim is held again
     version: int
     storages: Count
     items: Count

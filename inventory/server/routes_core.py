@@ -31,6 +31,7 @@ async def health(request: web.Request) -> web.Response:
     return respond(request, {
         "status": "broken" if broken else "ok",
         "problem": broken,
+        "claim_lost": state.scheduler.claim_lost,  # writes refused until the claim is back
         "version": inv.version,
         "storages": len(inv.storages),
         "items": counts.items,

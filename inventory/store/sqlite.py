@@ -193,15 +193,21 @@ class SQLiteStore(Store):
 
     async def commit(self, ops: Sequence[DbOp], version: int) -> None:
         await self.claim_for(version)
-        await self._run(self._commit, ops, version)
+        try:
+            await self._run(self._commit, ops, version)
+        except _LockGone:
+            # Someone removed or replaced the lock file (nothing was written): lock the file
+            # now at the path, checking that nobody wrote meanwhile, and try once more.
+            await self.claim_for(version)
+            await self._run(self._commit, ops, version)
 
     def _commit(self, ops: Sequence[DbOp], version: int) -> None:
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("the database is closed")
         if not self._claim.check():
-            raise StoreUnavailable(f"the write claim's lock file {self._claim.path} was removed "
-                                   f"or replaced; writes wait until the claim is taken again")
+            raise _LockGone(f"the write claim's lock file {self._claim.path} was removed or "
+                            f"replaced; writes wait until the claim is taken again")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -216,6 +222,10 @@ class SQLiteStore(Store):
             raise StoreConflict(f"database constraint: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+
+class _LockGone(StoreUnavailable):
+    """The lock file at the claim's path is not the one this store locked."""
 
 
 def _apply(conn: sqlite3.Connection, op: DbOp) -> None:
