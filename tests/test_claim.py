@@ -26,8 +26,9 @@ from inventory.store import ClaimRefused, ClaimStale, open_store
 from inventory.store.claim import CLAIM_KEY, LOCK_SUFFIX
 from tests.conftest import REPO, ServerProcess, free_port, wait_healthy
 
+# verify_ingest off: the storage's root is not a real directory (no payload is checked)
 STORAGE = {"name": "disk1", "kind": "posix", "root": "/data/disk1", "capacity": "1 PB",
-           "phase": "GAS"}
+           "phase": "GAS", "config": {"verify_ingest": False}}
 WAIT = 60  # seconds any single step may take before the test gives up (not a timing assert)
 
 
