@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from inventory.client import Client
+from inventory.storage.paths import default_path
 from tests.conftest import REPO, ServerProcess, wait_healthy
 from tests.pgcluster import PgCluster, throwaway_cluster
 
@@ -99,7 +100,8 @@ def check_spec(item: dict[str, Any], spec: dict[str, Any]) -> None:
     assert replica["oid"] == item["oid"]
     assert (replica["storage"], replica["state"], replica["size"], replica["checksum"]) == \
         ("disk1", "complete", spec["size"], spec["checksum"]), item
-    assert replica["uri"] == spec.get("uri", f"/data/disk1/{spec['item_name']}")
+    default = default_path(spec["item_name"], item["item_version"])  # name@vN for N >= 2
+    assert replica["uri"] == spec.get("uri", f"/data/disk1/{default}")
 
 
 async def injector(session: aiohttp.ClientSession, url: str, rng: random.Random, prefix: str,

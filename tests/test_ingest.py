@@ -169,7 +169,11 @@ async def test_a_payload_outside_the_root_through_a_symlink_is_refused(disk, tmp
     (disk.root / "link").symlink_to(outside)
     with pytest.raises(errors.BadRequest) as refused:
         await disk.client.add_item(item_name="link/f", storage="disk")
-    assert refused.value.field == "storage" and "outside" in refused.value.message
+    assert refused.value.field == "item_name" and "outside" in refused.value.message
+    assert await names(disk.client) == []
+    with pytest.raises(errors.BadRequest) as refused:
+        await disk.client.add_items([{"item_name": "ok/.dlm-x", "storage": "disk"}])
+    assert refused.value.field == "items[0].item_name"
 
 
 async def test_a_stale_payload_is_refused_by_the_writer(disk):

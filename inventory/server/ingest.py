@@ -89,7 +89,7 @@ async def payloads_of_items(state: ServerState, specs: Sequence[ItemSpec], batch
         storage = _verified(inv, spec.storage, spec.item_type == "container")
         if storage is None:
             continue
-        validate.item_name(spec.item_name, where + "item_name")
+        validate.item_name(spec.item_name, where + "item_name")  # as the writer words it
         checksum, _ = validate.checksum(spec.checksum, spec.checksum_method, where)
         jobs.append(_job(index, where, spec.item_name, storage, spec.uri,
                          None if spec.uri is not None else version, spec.size, checksum,
@@ -226,8 +226,9 @@ def _refusal(job: Job, exc: StorageError) -> DLMError:
     if isinstance(exc, StorageNotFound):
         return Conflict(f"{_label(job)}: no payload at {_where(job)}; nothing was registered",
                         field)
-    if isinstance(exc, InvalidPath):
-        return BadRequest(f"{_label(job)}: {exc.message}", field)
+    if isinstance(exc, InvalidPath):  # the path of a name or uri the storage refuses
+        return BadRequest(f"{_label(job)}: {exc.message}",
+                          job.where + ("uri" if job.uri_given else "item_name"))
     if exc.retryable:
         return Unavailable(f"{_label(job)}: storage {job.storage.name!r} cannot be checked "
                            f"now ({exc.message}); nothing was registered (a storage the "
