@@ -14,6 +14,7 @@ import pytest
 import schema
 from consistency.cycle import Options, run_consistency
 from inventory import errors, model
+from inventory.dashboard import fragments
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.server.state import STATE
 from inventory.specs import ItemSpec
@@ -92,6 +93,14 @@ async def test_two_versions_of_one_name_never_share_a_file(fs):
     assert (fs.roots["dst"] / "ver/file@v2").read_bytes() == two
     states = {r["storage"]: r["state"] for r in (await c.item(v2["oid"]))["replicas"]}
     assert states == {"src": "complete", "dst": "complete"}
+
+
+async def test_the_dashboard_shows_where_each_version_lives(fs):
+    await register(fs, "dash/f", b"1", "dash/f")
+    v2 = await register(fs, "dash/f", b"2", "dash/f@v2")
+    inv = fs.app[STATE].inventory
+    html = fragments.item(inv, inv.row_of_oid(model.parse_uuid(v2["oid"])), [])
+    assert f"{fs.roots['src']}/dash/f@v2" in html
 
 
 async def test_a_name_that_reads_as_a_version_path_is_refused(fs):
