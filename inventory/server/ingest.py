@@ -33,7 +33,7 @@ from inventory.specs import ItemPatch, ItemSpec
 from inventory.storage.base import ObjectInfo
 from inventory.storage.errors import InvalidPath, StorageError
 from inventory.storage.errors import NotFound as StorageNotFound
-from inventory.storage.paths import default_path, path_of_uri, uri_of
+from inventory.storage.paths import VERSION_MARK, default_path, path_of_uri, uri_of
 
 ATTEMPTS = 3  # looks at the payloads before a stale one is answered with 409
 CHECKSUM_CONCURRENCY = 4  # payloads read at once for verify: checksum
@@ -77,6 +77,7 @@ async def payloads_of_items(state: ServerState, specs: Sequence[ItemSpec], batch
     inv = state.inventory
     jobs: list[Job] = []
     claimed: dict[str, int] = {}  # the versions this request gives a name, as the writer will
+    verified: dict[str, Storage | None] = {}
     for index, spec in enumerate(specs):
         where = f"items[{index}]." if batch else ""
         version = spec.item_version
@@ -86,11 +87,18 @@ async def payloads_of_items(state: ServerState, specs: Sequence[ItemSpec], batch
                          claimed.get(spec.item_name, 0))
             version = latest + 1
         claimed[spec.item_name] = max(claimed.get(spec.item_name, 0), version)
-        storage = _verified(inv, spec.storage, spec.item_type == "container")
+        if spec.item_type == "container" or spec.storage is None:
+            continue
+        if spec.storage not in verified:  # one lookup per storage of the request
+            verified[spec.storage] = _verified(inv, spec.storage, False)
+        storage = verified[spec.storage]
         if storage is None:
             continue
-        validate.item_name(spec.item_name, where + "item_name")  # as the writer words it
-        checksum, _ = validate.checksum(spec.checksum, spec.checksum_method, where)
+        if VERSION_MARK in spec.item_name:  # the one rule check_name has not: name@vN
+            validate.item_name(spec.item_name, where + "item_name")
+        checksum = None
+        if spec.verify == "checksum":  # else only the writer needs it (and checks it)
+            checksum, _ = validate.checksum(spec.checksum, spec.checksum_method, where)
         jobs.append(_job(index, where, spec.item_name, storage, spec.uri,
                          None if spec.uri is not None else version, spec.size, checksum,
                          spec.verify))
@@ -227,6 +235,11 @@ def _refusal(job: Job, exc: StorageError) -> DLMError:
         return Conflict(f"{_label(job)}: no payload at {_where(job)}; nothing was registered",
                         field)
     if isinstance(exc, InvalidPath):  # the path of a name or uri the storage refuses
+        if not job.uri_given:
+            try:  # a bad name is refused in the writer's words (the happy path skips this)
+                validate.item_name(job.name, job.where + "item_name")
+            except BadRequest as refused:
+                return refused
         return BadRequest(f"{_label(job)}: {exc.message}",
                           job.where + ("uri" if job.uri_given else "item_name"))
     if exc.retryable:
