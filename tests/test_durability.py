@@ -64,7 +64,7 @@ def item_spec(rng: random.Random, name: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "item_name": name,
         "storage": "disk1",
-        "size": rng.randrange(0, 1 << 50),
+        "size": rng.randrange(0, 1 << 40),  # a storage sums them: stay far below 2^63
         "checksum": f"{rng.getrandbits(32):08x}",
         "metadata": {"seq": rng.randrange(10**9), "ratio": rng.random(),
                      "tags": rng.sample(["raw", "cal", "img", "vis", "psf"], 2),
