@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from inventory.cli import CLIError
-from inventory.client import DEFAULT_URL, ServerUnreachable, SyncClient
+from inventory.client import DEFAULT_URL, ServerUnreachable, SyncClient, server_url
 from inventory.errors import DLMError
 
 # Exit statuses: the server refused or could not be reached (1); the command line or an input
@@ -113,7 +113,11 @@ def settings(args: argparse.Namespace) -> tuple[str, str]:
         config = read_config(path, required)
         url = url or config.get("url")
         token = token or config.get("token")
-    return url or DEFAULT_URL, token or ""
+    try:
+        url = server_url(url or DEFAULT_URL)
+    except ValueError as exc:
+        raise CLIError(f"{exc} (--url, DLM_URL or the config file)", USAGE_ERROR) from None
+    return url, token or ""
 
 
 def wants_json(args: argparse.Namespace) -> bool:

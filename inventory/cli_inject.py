@@ -359,4 +359,6 @@ def batch_error(exc: DLMError, batch: tuple[Record, ...], source: str, done: int
     if done:
         return (f"{text}; nothing from line {first} on was registered, the {done:,} items "
                 f"before it were (fix the file, then rerun with --start-line {first})")
+    if "nothing was registered" in text:  # the server's words say it already
+        return text
     return f"{text}; nothing was registered"

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import aiohttp
 import msgpack
+import yarl
 
 from inventory import errors
 from inventory.pins import Pin, pins_of, wire_request_fields
@@ -50,6 +51,27 @@ class ServerUnreachable(errors.DLMError):
 
 def default_url() -> str:
     return os.environ.get("DLM_URL", DEFAULT_URL)
+
+
+def server_url(text: str) -> str:
+    """The server's base URL from what a user typed: ``localhost:8642`` (no scheme, the most
+    common slip) means ``http://localhost:8642``; anything that is not an http(s) URL with a
+    host is a ValueError saying what is expected, not a traceback from deep in aiohttp."""
+    url = text.strip()
+    if "://" not in url:
+        url = "http://" + url
+    try:
+        parsed = yarl.URL(url)
+        host = parsed.host
+    except ValueError:
+        host = None
+    else:
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError(f"server URL {text!r}: expected http:// or https://, "
+                             f"got {parsed.scheme}://")
+    if not host:
+        raise ValueError(f"server URL {text!r} is not a URL like http://127.0.0.1:8642")
+    return url.rstrip("/")
 
 
 class Snapshot:
@@ -177,7 +199,7 @@ def query_params(**params: Any) -> dict[str, str]:
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  timeout: float = 300) -> None:
-        self.url = (url or default_url()).rstrip("/")
+        self.url = server_url(url or default_url())
         token = token if token is not None else os.environ.get("DLM_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
@@ -508,6 +530,7 @@ class SyncClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  timeout: float = 300) -> None:
+        url = server_url(url or default_url())  # a bad URL fails before a loop is made
         self._loop = asyncio.new_event_loop()
         # The session binds to the loop running when it is made: make it on ours.
         self._client: Client = self._loop.run_until_complete(

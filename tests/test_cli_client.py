@@ -172,3 +172,18 @@ def test_sync_client_covers_the_endpoints_the_commands_do_not(cli_server):
 
         assert list(client.operations(kind="copy")) == []
         assert client.history(kind="dealer") == []
+
+
+def test_a_server_url_without_scheme_works_and_a_bad_one_is_one_line(dlm, cli_server,
+                                                                    monkeypatch):
+    """``localhost:8642`` (no http://) is the commonest slip: it means http. A URL that is not
+    http(s) is one error line and exit 2, never aiohttp's traceback."""
+    bare = cli_server.url.removeprefix("http://")
+    dlm("storage", "ls", "--url", bare)
+    monkeypatch.setenv("DLM_URL", bare)
+    dlm("storage", "ls")
+    for bad in ("ftp://x", "http://[::1", "http://", " "):
+        message = dlm.error("storage", "ls", "--url", bad, status=2)
+        assert "server URL" in message and "--url, DLM_URL" in message, message
+    with pytest.raises(ValueError, match="expected http:// or https://"):
+        SyncClient("ftp://x")
