@@ -24,7 +24,7 @@ from typing import Any
 from sortedcontainers import SortedList, SortedSet
 
 from inventory import model
-from inventory.objects import CopyRequest, Cycle, Operation, Row, Token
+from inventory.objects import CopyRequest, Cycle, IdFloor, Operation, Row, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.storage import paths
 from inventory.storage.errors import InvalidPath
@@ -281,6 +281,9 @@ class Inventory:
         # here on every wake-up (hundreds of thousands of operations may be kept).
         self.queued_operations: SortedSet = SortedSet()
         self.cycles: dict[int, Cycle] = {}
+        # per table, the highest id given so far (kept up to date by put_object, and raised
+        # by IdFloor rows): a new id is one more, without a scan of every operation ever queued
+        self.last_ids: dict[str, int] = {}
 
     # ---------------------------------------------------------------- storages
 
@@ -351,16 +354,25 @@ class Inventory:
                 self.token_generation += 1
             case CopyRequest():
                 self.requests[obj.id] = obj
+                self._saw_id(obj)
             case Operation():
                 self.operations[obj.id] = obj
+                self._saw_id(obj)
                 if obj.state == "queued":
                     self.queued_operations.add(obj.id)
                 else:
                     self.queued_operations.discard(obj.id)
             case Cycle():
                 self.cycles[obj.id] = obj
+                self._saw_id(obj)
+            case IdFloor():
+                self.last_ids[obj.name] = max(self.last_ids.get(obj.name, 0), obj.value)
             case _:
                 raise TypeError(f"not an inventory object: {obj!r}")
+
+    def _saw_id(self, obj: CopyRequest | Operation | Cycle) -> None:
+        if obj.id > self.last_ids.get(obj.table, 0):
+            self.last_ids[obj.table] = obj.id
 
     def remove_token(self, name: str) -> None:
         token = self.tokens.pop(name)

@@ -145,4 +145,17 @@ class Cycle(Row):
     summary: dict[str, Any]
 
 
-TABLES: tuple[type[Row], ...] = (Token, CopyRequest, Operation, Cycle)
+@dataclass(slots=True)
+class IdFloor(Row):
+    """The highest id a table ever gave, kept when rows with the highest ids are removed
+    (``dlm storage rm`` takes its finished operations and requests along): an id is never
+    given twice, so a script holding an old operation id cannot cancel an unrelated one."""
+
+    table: ClassVar[str] = "id_floor"
+    key: ClassVar[tuple[str, ...]] = ("name",)
+
+    name: str  # the table: "operation", "copy_request", "cycle"
+    value: int
+
+
+TABLES: tuple[type[Row], ...] = (Token, CopyRequest, Operation, Cycle, IdFloor)

@@ -181,7 +181,7 @@ class ApplyConsistencyReport(Write):
             "fix": fix,
             "duration": round(rep.duration, 3),
         }
-        cycle = Cycle(pending.next_id("cycle", inv.cycles), "consistency", rep.started, now,
+        cycle = Cycle(pending.next_id(inv, "cycle"), "consistency", rep.started, now,
                       None, summary)
         replicas = list(state.replicas.values())
         items = list(state.items.values())
@@ -241,7 +241,7 @@ class _Repairs:
         state_name = model.REPLICA_STATES[new_state]
         if sources and item.state in COPYABLE and item.item_type == model.FILE \
                 and status == "online":
-            op = Operation(self.pending.next_id("operation", inv.operations), "copy", oid,
+            op = Operation(self.pending.next_id(inv, "operation"), "copy", oid,
                            None, sid, "consistency", "queued", 0, None, self.now, self.now)
             self.ops.append(op)
             size = item.size if item.size is not None and item.size >= 0 else None

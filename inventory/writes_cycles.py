@@ -46,7 +46,7 @@ def _cycle(kind: str, plan: CyclePlanIn, inv: Inventory, pending: Pending,
                "policy": {"name": plan.policy_name, "file": plan.policy_file,
                           "sha256": plan.policy_sha256},
                "snapshot_version": plan.snapshot_version}
-    cycle = Cycle(pending.next_id("cycle", inv.cycles), kind, plan.started, now,
+    cycle = Cycle(pending.next_id(inv, "cycle"), kind, plan.started, now,
                   plan.policy_text, summary)
     return cycle, [upsert([cycle]),
                    UpsertRows("cycle_report", ("cycle_id", "decisions"), ("cycle_id",),
@@ -94,7 +94,7 @@ class ApplyDetoxPlan(Write):
                 continue
             deleting.add(key)
             replicas.append(inv.replica_record(row, state=DELETING))
-            op_id = pending.next_id("operation", inv.operations)
+            op_id = pending.next_id(inv, "operation")
             ops.append(Operation(op_id, "delete", oid, None, storage_id, "detox", "queued", 0,
                                  None, now, now))
         pending.deleting.update(deleting)
@@ -152,7 +152,7 @@ class ApplyDealerPlan(Write):
                 continue
             replicas.append(replica)
             origin = "user" if reason.startswith("request") else "dealer"
-            ops.append(Operation(pending.next_id("operation", inv.operations), "copy", oid,
+            ops.append(Operation(pending.next_id(inv, "operation"), "copy", oid,
                                  source_id, target_id, origin, "queued", 0, None, now, now))
         mine.merge_into(pending)
         done = []

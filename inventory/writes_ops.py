@@ -149,7 +149,7 @@ class QueueOperations(Write):
             else:
                 raise BadRequest("expected copy or delete", where + "kind")
             replicas.append(replica)
-            ops.append(Operation(pending.next_id("operation", inv.operations), spec.kind,
+            ops.append(Operation(pending.next_id(inv, "operation"), spec.kind,
                                  spec.oid, spec.source_id, spec.target_id, self.origin,
                                  "queued", 0, None, now, now))
         mine.merge_into(pending)

@@ -20,7 +20,7 @@ async def test_health_reports_backend_and_counts(server):
     health = await server.client.health()
     assert health["status"] == "ok"
     assert health["db"]["backend"] in ("sqlite", "postgresql")
-    assert health["db"]["schema_version"] == schema.latest_version("sqlite") == 8
+    assert health["db"]["schema_version"] == schema.latest_version("sqlite") == 9
     assert (health["items"], health["replicas"], health["storages"]) == (0, 0, 0)
 
 

@@ -246,3 +246,33 @@ async def test_a_removal_is_never_grouped_with_a_write_naming_the_storage(server
         assert isinstance(results[1], errors.Conflict), results
         assert results[1].details["reason"] == "replicas"
         assert (await c.storage("x"))["replica_count"] == 1
+
+
+async def test_ids_are_never_given_twice_after_a_storage_removal(quiet_server):  # noqa: F811
+    """``storage rm`` takes the finished operations and copy requests naming the storage along;
+    if they held the highest ids, a later operation or request must not get one of them again,
+    not even after a restart (a script holding the old id would cancel an unrelated one)."""
+    server = quiet_server
+    c = server.client
+    for name in ("keep", "gone"):
+        await c.add_storage(name=name, kind="posix", root=f"/nowhere/{name}", capacity=10**9,
+                            config={"verify_ingest": False})
+    item = await c.add_item(item_name="x", storage="keep", size=1)
+    op = await queue(c, "copy", item["oid"], "gone")  # the highest operation id
+    await c.request("DELETE", f"/v1/operations/{op['id']}")
+    request = await c.add_request(item["oid"], "gone")
+    await c.request("DELETE", f"/v1/requests/{request['id']}")
+    removed = await c.remove_storage("gone")
+    assert (removed["operations_removed"], removed["requests_removed"]) == (1, 1)
+    for restart in (False, True):
+        if restart:
+            await server.restart()
+            c = server.client
+        await c.add_storage(name=f"new{restart:d}", kind="posix", root=f"/nowhere/n{restart:d}",
+                            capacity=10**9, config={"verify_ingest": False})
+        again = await queue(c, "copy", item["oid"], f"new{restart:d}")
+        assert again["id"] > op["id"]
+        asked = await c.add_request(item["oid"], f"new{restart:d}")
+        assert asked["id"] > request["id"]
+        await c.request("DELETE", f"/v1/operations/{again['id']}")
+        await c.request("DELETE", f"/v1/requests/{asked['id']}")
