@@ -36,7 +36,8 @@ from inventory.specs import (
     TokenSpec,
 )
 from inventory.storage import paths
-from inventory.storage.errors import InvalidPath
+from inventory.storage.errors import ConfigError, InvalidPath
+from inventory.storage.factory import check_config
 from inventory.store.base import ITEM_COLUMNS, STORAGE_COLUMNS, item_db_row, storage_db_row
 from inventory.store.generic import upsert
 from inventory.store.ops import (
@@ -745,6 +746,7 @@ class UpdateStorage(Write):
         if patch.config is not unset:
             _check_verify_ingest(patch.config)
             changes["config"] = {**rec.config, **patch.config}
+            check_storage_config(rec.kind, rec.root, changes["config"])
         if patch.status is not unset and patch.status != rec.status:
             if patch.status == "retired":
                 last = inv.last_copies_on(rec.id)
@@ -822,6 +824,15 @@ class RemoveStorage(Write):
 
 
 # --------------------------------------------------------------------------- tokens
+
+def check_storage_config(kind: str, root: str, config: dict[str, Any]) -> None:
+    """A config the backend would refuse is a 400 now, not an internal error at the first
+    inject or copy (``storage.factory.check_config``)."""
+    try:
+        check_config(kind, root, config)
+    except ConfigError as exc:
+        raise BadRequest(exc.message, "root" if "root" in exc.message else "config") from None
+
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

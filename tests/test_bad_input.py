@@ -46,7 +46,29 @@ STORAGE_CASES = [
      "unknown field"),
     ({"name": "disk1", "kind": "posix", "root": "/d", "capacity": 1}, "name", "exists"),
     ([], "body", "Expected `object`"),
+    # a config the backend would refuse: 400 now, not an internal error at the first inject
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"endpoint": "http://127.0.0.1:9"}}, "config", "unknown s3 config keys"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"part_size": 5}}, "config", "part_size must be at least"),
+    ({"name": "d", "kind": "posix", "root": "/d", "capacity": 1,
+      "config": {"threads": "many"}}, "config", "must be int"),
+    ({"name": "d", "kind": "posix", "root": "/d", "capacity": 1,
+      "config": {"endpoint_url": "http://x"}}, "config", "unknown posix config key"),
 ]
+
+
+async def test_a_storage_config_patch_the_backend_would_refuse_is_400(with_disk):
+    http = with_disk
+    before = await snapshot_state(http)
+    async with http.patch("/v1/storages/disk1",
+                          data=json.dumps({"config": {"thread": 4}})) as resp:
+        answer = await resp.json()
+    assert resp.status == 400 and answer["error"]["field"] == "config", answer
+    assert "unknown posix config key 'thread'" in answer["error"]["message"]
+    assert await snapshot_state(http) == before
+    async with http.get("/v1/storages/disk1") as resp:
+        assert "thread" not in (await resp.json())["config"]
 
 
 @pytest.mark.parametrize(("body", "field", "text"), STORAGE_CASES)

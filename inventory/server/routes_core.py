@@ -16,7 +16,7 @@ from inventory.server.state import state_of
 from inventory.server.views import storage_json
 from inventory.specs import StoragePatch, StorageSpec
 from inventory.storage import posix
-from inventory.writes import AddStorage, RemoveStorage, UpdateStorage
+from inventory.writes import AddStorage, RemoveStorage, UpdateStorage, check_storage_config
 
 routes = web.RouteTableDef()
 
@@ -57,6 +57,7 @@ async def add_storage(request: web.Request) -> web.Response:
     """Register a storage; a POSIX root that does not exist is warned about (``warnings``),
     or created with ``create_root``: copies never create it (posix.py)."""
     spec = await decode(request, StorageSpec)
+    check_storage_config(spec.kind, spec.root, spec.config)
     warnings, made = await _posix_root(spec)
     try:
         storage = await state_of(request).scheduler.write(AddStorage(spec))

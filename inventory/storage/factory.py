@@ -15,12 +15,13 @@ from inventory.storage.base import Backend
 from inventory.storage.errors import ConfigError
 from inventory.storage.posix import PosixBackend
 from inventory.storage.s3 import S3Backend
+from inventory.storage.s3client import S3Settings
 
 _POSIX_KEYS = {"fsync": bool, "threads": int, "chunk_size": int, "copy_method": str,
                "writeback": int}
 
 
-def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:
+def _check_posix(root: str, config: Mapping[str, Any]) -> None:
     if not os.path.isabs(root):
         raise ConfigError(f"posix root must be an absolute directory path, not {root!r}")
     for key, value in config.items():
@@ -29,10 +30,29 @@ def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:
             raise ConfigError(f"unknown posix config key {key!r}; allowed: {sorted(_POSIX_KEYS)}")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(f"posix config {key!r} must be {kind.__name__}")
+
+
+def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:
+    _check_posix(root, config)
     try:
         return PosixBackend(root, **config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_config(kind: str, root: str, config: Mapping[str, Any] | None) -> None:
+    """Raise ``ConfigError`` for a config the backend would refuse, without building one: a
+    storage registered with a typo (``endpoint`` for ``endpoint_url``) would otherwise be
+    accepted and fail every later inject and copy with an internal error."""
+    config = dict(config or {})
+    if not isinstance(config.pop(VERIFY_INGEST, True), bool):
+        raise ConfigError(f"{VERIFY_INGEST} must be true or false")
+    if kind == "posix":
+        _check_posix(root, config)
+    elif kind == "s3":
+        S3Settings.parse(root, config)
+    else:
+        raise ConfigError(f"unknown storage kind {kind!r}; expected 'posix' or 's3'")
 
 
 def backend_for(kind: str, root: str, config: Mapping[str, Any] | None = None) -> Backend:
