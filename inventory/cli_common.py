@@ -168,7 +168,7 @@ def describe(exc: DLMError, field: str | None = None) -> str:
         text += f" ({', '.join(extra)})"
     if exc.status == 401:
         text += " (give a token with --token, DLM_TOKEN or the config file)"
-    elif exc.status == 403:
+    elif exc.status == 403 and "rule" not in exc.details:  # a rule's message says what to do
         text += " (this token's role may not do this)"
     return text
 

@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -478,29 +478,51 @@ class Actor:
 
 
 OPERATOR = Actor(None, "operator")  # the server itself, open mode, tests
-EXPIRY_RULE = "producer_expires_own_items"
+CHANGE_RULE = "producer_changes_own_items"
+# What a PATCH changes, in the order a refusal names them (``verify`` says how, not what).
+PATCH_FIELDS = ("state", "expire_at", "lifetime", "target_phase", "metadata", "size",
+                "checksum", "checksum_method", "storage", "uri")
 
 
-def _check_expiry_rule(actor: Actor, old: ItemRecord, new: ItemRecord, patch: ItemPatch,
-                       where: str, now: float) -> None:
-    """A producer may expire, or bring forward the expiry of, only the items it registered:
-    either makes Detox delete every copy, which otherwise only an operator may order (DELETE).
-    Extending a life, or any other change, stays open to every producer."""
-    if actor.role == "operator" or (actor.name is not None and actor.name == old.registered_by):
+def may_change(actor: Actor, registered_by: str | None) -> bool:
+    """An account changes only its own items, an operator any (Rucio's rule for DIDs): every
+    field of an item can destroy its data (an expiry or state deletes it, a wrong size or
+    checksum gets the good copy marked corrupt, a fake location plus a lower phase lets Detox
+    delete the genuine copy). Items no token registered are the operators'."""
+    return actor.role == "operator" or (actor.name is not None
+                                        and actor.name == registered_by)
+
+
+def check_change_rule(actor: Actor, rec: ItemRecord, patch: ItemPatch, where: str) -> None:
+    """403 naming the rule and the first field the PATCH would change, unless ``actor`` may
+    change ``rec`` (``may_change``)."""
+    if may_change(actor, rec.registered_by):
         return
-    if new.state == model.EXPIRED and old.state != model.EXPIRED:
-        field_name = "state"
-    elif new.expire_at is not None and new.expire_at != old.expire_at and (
-            new.expire_at <= now or old.expire_at is None or new.expire_at < old.expire_at):
-        field_name = "lifetime" if patch.lifetime is not msgspec.UNSET else "expire_at"
-    else:
+    field_name = next((f for f in PATCH_FIELDS if getattr(patch, f) is not msgspec.UNSET),
+                      "oid")
+    by = ("no token (only operators may change it)" if rec.registered_by is None
+          else f"token {rec.registered_by!r}")
+    raise Forbidden(f"a producer may change only the items it registered: "
+                    f"{rec.item_name!r} v{rec.item_version} was registered by {by}, not "
+                    f"{actor.name!r}; ask an operator", where + field_name, rule=CHANGE_RULE,
+                    registered_by=rec.registered_by)
+
+
+def check_changes(inv: Inventory, actor: Actor, patches: Sequence[tuple[str, ItemPatch]],
+                  batch: bool) -> None:
+    """The change rule, in the request handler: a refused PATCH is answered before any payload
+    of it is looked at. ``UpdateItems`` checks again in the writer (the authority); an oid
+    that is bad or unknown here is left to it."""
+    if actor.role == "operator":
         return
-    by = ("no token" if old.registered_by is None
-          else f"token {old.registered_by!r}")
-    raise Forbidden(f"a producer may expire or shorten the expiry only of items it registered: "
-                    f"{old.item_name!r} v{old.item_version} was registered by {by}, not "
-                    f"{actor.name!r}; ask an operator", where + field_name, rule=EXPIRY_RULE,
-                    registered_by=old.registered_by)
+    for index, (oid_text, patch) in enumerate(patches):
+        try:
+            row = inv.row_of_oid(model.parse_uuid(oid_text))
+        except ValueError:
+            continue
+        if row is not None:
+            check_change_rule(actor, inv.item_record(row), patch,
+                              f"items[{index}]." if batch else "")
 
 
 class UpdateItems(Write):
@@ -530,9 +552,9 @@ class UpdateItems(Write):
         for index, (oid_text, patch) in enumerate(self.patches):
             where = f"items[{index}]." if self.batch else ""
             rec = _item_or_404(inv, mine, oid_text, where + "oid")
+            check_change_rule(self.actor, rec, patch, where)
             payload = NO_CHECK if self.payloads is None else self.payloads[index]
             new, replica = _patched(inv, mine, rec, patch, where, now, payload)
-            _check_expiry_rule(self.actor, rec, new, patch, where, now)
             if replica is not None:
                 storage = inv.storages[replica.storage_id]
                 _claim_bytes(storage.id, storage.used, f"storage {storage.name!r}", pending,
@@ -907,6 +929,12 @@ class AddRequest(Write):
         pin = None if spec.pin_until is None else validate.time_value(spec.pin_until,
                                                                       "pin_until")
         now = model.now()
+        if pin is not None and pin <= now:
+            # a pin that ended protects nothing: a typo (1970, 0001-01-01) would be accepted
+            # as if the copy were kept
+            raise BadRequest(f"must be in the future (a pin that ended keeps nothing), "
+                             f"got {spec.pin_until!r}",
+                             "pin_until")
         request = CopyRequest(pending.next_id(inv, "copy_request"), inv.i_oid[row],
                               storage.id, "pending", pin, now, now, self.requester, spec.comment)
 
@@ -917,14 +945,27 @@ class AddRequest(Write):
         return Prepared([upsert([request])], apply, [("request", request)])
 
 
+REQUEST_RULE = "requester_cancels_own_requests"
+
+
 class CancelRequest(Write):
-    def __init__(self, request_id: int) -> None:
+    """Cancel a pending copy request: only its requester or an operator (a cancel drops the
+    request's pin, after which Detox may delete the copy someone else asked to keep)."""
+
+    def __init__(self, request_id: int, actor: Actor = OPERATOR) -> None:
         self.request_id = request_id
+        self.actor = actor
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         request = inv.requests.get(self.request_id)
         if request is None:
             raise NotFound(f"no copy request {self.request_id}", "id")
+        if not may_change(self.actor, request.requester):
+            by = ("no token (only operators may cancel it)" if request.requester is None
+                  else f"token {request.requester!r}")
+            raise Forbidden(f"a producer may cancel only the copy requests it made: request "
+                            f"{request.id} was made by {by}, not {self.actor.name!r}; ask an "
+                            f"operator", "id", rule=REQUEST_RULE, requester=request.requester)
         if request.state != "pending":
             raise Conflict(f"copy request {self.request_id} is {request.state}", "id")
         new = dataclasses.replace(request, state="cancelled", updated=model.now())

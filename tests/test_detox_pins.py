@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from detox.cycle import CycleResult, format_report, plan_body, run_cycle
+from inventory import model
 from inventory.cli import main
 from policies import load_policy_text
 from tests.conftest import settle
@@ -72,8 +73,9 @@ async def test_pinned_least_popular_copies_are_kept_and_the_next_ones_go(site, t
 @pytest.mark.parametrize("text", PLANNERS)
 async def test_an_expired_pin_no_longer_protects(site, text):  # noqa: F811
     c = site.client
-    await pin(c, site.items["set/f1"], until="2001-01-01T00:00:00Z")
-    result = await run_cycle(c, load_policy_text(text, "t.policy"), text, dry_run=True)
+    await pin(c, site.items["set/f1"], until="2050-01-01T00:00:00Z")  # a past one is 400
+    result = await run_cycle(c, load_policy_text(text, "t.policy"), text, dry_run=True,
+                             now=model.parse_time("2051-01-01T00:00:00Z"))
     assert {d.oid for d in result.plan.deletions} == {site.items[f"set/f{i}"]
                                                       for i in (1, 2, 3, 4)}
     assert result.plan.summary()["pinned"] == []

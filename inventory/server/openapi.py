@@ -465,10 +465,11 @@ CURSOR = query("cursor", {"type": "string"}, "the `cursor` of the previous page"
 STORAGE_FILTER = query("storage", {"type": "string"}, "only those on this storage (by name)")
 WRITE_ERRORS = (400, 409, 413, 503)
 
-EXPIRY_RULE_TEXT = ("A producer may set `EXPIRED`, or an expiry earlier than now or than the "
-                    "current one, only on items its token registered (`registered_by`); "
-                    "otherwise 403 with `rule: producer_expires_own_items`. Operators may "
-                    "change any item.")
+CHANGE_RULE_TEXT = ("A producer may change (any field) only the items its token registered "
+                    "(`registered_by`); otherwise 403 with `rule: producer_changes_own_items` "
+                    "and the first field it would change, and a list is refused whole. "
+                    "Operators may change any item; only operators change items no token "
+                    "registered.")
 
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/openapi.json"): Op(
@@ -509,10 +510,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                     "`{count, items: [{oid, item_name, item_version}]}`."),
     ("PATCH", "/v1/items"): Op(
         "Change many items in one transaction", "producer", {200: Counted},
-        (*WRITE_ERRORS, 404), body=list[ItemPatchWithOid], description=EXPIRY_RULE_TEXT),
+        (*WRITE_ERRORS, 404), body=list[ItemPatchWithOid], description=CHANGE_RULE_TEXT),
     ("PATCH", "/v1/items/{oid}"): Op(
         "Change one item", "producer", {200: Item}, (*WRITE_ERRORS, 404), (OID,),
-        body=ItemPatch, description=EXPIRY_RULE_TEXT),
+        body=ItemPatch, description=CHANGE_RULE_TEXT),
     ("DELETE", "/v1/items/{oid}"): Op(
         "Mark an item for deletion (Detox removes the payloads)", "operator", {202: Item},
         (400, 404, 409, 503), (OID,)),
@@ -567,14 +568,17 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     # --------------------------------------------------------------- requests, ops, history
     ("POST", "/v1/requests"): Op(
         "Ask for a copy of an item (or a container's members) on a storage", "producer",
-        {201: CopyRequestInfo}, (*WRITE_ERRORS, 404), body=RequestSpec, tag="requests"),
+        {201: CopyRequestInfo}, (*WRITE_ERRORS, 404), body=RequestSpec, tag="requests",
+        description="`pin_until`, when given, must be in the future (400 otherwise)."),
     ("GET", "/v1/requests"): Op(
         "Copy requests", "reader", {200: CopyRequestList}, (400,), (
             query("state", enum(REQUEST_STATES), "only requests in this state"),
             STORAGE_FILTER), tag="requests"),
     ("DELETE", "/v1/requests/{id}"): Op(
         "Cancel a copy request", "producer", {200: CopyRequestInfo}, (400, 404, 409, 503),
-        (path("id", {"type": "integer"}, "the request's id"),), tag="requests"),
+        (path("id", {"type": "integer"}, "the request's id"),), tag="requests",
+        description="Only the token that made the request (`requester`) or an operator may "
+                    "cancel it; otherwise 403 with `rule: requester_cancels_own_requests`."),
     ("GET", "/v1/operations"): Op(
         "Copy and delete operations, oldest first", "reader", {200: OperationPage}, (400,), (
             query("state", enum(OPERATION_STATES), "only operations in this state"),
@@ -642,7 +646,8 @@ if OperationRequest is not None:
 
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted: marked, removal follows",
                 204: "No content", 400: "Invalid input", 401: "No valid token",
-                403: "The token's role may not do this", 404: "Not found",
+                403: "The token's role may not do this, or `rule` in the error names "
+                     "the rule that refuses it", 404: "Not found",
                 409: "Conflicts with the inventory", 410: "History no longer kept",
                 413: "Body too large", 503: "The database cannot commit; nothing changed"}
 

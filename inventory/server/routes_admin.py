@@ -21,7 +21,7 @@ from inventory.objects import (
     Operation,
     Token,
 )
-from inventory.server.auth import requester, requires
+from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.state import PLAN_LIMIT, state_of
 from inventory.specs import (
@@ -129,7 +129,8 @@ async def list_requests(request: web.Request) -> web.Response:
 @routes.delete("/v1/requests/{id}")
 @requires("producer")
 async def cancel_request(request: web.Request) -> web.Response:
-    req = await state_of(request).scheduler.write(CancelRequest(_int_path(request, "id")))
+    req = await state_of(request).scheduler.write(
+        CancelRequest(_int_path(request, "id"), actor(request)))
     return respond(request, request_json(state_of(request).inventory, req))
 
 

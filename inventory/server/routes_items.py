@@ -18,7 +18,14 @@ from inventory.server.ingest import payloads_of_items, payloads_of_patches, with
 from inventory.server.state import state_of
 from inventory.server.views import item_json
 from inventory.specs import AccessSpec, AccessWithOid, ItemPatch, ItemPatchWithOid, ItemSpec
-from inventory.writes import MAX_BATCH, AddItems, DeleteItem, RecordAccesses, UpdateItems
+from inventory.writes import (
+    MAX_BATCH,
+    AddItems,
+    DeleteItem,
+    RecordAccesses,
+    UpdateItems,
+    check_changes,
+)
 
 routes = web.RouteTableDef()
 
@@ -55,10 +62,12 @@ async def change_item(request: web.Request) -> web.Response:
     patch = await decode(request, ItemPatch)
     patches = [(request.match_info["oid"], patch)]
     state = state_of(request)
+    who = actor(request)
+    check_changes(state.inventory, who, patches, False)  # before any payload is looked at
     [record] = await with_payloads(
         lambda: payloads_of_patches(state, patches, False),
         lambda found: state.scheduler.write(UpdateItems(
-            patches, batch=False, payloads=found, actor=actor(request))))
+            patches, batch=False, payloads=found, actor=who)))
     inv = state.inventory
     return respond(request, item_json(inv, inv.by_oid[record.oid]))
 
@@ -71,10 +80,12 @@ async def change_items(request: web.Request) -> web.Response:
     state = state_of(request)
     if len(patches) > MAX_BATCH:
         raise BadRequest(f"at most {MAX_BATCH} changes per request", "items")
+    who = actor(request)
+    check_changes(state.inventory, who, patches, True)  # before any payload is looked at
     records = await with_payloads(
         lambda: payloads_of_patches(state, patches, True),
         lambda found: state.scheduler.write(UpdateItems(
-            patches, payloads=found, actor=actor(request))))
+            patches, payloads=found, actor=who)))
     return respond(request, {"count": len(records)})
 
 
