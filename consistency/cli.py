@@ -143,6 +143,13 @@ def format_summary(run: RunResult, target: Path | None) -> str:
     skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items() if v)
     if skipped:
         lines.append(f"  left alone (in flight): {skipped}")
+    links = report.get("symlinks") or []
+    if links:
+        shown = ", ".join(f"{s['path']} -> {s['target'] or '(outside the root or dangling)'}"
+                          for s in links[:5])
+        lines.append(f"  symlinks {len(links):>9}  never objects, never deleted; replicas "
+                     f"through them are not judged: {shown}"
+                     + (f" and {len(links) - 5} more" if len(links) > 5 else ""))
     fix = report.get("fix")
     if fix:
         applied, dropped = fix.get("applied", {}), fix.get("dropped", {})

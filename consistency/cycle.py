@@ -13,7 +13,12 @@ judgement is ``consistency.diff``.
    more than ``max_missing`` of the storage looking missing means a storage down or
    mis-mounted, and nothing is fixed.
 6. Delete the orphans the server confirmed (still unknown to it, older than the grace period),
-   each only if it is still the very object listed (same size and mtime) and still old.
+   each only if it is still the very object listed (same size and mtime) and still old, and
+   no symlink on the storage reaches it (a replica registered through the link may name it).
+
+Symlinks on a POSIX storage are never objects (``consistency.listing``): they are listed in
+the report (``symlinks``), never deleted, and replicas whose path goes through one are not
+judged (``skipped.symlink``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from consistency.diff import (
     Known,
     apply_checksums,
     diff,
+    link_targets,
+    reached_by_symlink,
 )
 from inventory import errors, model
 from inventory.client import Client, Snapshot
@@ -79,6 +86,7 @@ class RunResult:
     stored: dict[str, Any] | None  # the server's answer to the report
     deleted: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    symlinks: dict[str, str | None] = field(default_factory=dict)  # POSIX: path -> target
 
 
 class StorageNotFound(errors.NotFound):
@@ -97,16 +105,19 @@ async def run_consistency(client: Client, storage_name: str, options: Options) -
     try:
         t1 = clock()
         started = time.time()
+        symlinks: dict[str, str | None] = {}
         # A progress line on a terminal (tqdm stays silent when stderr is not one).
         with tqdm(desc=f"listing {storage_name}", unit=" files", file=sys.stderr,
                   disable=None, leave=False) as bar:
-            entries = await listing.collect(storage.kind, storage.root, backend, bar.update)
+            entries = await listing.collect(storage.kind, storage.root, backend, bar.update,
+                                            symlinks=symlinks)
         ended = time.time()
         t2 = clock()
         snapshot_version = snap.version
         snap, touched = await catch_up(client, snap, storage.id)
         known, in_flight = inventory_side(snap, storage, touched)
-        result = diff(entries, known, DiffOptions(started, options.grace, in_flight))
+        result = diff(entries, known, DiffOptions(started, options.grace, in_flight,
+                                                  symlinks))
         t3 = clock()
         listed = {e[0]: e for e in entries} if result.verifiable or options.fix else {}
         apply_checksums(result, listed, await read_checksums(
@@ -131,10 +142,13 @@ async def run_consistency(client: Client, storage_name: str, options: Options) -
                     reports.finding_row(f) for f in result.findings[kind][-left_out:])
         else:
             report = local_report(storage, body, result, safety)
+        report["symlinks"] = [{"path": _text(path), "target": None if target is None
+                               else _text(target)} for path, target in sorted(symlinks.items())]
         deleted = 0
         confirmed = stored.get("delete_orphans", []) if stored else []
         if confirmed:
-            outcomes = await delete_orphans(backend, confirmed, listed, options.grace)
+            outcomes = await delete_orphans(backend, confirmed, listed, options.grace,
+                                            link_targets(symlinks))
             deleted = sum(1 for o in outcomes.values() if o == DELETED)
             for row in report["findings"][ORPHAN]:
                 if row["path"] in outcomes:
@@ -146,7 +160,7 @@ async def run_consistency(client: Client, storage_name: str, options: Options) -
         await backend.close()
     return RunResult(report, result, safety, stored, deleted, {
         "snapshot": t1 - t0, "listing": t2 - t1, "diff": t3 - t2, "checksums": t4 - t3,
-        "report": t5 - t4})
+        "report": t5 - t4}, symlinks)
 
 
 async def catch_up(client: Client, snap: Snapshot, storage_id: int
@@ -277,15 +291,22 @@ DELETED = "deleted"
 
 
 async def delete_orphans(backend: Backend, paths: list[str], listed: dict[str, Entry],
-                         grace: float) -> dict[str, str]:
+                         grace: float, targets: dict[str, str] | None = None
+                         ) -> dict[str, str]:
     """Delete what the server confirmed, path by path, each only if the object is still the one
-    listed (same size and mtime: a copy that landed since would have a new mtime) and still
-    older than the grace period. The outcome per path, for the report."""
+    listed (same size and mtime: a copy that landed since would have a new mtime), still
+    older than the grace period, and reached by no symlink on the storage (``targets``,
+    ``link_targets``: a replica's path may name it through the link). The outcome per path,
+    for the report."""
     out: dict[str, str] = {}
     for path in paths:
         entry = listed.get(path)
         if entry is None:
             out[path] = "not deleted: not in this run's listing"
+            continue
+        link = reached_by_symlink(path, targets or {})
+        if link is not None:
+            out[path] = f"not deleted: the symlink {_text(link)} reaches it"
             continue
         try:
             info = await backend.stat(path)

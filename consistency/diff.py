@@ -19,6 +19,12 @@ work) are neither missing nor orphans, replicas created after the listing starte
 missing (the listing may have passed their directory before the file arrived), and paths whose
 replica changed while the listing ran (``in_flight``) are left alone either way.
 
+Symlinks on a POSIX storage (``symlinks``) are never objects: a replica whose path goes through
+one is not judged (``symlink``: DLM refuses to reach a file through a link, issue 15, so it is
+neither there nor missing; the operator resolves it), and the file a link reaches is judged on
+its own: an orphan if no replica names it, but one that ``reached_by_symlink`` says
+``--fix`` must not delete (a replica registered through the link may be its only name).
+
 A hash join (one dict of the listing, one pass over the replicas) rather than a merge of two
 sorted streams: it does not need the inventory sorted by path, and 1M against 1M takes about a
 second (benchmarks/bench_consistency.py).
@@ -26,7 +32,7 @@ second (benchmarks/bench_consistency.py).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import eq, is_not, itemgetter, lt, ne, not_
@@ -47,7 +53,8 @@ YOUNG = "young"  # an object newer than the grace period: maybe an upload not ye
 IN_FLIGHT = "in_flight"  # its replica changed while the listing ran
 NOT_COMPLETE = "not_complete"  # pending, copying, deleting, or already missing/corrupt
 NEW_REPLICA = "new_replica"  # created after the listing started
-SKIP_REASONS: tuple[str, ...] = (YOUNG, IN_FLIGHT, NOT_COMPLETE, NEW_REPLICA)
+SYMLINK = "symlink"  # its path goes through a symlink on the storage
+SKIP_REASONS: tuple[str, ...] = (YOUNG, IN_FLIGHT, NOT_COMPLETE, NEW_REPLICA, SYMLINK)
 
 
 class Known(NamedTuple):
@@ -90,6 +97,8 @@ class DiffOptions:
     listing_started: float  # epoch seconds
     grace: float = DEFAULT_GRACE  # objects modified after listing_started - grace are young
     in_flight: Collection[str] = frozenset()  # paths whose replica changed during the listing
+    # symlinks on the storage: relative path -> what it reaches under the root (None: nothing)
+    symlinks: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -103,6 +112,7 @@ class DiffResult:
     listed_bytes: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
     verifiable: list[Known] = field(default_factory=list)  # ok, with a known checksum
+    through_symlink: list[Known] = field(default_factory=list)  # not judged (SYMLINK)
     checksums_read: int = 0
 
     @property
@@ -169,9 +179,13 @@ def diff(entries: Iterable[Entry], replicas: Iterable[Known], options: DiffOptio
     reps_here = list(compress(judged, present))
     found = list(compress(got, present))
     missing = result.findings[MISSING]
+    links = options.symlinks
     for r in compress(judged, map(not_, present)):
         entry = everything.get(r[0])
-        if entry is None:
+        if entry is None and links and symlink_on_path(r[0], links) is not None:
+            skipped[SYMLINK] += 1
+            result.through_symlink.append(r)
+        elif entry is None:
             missing.append(Finding(MISSING, r[0], r[1], r[3], None, r[4], None, None, r[5]))
         else:
             reps_here.append(r)
@@ -208,6 +222,38 @@ def diff(entries: Iterable[Entry], replicas: Iterable[Known], options: DiffOptio
     for rows in result.findings.values():
         rows.sort(key=_PATH_OF_FINDING)
     return result
+
+
+def symlink_on_path(path: str, symlinks: Mapping[str, str | None]) -> str | None:
+    """The first symlink among ``path`` and its directories, or None."""
+    end = -1
+    while True:
+        end = path.find("/", end + 1)
+        head = path if end < 0 else path[:end]
+        if head in symlinks:
+            return head
+        if end < 0:
+            return None
+
+
+def link_targets(symlinks: Mapping[str, str | None]) -> dict[str, str]:
+    """What the symlinks reach (a file or directory under the root) -> one link reaching it."""
+    return {target: link for link, target in symlinks.items() if target is not None}
+
+
+def reached_by_symlink(path: str, targets: Mapping[str, str]) -> str | None:
+    """A symlink on the storage through which ``path`` (a real file) can be reached: one that
+    resolves to it or to a directory above it (``targets``: ``link_targets``). Such a file is
+    never deleted as an orphan."""
+    if not targets:
+        return None
+    head = path
+    while True:
+        if head in targets:
+            return targets[head]
+        head, sep, _ = head.rpartition("/")
+        if not sep:
+            return None
 
 
 def apply_checksums(result: DiffResult, listed: dict[str, Entry],

@@ -8,6 +8,11 @@ one ``lstat`` per file and keeps up with ``find -printf '%s %T@ %p'`` of the sam
 paginated). Both skip what the backends never show as objects: symlinks, directories,
 temporary files of writes in progress (``.dlm-*``) and S3 directory markers.
 
+A symlink is never an object (the POSIX backend refuses to reach a replica's file through one,
+issue 15), so it is never an orphan either: ``walk_posix`` hands each one, with the file or
+directory it reaches under the root, to the caller (``symlinks``), which keeps what they reach
+from being deleted as an orphan and leaves replicas whose path goes through one unjudged.
+
 Batches are yielded, so a caller can start on them while the walk goes on, and the walk itself
 runs in a worker thread: the event loop (a snapshot download, say) keeps running.
 """
@@ -28,7 +33,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _new_entry = tuple.__new__  # Entry(...) through NamedTuple.__new__ costs a Python call per file
 
 
-def walk_posix(root: str) -> Iterator[list[Entry]]:
+def walk_posix(root: str, symlinks: dict[str, str | None] | None = None
+               ) -> Iterator[list[Entry]]:
     """Regular files under ``root`` as ``Entry(relative path, size, mtime)``, one list per
     directory, in no set order.
 
@@ -38,10 +44,14 @@ def walk_posix(root: str) -> Iterator[list[Entry]]:
     unmounted file system must never look like a storage whose every file is missing); an
     unreadable directory is ``PermissionDenied`` for the same reason: a partial listing would
     make its files look missing. Whatever is removed while the walk runs is simply not listed.
+    ``symlinks`` gets each symlink's relative path and what it resolves to relative to the
+    real root (None: outside the root, or dangling).
     """
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise Unreachable(f"storage root {root} is missing (not mounted?)", path=root)
+    real_root = os.path.realpath(root)
+    is_link = stat_mod.S_ISLNK
     lstat = os.stat
     is_reg = stat_mod.S_ISREG
     reserved = RESERVED_PREFIX
@@ -70,15 +80,27 @@ def walk_posix(root: str) -> Iterator[list[Entry]]:
                         continue
                     if is_reg(st.st_mode):  # not a symlink, socket, fifo...
                         out.append(_new_entry(Entry, (rel + name, st.st_size, st.st_mtime)))
+                    elif symlinks is not None and is_link(st.st_mode):
+                        symlinks[rel + name] = _target(f"{directory}/{name}", real_root)
         finally:
             os.close(fd)
         if out:
             yield out
 
 
-async def list_posix(root: str, batch: int = BATCH) -> AsyncIterator[list[Entry]]:
+def _target(link: str, real_root: str) -> str | None:
+    """What ``link`` resolves to, relative to the real root; None outside it or dangling."""
+    real = os.path.realpath(link)
+    if not real.startswith(real_root.rstrip("/") + "/") or not os.path.lexists(real):
+        return None
+    return real[len(real_root.rstrip("/")) + 1:]
+
+
+async def list_posix(root: str, batch: int = BATCH,
+                     symlinks: dict[str, str | None] | None = None
+                     ) -> AsyncIterator[list[Entry]]:
     """``walk_posix`` in a worker thread, ``batch`` entries at a time."""
-    walk = walk_posix(root)
+    walk = walk_posix(root, symlinks)
 
     def more() -> list[Entry]:
         chunk: list[Entry] = []
@@ -104,20 +126,22 @@ async def list_backend(backend: Backend, batch: int = BATCH) -> AsyncIterator[li
         yield chunk
 
 
-def list_storage(kind: str, root: str, backend: Backend, batch: int = BATCH
+def list_storage(kind: str, root: str, backend: Backend, batch: int = BATCH,
+                 symlinks: dict[str, str | None] | None = None
                  ) -> AsyncIterator[list[Entry]]:
     """The listing of a storage in batches: the fast walk for POSIX, the backend otherwise."""
     if kind == "posix":
-        return list_posix(root, batch)
+        return list_posix(root, batch, symlinks)
     return list_backend(backend, batch)
 
 
 async def collect(kind: str, root: str, backend: Backend,
-                  progress: Callable[[int], None] | None = None) -> list[Entry]:
+                  progress: Callable[[int], None] | None = None,
+                  symlinks: dict[str, str | None] | None = None) -> list[Entry]:
     """The whole listing as one list (what the diff takes); ``progress`` gets each batch's
-    size, for a progress bar."""
+    size, for a progress bar; ``symlinks`` the POSIX symlinks met (``walk_posix``)."""
     out: list[Entry] = []
-    async for chunk in list_storage(kind, root, backend):
+    async for chunk in list_storage(kind, root, backend, symlinks=symlinks):
         out.extend(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,8 +259,12 @@ class Write(abc.ABC):
 
 
 class AddStorage(Write):
-    def __init__(self, spec: StorageSpec) -> None:
+    def __init__(self, spec: StorageSpec, real_roots: Mapping[str, str] | None = None) -> None:
+        """``real_roots``: the real path (``os.path.realpath``) of each POSIX root that exists,
+        the new one and the registered ones, looked up by the request handler off the event
+        loop (a hung mount must not stop the writer); None: looked up here (tests, tools)."""
         self.spec = spec
+        self.real_roots = real_roots
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         spec = self.spec
@@ -269,6 +274,9 @@ class AddStorage(Write):
         capacity = validate.byte_size(spec.capacity, "capacity")
         _check_root(spec.kind, spec.root)
         _check_verify_ingest(spec.config)
+        others = [*inv.storages.values(),
+                  *(rec for (table, _), rec in pending.objects.items() if table == _NEW_ROOT)]
+        _check_overlap(spec, others, self.real_roots)
         storage_id = max([inv.next_storage_id(), *(i + 1 for i in pending.storage_ids)])
         if storage_id > model.MAX_STORAGE_ID:
             raise Conflict(f"no storage id left (at most {model.MAX_STORAGE_ID} storages)", "name")
@@ -277,6 +285,7 @@ class AddStorage(Write):
                                dict(spec.config), model.now())
         pending.storage_names.add(name)
         pending.storage_ids.add(storage_id)
+        pending.objects[(_NEW_ROOT, name)] = record  # a later AddStorage of the group sees it
 
         def apply(inv: Inventory):
             return inv.add_storage(record)
@@ -290,6 +299,64 @@ def _check_root(kind: str, root: str) -> None:
             raise BadRequest("a posix root must be an absolute directory path", "root")
     elif not root or root.startswith("/") or "//" in root:
         raise BadRequest("an s3 root is 'bucket' or 'bucket/prefix'", "root")
+
+
+_NEW_ROOT = "storage_root"
+
+
+def real_roots(roots: list[str]) -> dict[str, str]:
+    """The real path of each POSIX root that is an existing directory (blocking: a thread)."""
+    return {root: os.path.realpath(root) for root in roots if os.path.isdir(root)}
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` (normalised, '/'-separated) are equal or one contains the
+    other at a '/' boundary ('' contains everything: a whole bucket)."""
+    if a == b or not a or not b:
+        return True
+    return b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/")
+
+
+def _check_overlap(spec: StorageSpec, others: list[StorageRecord],
+                   reals: Mapping[str, str] | None) -> None:
+    """Refuse a root that equals, contains or lies inside another storage's root: a uri
+    registered on one would name a file of the other, and deleting it there would remove
+    another item's payload (issue 15). POSIX: normalised strings, and real paths where the
+    directories exist (a symlink to another root, a trailing-slash twin); S3: the same bucket
+    at the same endpoint with prefixes that overlap at a '/' boundary."""
+    if spec.kind == "posix":
+        posix = [o for o in others if o.kind == "posix"]
+        if reals is None:
+            reals = real_roots([spec.root, *(o.root for o in posix)])
+        mine = {os.path.normpath(spec.root), reals.get(spec.root)} - {None}
+        for other in posix:
+            theirs = {os.path.normpath(other.root), reals.get(other.root)} - {None}
+            if any(_nested(a, b) for a in mine for b in theirs if a and b):
+                _overlap(spec.root, other)
+        return
+    bucket, prefix, endpoint = _s3_place(spec.root, spec.config)
+    for other in others:
+        if other.kind != spec.kind:
+            continue
+        their_bucket, their_prefix, their_endpoint = _s3_place(other.root, other.config)
+        if (their_bucket, their_endpoint) == (bucket, endpoint) and _nested(prefix,
+                                                                              their_prefix):
+            _overlap(spec.root, other)
+
+
+def _s3_place(root: str, config: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    location = root.removeprefix("s3://").strip("/")
+    bucket, _, prefix = location.partition("/")
+    endpoint = config.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+        or os.environ.get("AWS_ENDPOINT_URL")
+    return bucket, prefix.strip("/"), str(endpoint).rstrip("/") if endpoint else None
+
+
+def _overlap(root: str, other: StorageRecord) -> None:
+    raise Conflict(f"root {root} overlaps the root {other.root} of storage {other.name!r} "
+                   "(equal, inside it or containing it): two storages must never name one "
+                   "file, or a deletion on one would remove the other's payload", "root",
+                   storage=other.name)
 
 
 def _check_verify_ingest(config: dict[str, Any]) -> None:

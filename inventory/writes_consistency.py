@@ -78,7 +78,8 @@ class CountsIn(msgspec.Struct, forbid_unknown_fields=True):
     ok: Tally
     listed: Tally
     expected: Count
-    skipped: dict[Literal["young", "in_flight", "not_complete", "new_replica"], Count]
+    skipped: dict[Literal["young", "in_flight", "not_complete", "new_replica", "symlink"],
+                  Count]
     checksums_read: Count
     missing_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)]
 

@@ -163,13 +163,13 @@ async def test_in_flight_changes_during_the_listing_are_not_flagged(site, monkey
     disk1 = site.roots["disk1"]
     real_collect = consistency_cycle.listing.collect
 
-    async def listing_with_traffic(kind, root, backend, progress=None):
+    async def listing_with_traffic(kind, root, backend, progress=None, symlinks=None):
         # while the listing runs: a stray upload that the walk sees, a new file registered
         # (its object came after the walk passed), and a listed registered copy deleted by an
         # operation
         (disk1 / "stray").mkdir()
         (disk1 / "stray/during.dat").write_bytes(b"upload in progress")
-        entries = await real_collect(kind, root, backend)
+        entries = await real_collect(kind, root, backend, symlinks=symlinks)
         payload = b"created during the listing"
         (disk1 / "set/new").write_bytes(payload)
         await c.add_item(item_name="set/new", storage="disk1", size=len(payload),

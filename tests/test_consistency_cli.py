@@ -124,7 +124,7 @@ def test_diff_rules_in_isolation():
                      "checksum_mismatch": []}
     assert result.ok == 4 and result.expected == 6
     assert result.skipped == {"young": 1, "in_flight": 1, "not_complete": 1,
-                              "new_replica": 1}
+                              "new_replica": 1, "symlink": 0}
     assert [r.path for r in result.verifiable] == ["a"]
     apply_checksums(result, {e.path: e for e in entries}, [(result.verifiable[0], "0000ffff")])
     assert [f.path for f in result.findings["checksum_mismatch"]] == ["a"] and result.ok == 3

@@ -169,7 +169,8 @@ async def test_a_payload_outside_the_root_through_a_symlink_is_refused(disk, tmp
     (disk.root / "link").symlink_to(outside)
     with pytest.raises(errors.BadRequest) as refused:
         await disk.client.add_item(item_name="link/f", storage="disk")
-    assert refused.value.field == "item_name" and "outside" in refused.value.message
+    assert refused.value.field == "item_name"
+    assert "reaches the file through a symlink" in refused.value.message
     assert await names(disk.client) == []
     with pytest.raises(errors.BadRequest) as refused:
         await disk.client.add_items([{"item_name": "ok/.dlm-x", "storage": "disk"}])

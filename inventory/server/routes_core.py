@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from contextlib import suppress
 
 from aiohttp import web
 
@@ -16,7 +17,13 @@ from inventory.server.state import state_of
 from inventory.server.views import storage_json
 from inventory.specs import StoragePatch, StorageSpec
 from inventory.storage import posix
-from inventory.writes import AddStorage, RemoveStorage, UpdateStorage, check_storage_config
+from inventory.writes import (
+    AddStorage,
+    RemoveStorage,
+    UpdateStorage,
+    check_storage_config,
+    real_roots,
+)
 
 routes = web.RouteTableDef()
 
@@ -60,7 +67,15 @@ async def add_storage(request: web.Request) -> web.Response:
     check_storage_config(spec.kind, spec.root, spec.config)
     warnings, made = await _posix_root(spec)
     try:
-        storage = await state_of(request).scheduler.write(AddStorage(spec))
+        state = state_of(request)
+        reals = None
+        if spec.kind == "posix":  # a hung mount gives up on real paths, never on the check
+            roots = [spec.root, *(s.root for s in state.inventory.storages.values()
+                                  if s.kind == "posix")]
+            with suppress(TimeoutError):
+                reals = await asyncio.wait_for(asyncio.to_thread(real_roots, roots),
+                                               ROOT_CHECK_SECONDS)
+        storage = await state.scheduler.write(AddStorage(spec, reals or {}))
     except BaseException:
         if made:
             await asyncio.to_thread(posix.unmake_root, made)

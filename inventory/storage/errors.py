@@ -47,6 +47,11 @@ Unreachable = _error("Unreachable", "unreachable", True,
                      "missing mount); nothing partial became visible.")
 InvalidPath = _error("InvalidPath", "invalid_path", False,
                      "The item name cannot be mapped safely under the storage root.")
+ThroughSymlink = _error("ThroughSymlink", "invalid_path", False,
+                       "The path reaches the file through a symlink below the storage root "
+                       "(the file or a directory on the way): a replica's file must be a "
+                       "regular file reached without one, or a deletion or copy could act on "
+                       "another item's file.", InvalidPath)
 PathConflict = _error("PathConflict", "path_conflict", False,
                       "Something else is in the way of the path (a file where a directory "
                       "must be, or the reverse).")

@@ -24,6 +24,15 @@ soon as they are written (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux: i
 writes and does not wait for them): the disk writes while the copy goes on instead of after it,
 and the fsync before the rename only waits for the tail. The fsync still covers every page and
 reports any write error.
+
+A replica's file is a regular file reached WITHOUT any symlink below the root (the root itself
+may be a symlink or sit under one). Two names reaching one file would make one replica's
+deletion or copy act on another item's file, and the inventory's one-file-per-replica check
+compares names (issue 15). So stats, reads, checksums, copies (both sides) and deletions refuse
+a path whose file or any directory under the root is a symlink (``ThroughSymlink``, an
+``InvalidPath``): deletions and reads walk the directories with ``openat(O_NOFOLLOW)``, so a
+symlink planted after registration cannot redirect them; bulk stats ``lstat`` each directory of
+a batch once.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from inventory.storage.errors import (
     SizeMismatch,
     StorageError,
     StorageFull,
+    ThroughSymlink,
     Unreachable,
 )
 from inventory.storage.paths import RESERVED_PREFIX, check_name, check_prefix
@@ -81,6 +91,9 @@ COPY_CHUNK = 512 << 10
 WRITEBACK_EVERY = 2 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 _LIST_BATCH = 1000
+# Directories below the root are opened one component at a time and never through a symlink.
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+SYMLINK_REFUSAL = "reaches the file through a symlink"
 STAT_BATCH = 2048  # paths per thread-pool call of stat_many
 
 
@@ -141,7 +154,7 @@ _ERRNO_CLASS: dict[int, type[StorageError]] = {
     errno.EACCES: PermissionDenied, errno.EPERM: PermissionDenied,
     errno.EROFS: PermissionDenied,
     errno.ENOTDIR: PathConflict, errno.EEXIST: PathConflict, errno.EISDIR: PathConflict,
-    errno.ENOTEMPTY: PathConflict,
+    errno.ENOTEMPTY: PathConflict, errno.ELOOP: ThroughSymlink,
     errno.ESTALE: Unreachable, errno.ETIMEDOUT: Unreachable, errno.ENOTCONN: Unreachable,
     errno.EHOSTDOWN: Unreachable, errno.ENODEV: Unreachable,
 }
@@ -282,10 +295,45 @@ class PosixBackend(Backend):
 
     # --- reading --------------------------------------------------------------------------
 
+    def _through_symlink(self, path: str, link: str) -> StorageError:
+        where = "" if link == path else f" ({link} is a symlink)"
+        return ThroughSymlink(f"{path} {SYMLINK_REFUSAL}{where} on {self.root}: a replica's "
+                              "file must be a regular file reached without one", path=path)
+
+    def _open_parent(self, path: str) -> tuple[int, str]:
+        """The directory holding ``path``'s file, opened from the root one component at a time
+        with ``O_NOFOLLOW`` (a symlinked directory is ``ThroughSymlink``), and the file's name.
+        The caller closes the descriptor."""
+        parts = check_name(path).split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    child = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        with suppress(OSError):
+                            if stat_mod.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
+                                raise self._through_symlink(
+                                    path, "/".join(parts[:i + 1])) from None
+                    raise
+                os.close(fd)
+                fd = child
+            return fd, parts[-1]
+        except BaseException:
+            os.close(fd)
+            raise
+
     def _open_source(self, path: str) -> tuple[int, ObjectInfo]:
-        full = self._full(path)
-        self._check_inside(full, path)
-        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        directory, name = self._open_parent(path)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=directory)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._through_symlink(path, path) from None
+            raise
+        finally:
+            os.close(directory)
         try:
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
@@ -304,21 +352,20 @@ class PosixBackend(Backend):
         return await self._run(path, self._stat, path)
 
     def _stat_batch(self, paths: Sequence[str]) -> list[ObjectInfo | StorageError]:
-        """Stats of many paths in one thread-pool call, as safe as ``_stat`` and cheaper: an
-        ``lstat`` per file, and one per directory the batch meets (``_inside_dir``) instead of
-        a ``realpath`` of every file; a file that is itself a symlink is resolved in full, as
-        ``_open_source`` would."""
-        known: dict[str, bool] = {self.root: True}
+        """Stats of many paths in one thread-pool call, as strict as ``_stat`` and cheaper: an
+        ``lstat`` per file and one per directory the batch meets (``_symlink_dir``), no
+        ``open``: a file or directory below the root that is a symlink is refused."""
+        known: dict[str, str | None] = {"": None}
         out: list[ObjectInfo | StorageError] = []
         for path in paths:
             try:
                 full = self._full(path)
-                if not self._inside_dir(full.rpartition("/")[0], known):
-                    raise InvalidPath("path resolves outside the storage root", path=path)
+                link = self._symlink_dir(path.rpartition("/")[0], known)
+                if link is not None:
+                    raise self._through_symlink(path, link)
                 st = os.lstat(full)
                 if stat_mod.S_ISLNK(st.st_mode):
-                    self._check_inside(full, path)
-                    st = os.stat(full)
+                    raise self._through_symlink(path, path)
                 if not stat_mod.S_ISREG(st.st_mode):
                     raise NotFound(f"{path} is not a regular file", path=path)
                 out.append(ObjectInfo(st.st_size, st.st_mtime))
@@ -328,25 +375,21 @@ class PosixBackend(Backend):
                 out.append(self._translate(exc, path))
         return out
 
-    def _inside_dir(self, directory: str, known: dict[str, bool]) -> bool:
-        """Whether ``directory`` (under the root, by name) resolves inside the root: its parent
-        does and it is a real directory, or it is a symlink whose target is inside. ``known``
-        remembers each directory of the batch; a missing one counts as inside (the file's
-        ``lstat`` then reports it missing)."""
-        ok = known.get(directory)
-        if ok is None:
-            parent = directory.rpartition("/")[0]
-            ok = self._inside_dir(parent, known)
-            if ok:
-                try:
-                    st = os.lstat(directory)
-                except OSError:
-                    st = None
-                if st is not None and stat_mod.S_ISLNK(st.st_mode):
-                    real = os.path.realpath(directory)
-                    ok = real == self._real_root or real.startswith(self._real_root + "/")
-            known[directory] = ok
-        return ok
+    def _symlink_dir(self, directory: str, known: dict[str, str | None]) -> str | None:
+        """The first directory of ``directory`` (relative to the root) that is a symlink, or
+        None. ``known`` remembers each directory of the batch; a missing one is no symlink
+        (the file's ``lstat`` then reports it missing)."""
+        if directory in known:
+            return known[directory]
+        link = self._symlink_dir(directory.rpartition("/")[0], known)
+        if link is None:
+            try:
+                if stat_mod.S_ISLNK(os.lstat(f"{self.root}/{directory}").st_mode):
+                    link = directory
+            except OSError:
+                pass
+        known[directory] = link
+        return link
 
     async def stat_many(self, paths: Sequence[str]) -> list[ObjectInfo | StorageError]:
         """Batches of ``STAT_BATCH`` paths, one thread-pool call each, the batches in parallel
@@ -442,10 +485,24 @@ class PosixBackend(Backend):
         finally:
             os.close(fd)
 
+    def _refuse_symlinks(self, path: str) -> None:
+        """Refuse a target whose file or an existing directory on its way below the root is a
+        symlink (checked before any directory is made, so none is made through one)."""
+        current = self.root
+        parts = check_name(path).split("/")
+        for i, part in enumerate(parts):
+            current = f"{current}/{part}"
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if stat_mod.S_ISLNK(st.st_mode):
+                raise self._through_symlink(path, "/".join(parts[:i + 1]))
+
     def _create_temp(self, path: str) -> tuple[_Temp, str]:
         full = self._full(path)
         directory = os.path.dirname(full)
-        self._check_inside(directory, path)
+        self._refuse_symlinks(path)
         self._make_parents(directory, path)
         if os.path.isdir(full):
             raise PathConflict(f"{path} is a directory", path=path)
@@ -622,18 +679,29 @@ class PosixBackend(Backend):
     # --- deleting, listing, space ---------------------------------------------------------------
 
     def _delete(self, path: str) -> bool:
-        full = self._full(path)
-        self._check_inside(os.path.dirname(full), path)
+        """Unlink the file relative to its directory, opened without following any symlink:
+        a symlink on the way or as the file is refused (nothing removed), so a path that names
+        another item's file through a link never removes it."""
         try:
-            os.unlink(full)
+            directory, name = self._open_parent(path)
         except FileNotFoundError:
             if not os.path.isdir(self.root):
                 raise
             return False
-        except IsADirectoryError:
-            raise PathConflict(f"{path} is a directory", path=path) from None
-        if self.fsync:
-            self._fsync_dir(os.path.dirname(full))
+        try:
+            try:
+                st = os.lstat(name, dir_fd=directory)
+            except FileNotFoundError:
+                return False
+            if stat_mod.S_ISLNK(st.st_mode):
+                raise self._through_symlink(path, path)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise PathConflict(f"{path} is a directory", path=path)
+            os.unlink(name, dir_fd=directory)
+            if self.fsync:
+                os.fsync(directory)
+        finally:
+            os.close(directory)
         return True
 
     async def delete(self, path: str) -> None:
