@@ -142,7 +142,7 @@ def format_summary(run: RunResult, target: Path | None) -> str:
         lines.append(f"  {kind:<18} {entry['count']:>9}  {reports.human_bytes(entry['bytes'])}")
     skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items() if v)
     if skipped:
-        lines.append(f"  left alone (in flight): {skipped}")
+        lines.append(f"  left alone (in flight, or behind a symlink): {skipped}")
     links = report.get("symlinks") or []
     if links:
         shown = ", ".join(f"{s['path']} -> {s['target'] or '(outside the root or dangling)'}"
