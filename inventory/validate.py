@@ -62,6 +62,27 @@ def item_name(name: str, field: str) -> str:
     return name
 
 
+def storage_root(kind: str, root: str, field: str = "root") -> str:
+    """A storage root in its one normal form, or a 400: a root is compared with every other
+    storage's (no two may overlap) and shown in tables and warnings, so ``/d/x/``, ``/d//x`` and
+    ``/d/x`` must be one root, and a newline or NUL must not reach the file system or a log line.
+    ``..`` is refused rather than resolved (a symlink on the way would change what it means), and
+    so is ``/`` itself: the whole file system is never one storage."""
+    if _CONTROL.search(root) or _BIDI.search(root):
+        raise BadRequest("must not contain control or bidirectional override characters", field)
+    if kind == "posix":
+        if not root.startswith("/"):
+            raise BadRequest("a posix root must be an absolute directory path", field)
+        parts = [p for p in root.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise BadRequest(f"must not contain a '..' segment: {root!r}", field)
+        if not parts:
+            raise BadRequest("the file system root '/' cannot be a storage root: give the "
+                             "directory the storage's files live in", field)
+        return "/" + "/".join(parts)
+    return root
+
+
 def storage_name(name: str, field: str) -> str:
     if not _STORAGE_NAME.match(name):
         raise BadRequest("must be 1-64 characters of letters, digits, '_', '.', '-', "

@@ -268,6 +268,9 @@ class AddStorage(Write):
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         spec = self.spec
+        root = validate.storage_root(spec.kind, spec.root)
+        if root != spec.root:  # stored, compared and shown in its one normal form
+            spec = msgspec.structs.replace(spec, root=root)
         name = validate.storage_name(spec.name, "name")
         if name in inv.storage_by_name or name in pending.storage_names:
             raise Conflict(f"a storage named {name!r} exists already", "name")
@@ -295,8 +298,7 @@ class AddStorage(Write):
 
 def _check_root(kind: str, root: str) -> None:
     if kind == "posix":
-        if not root.startswith("/"):
-            raise BadRequest("a posix root must be an absolute directory path", "root")
+        validate.storage_root(kind, root)
     elif not root or root.startswith("/") or "//" in root:
         raise BadRequest("an s3 root is 'bucket' or 'bucket/prefix'", "root")
 

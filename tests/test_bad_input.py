@@ -39,6 +39,14 @@ STORAGE_CASES = [
     ({"name": "d", "kind": "posix", "root": "/d", "capacity": "12 parsecs"}, "capacity", "unit"),
     ({"name": "d", "kind": "posix", "root": "relative", "capacity": 1}, "root", "absolute"),
     ({"name": "d", "kind": "s3", "root": "/bucket", "capacity": 1}, "root", "bucket"),
+    ({"name": "d", "kind": "posix", "root": "/", "capacity": 1}, "root", "file system root"),
+    ({"name": "d", "kind": "posix", "root": "//./", "capacity": 1}, "root", "file system root"),
+    ({"name": "d", "kind": "posix", "root": "/d/../etc", "capacity": 1}, "root", "'..'"),
+    ({"name": "d", "kind": "posix", "root": "/d/q\u0000x", "capacity": 1}, "root", "control"),
+    ({"name": "d", "kind": "posix", "root": "/d/nl\nx", "capacity": 1}, "root", "control"),
+    ({"name": "d", "kind": "s3", "root": "bucket/p\u202ex", "capacity": 1}, "root", "control"),
+    ({"name": "d", "kind": "posix", "root": "/dev/null", "capacity": 1}, "root",
+     "not a directory"),
     ({"name": "../x", "kind": "posix", "root": "/d", "capacity": 1}, "name", "letters"),
     ({"name": "d", "kind": "posix", "root": "/d", "capacity": 1, "phase": "HOT"}, "phase",
      "expected one of PLASMA, GAS, LIQUID, SOLID"),
@@ -247,3 +255,18 @@ async def test_unknown_route_and_method_are_json(http):
     async with http.delete("/v1/storages") as resp:
         assert resp.status == 405
         assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_posix_root_is_stored_in_its_normal_form(with_disk, tmp_path):
+    """``/d/x/``, ``/d//x`` and ``/d/./x`` are one root: stored as ``/d/x``, so the overlap
+    check and every table see one root, and a twin is refused as the same root."""
+    http = with_disk
+    root = tmp_path / "r"
+    root.mkdir()
+    status, answer = await post(http, "/v1/storages", {
+        "name": "norm", "kind": "posix", "root": f"/{root}//./", "capacity": 1})
+    assert status == 201 and answer["root"] == str(root), answer
+    assert answer["warnings"] == []
+    status, answer = await post(http, "/v1/storages", {
+        "name": "twin", "kind": "posix", "root": f"{root}/", "capacity": 1})
+    assert status == 409 and answer["error"]["field"] == "root", answer

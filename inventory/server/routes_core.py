@@ -9,7 +9,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from inventory import model
+from inventory import model, validate
 from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.server.auth import PUBLIC, requires
 from inventory.server.bodies import decode, respond
@@ -64,6 +64,7 @@ async def add_storage(request: web.Request) -> web.Response:
     """Register a storage; a POSIX root that does not exist is warned about (``warnings``),
     or created with ``create_root``: copies never create it (posix.py)."""
     spec = await decode(request, StorageSpec)
+    spec.root = validate.storage_root(spec.kind, spec.root)
     check_storage_config(spec.kind, spec.root, spec.config)
     warnings, made = await _posix_root(spec)
     try:
@@ -101,9 +102,12 @@ async def _posix_root(spec: StorageSpec) -> tuple[list[str], list[str]]:
                 f"mount?); copies to it fail as unreachable until it does"], []
     if exists:
         return [], []
+    if await asyncio.to_thread(os.path.exists, root):
+        raise BadRequest(f"root {root} exists on the server and is not a directory", "root")
     if not spec.create_root:
         return [f"root {root} does not exist on the server: copies to this storage fail as "
-                f"unreachable until it does (mount the volume, or create it: create_root)"], []
+                f"unreachable until it does (mount the volume, or have the server create it: "
+                f"create_root, `dlm storage add --create-root`)"], []
     try:
         made = await asyncio.to_thread(posix.make_root, root)
     except OSError as exc:
