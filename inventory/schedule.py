@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,15 @@ def internal_token() -> str:
 class Schedule:
     """Runs each job's process every period, the first run right after start."""
 
-    def __init__(self, jobs: list[Job], url: str, token: str) -> None:
+    def __init__(self, jobs: list[Job], url: str, token: str,
+                 cannot_write: Callable[[], str | None] | None = None) -> None:
         self.jobs = jobs
         self.url = url
         self.token = token
+        # why the server cannot write now (its write claim lost), or None: a cycle run then
+        # would only be refused, so it is skipped, logged once per job and pause
+        self.cannot_write = cannot_write or (lambda: None)
+        self._skipping: set[int] = set()
         self._tasks: list[asyncio.Task] = []
         self.runs: dict[int, int] = {}
         # Consistency lists whole storages: one at a time, whatever the schedule says.
@@ -106,7 +112,17 @@ class Schedule:
 
     async def _loop(self, index: int, job: Job) -> None:
         while True:
-            await self._run(index, job)
+            reason = self.cannot_write()
+            if reason is None:
+                if index in self._skipping:
+                    self._skipping.discard(index)
+                    log.info("scheduled cycles resumed", extra={"job": job.kind,
+                                                                "target": job.target})
+                await self._run(index, job)
+            elif index not in self._skipping:
+                self._skipping.add(index)
+                log.warning("scheduled cycle skipped: the server cannot write", extra={
+                    "job": job.kind, "target": job.target, "reason": reason})
             await asyncio.sleep(job.every)
 
     async def _run(self, index: int, job: Job) -> None:

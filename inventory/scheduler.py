@@ -39,6 +39,7 @@ log = logging.getLogger("dlm.scheduler")
 
 MAX_GROUP_WRITES = 512  # bounds the latency one group adds to the writes queued behind it
 CLAIM_CHECK = 0.5  # seconds between two looks at the store's write claim
+CLAIM_RETRY_MAX = 5.0  # while it is lost, tries to take it back space out up to this
 
 
 class RWLock:
@@ -124,7 +125,46 @@ class Scheduler:
         # The re-take compares the database's version with memory's: no commit may be halfway.
         self._store_turn = asyncio.Lock()
         self.broken: str | None = None  # why writes are refused until a restart
-        self.claim_lost: str | None = None  # why writes are refused until the claim is back
+        self._claim_lost: str | None = None
+        # set while writes are accepted: what retries writes (the file operations engine)
+        # waits on it instead of trying again and again while the claim is lost
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @property
+    def claim_lost(self) -> str | None:
+        """Why writes are refused until the claim is back (None while it is held)."""
+        return self._claim_lost
+
+    @claim_lost.setter
+    def claim_lost(self, reason: str | None) -> None:
+        self._claim_lost = reason
+        if reason is None and not self.broken:
+            self._writable.set()
+        else:
+            self._writable.clear()
+
+    def accepting_writes(self) -> bool:
+        """Whether a write would be tried now (not refused at once for a lost claim or a
+        broken writer)."""
+        return self._writable.is_set() and not self.broken
+
+    async def wait_writable(self) -> None:
+        """Until writes are accepted again (the claim taken back); never returns on a broken
+        writer (the server is stopping). Cancel it to stop waiting."""
+        while not self.accepting_writes():
+            if self.broken:
+                self._writable.clear()
+            await self._writable.wait()
+
+    def check_claim(self) -> str | None:
+        """Why writes are refused, looking at the claim now (cheap: no database round trip;
+        a file's inode for SQLite): a lost claim is reported before a write tries it."""
+        if self._claim_lost is None and not self.broken and not self.store.holds_claim():
+            self.claim_lost = (f"this server does not hold its write claim on the database "
+                               f"({self.store.claim_lost_why}); writes are refused until it "
+                               f"holds it again")
+        return self._claim_lost
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dlm-writer")
@@ -151,6 +191,9 @@ class Scheduler:
         if self._task is None or self._task.done():
             raise Unavailable("the writer is not running")
         future = asyncio.get_running_loop().create_future()
+        # a client that went away leaves nobody to read a failure: read it here, so that it is
+        # not logged as "Future exception was never retrieved"
+        future.add_done_callback(_retrieve)
         await self._queue.put((write, future))
         # Shield: a client that disconnects must not cancel a commit in flight.
         return await asyncio.shield(future)
@@ -228,20 +271,26 @@ class Scheduler:
         """Notice a lost write claim and take it back (or give up writing) without waiting for
         a client's write: meanwhile writes are refused at once (503), reads go on."""
         told = False  # the loss is logged once, not every look
+        delay = CLAIM_CHECK
         while not self.broken:
-            await asyncio.sleep(CLAIM_CHECK)
-            if self.claim_lost is None and self.store.holds_claim():
+            await asyncio.sleep(delay)
+            if self._claim_lost is None and self.store.holds_claim():
                 told = False
+                delay = CLAIM_CHECK
                 continue
+            # lost: try to take it back, less and less often while another server holds it
+            delay = min(delay * 2, CLAIM_RETRY_MAX)
             async with self._store_turn:
-                if self.claim_lost is None and self.store.holds_claim():
+                if self._claim_lost is None and self.store.holds_claim():
                     continue
                 if not told:
-                    log.warning("the write claim is lost (its database session ended); "
-                                "taking it back", extra={"version": self.inventory.version})
+                    log.warning(f"the write claim is lost ({self.store.claim_lost_why}); "
+                                f"taking it back", extra={"version": self.inventory.version})
                     told = True
                 with contextlib.suppress(ClaimStale):  # _retake_claim has stopped the writer
                     await self._retake_claim()
+            if self._claim_lost is None:
+                delay = CLAIM_CHECK
 
     async def _retake_claim(self) -> None:
         """Take the claim back; go on writing only if the database is still at memory's
@@ -274,6 +323,7 @@ class Scheduler:
         server so that a restart (a supervisor's) loads the database again."""
         if self.broken is None:
             self.broken = f"{why}; restart the server to reload the inventory"
+            self._writable.clear()
             log.error("not writing on a stale inventory; stopping", extra={"reason": why})
             if self.on_fatal is not None:
                 self.on_fatal(self.broken)
@@ -362,6 +412,7 @@ class Scheduler:
                 # a restart loads the truth.
                 self.broken = (f"memory could not apply committed version {version} ({exc!r}); "
                                f"restart the server to reload the inventory from the database")
+                self._writable.clear()
                 log.critical("inventory memory is inconsistent", exc_info=True,
                              extra={"version": version})
                 raise
@@ -388,6 +439,11 @@ def split_alone(group: list[tuple[Write, asyncio.Future]]
         else:
             parts[-1].append(entry)
     return [part for part in parts if part]
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def raise_into(ready: list[tuple[Prepared, asyncio.Future]], exc: DLMError) -> None:

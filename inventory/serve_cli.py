@@ -256,14 +256,26 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
         schedule = None
         if jobs:
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            schedule = Schedule(jobs, f"http://{local}:{port}", token)
+            schedule = Schedule(jobs, f"http://{local}:{port}", token,
+                                state.scheduler.check_claim)
             schedule.start()
             log.info("schedule started", extra={"jobs": [f"{j.kind} {j.target} every "
                                                          f"{j.every:g}s" for j in jobs]})
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            if not stop.is_set():
+                stop.set()
+                return
+            # a second signal while stopping: do not make the operator reach for kill -9
+            # (what is committed is durable, what is not was never acknowledged)
+            log.warning("second signal while stopping: exiting now", extra={"signal": sig})
+            logging.shutdown()
+            os._exit(128 + sig)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal, sig)
         await stop.wait()
         log.info("stopping")
         if schedule is not None:

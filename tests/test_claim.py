@@ -94,27 +94,124 @@ async def test_sqlite_the_lock_is_next_to_the_database_file(server_process, tmp_
         assert_refused(await asyncio.to_thread(serve, port, str(data_dir), db), first, port)
 
 
-async def test_sqlite_a_removed_lock_file_never_lets_two_servers_write(server_process,
-                                                                        tmp_path):
-    """Someone deletes the lock file under a running server: a second server can then lock a
-    new file and write; the first finds its lock gone at its next commit, refuses writes
-    (503 naming the second), and once the second is gone sees that it wrote and exits 3."""
+async def test_sqlite_a_removed_lock_file_does_not_let_a_second_server_in(server_process,
+                                                                          tmp_path):
+    """Someone deletes the lock file under a running server: the claim is the lock on the
+    database file itself, so a second server is still refused; the first writes on and puts
+    its holder line back."""
     a = server_process(None).start()
     await wait_healthy(a.url)
     async with Client(a.url, token="") as client:
         await client.add_storage(**STORAGE)
         await client.add_item(**item("by-a"))
-    (tmp_path / "data" / ("inventory.sqlite" + LOCK_SUFFIX)).unlink()
-    b = server_process(None).start()
-    await wait_healthy(b.url)
+    lock = tmp_path / "data" / ("inventory.sqlite" + LOCK_SUFFIX)
+    lock.unlink()
+    port = free_port()
+    result = await asyncio.to_thread(serve, port, str(tmp_path / "data"), None)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "holds the database file itself" in line, line
+    async with Client(a.url, token="") as client:
+        await client.add_item(**item("a-again"))
+        assert (await client.health())["claim_lost"] is None
+    assert lock.read_text().startswith(f"host={socket.gethostname()} pid={a.proc.pid} ")
+    assert await names_in(a.url) == {"by-a", "a-again"}
+
+
+async def test_sqlite_a_hard_link_to_the_database_is_the_same_claim(server_process, tmp_path):
+    """``ln inventory.sqlite /x/hard.sqlite; dlm serve --db sqlite:/x/hard.sqlite``: another
+    lock file, the same database file: refused."""
+    a = server_process(None).start()
+    await wait_healthy(a.url)
+    async with Client(a.url, token="") as client:
+        await client.add_storage(**STORAGE)
+    (tmp_path / "x").mkdir()
+    hard = tmp_path / "x" / "hard.sqlite"
+    os.link(tmp_path / "data" / "inventory.sqlite", hard)
+    port = free_port()
+    result = await asyncio.to_thread(serve, port, str(tmp_path / "x"), f"sqlite:{hard}")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("dlm: error: another dlm server writes"), line
+    assert "holds the database file itself" in line and "hard link" in line, line
+    async with Client(a.url, token="") as client:  # the holder writes on
+        await client.add_item(**item("after"))
+
+
+async def test_sqlite_the_file_lock_survives_sqlite_closing_its_descriptors(tmp_path):
+    """The claim's ``flock`` on the database file is not SQLite's ``fcntl`` lock: a
+    connection of this process opened and closed on the same file (which drops every ``fcntl``
+    lock this process holds on it) leaves the claim held, and a store reaching the file by a
+    hard link is refused."""
+    import sqlite3
+
+    database = tmp_path / "inventory.sqlite"
+    first = open_store(f"sqlite:{database}", str(tmp_path))
+    (tmp_path / "x").mkdir()
+    try:
+        await first.claim()
+        await first.open()
+        await first.commit([], 1)
+        os.link(database, tmp_path / "x" / "hard.sqlite")
+        for _ in range(3):
+            with contextlib.closing(sqlite3.connect(database)) as conn:
+                conn.execute("SELECT count(*) FROM data_item").fetchone()
+        second = open_store(f"sqlite:{tmp_path / 'x' / 'hard.sqlite'}", str(tmp_path / "x"))
+        with pytest.raises(ClaimRefused, match="holds the database file itself"):
+            await second.claim()
+        await second.close()
+        assert first.holds_claim()
+        await first.commit([], 2)
+    finally:
+        await first.close()
+
+
+async def test_sqlite_a_replaced_database_file_is_a_lost_claim_at_once(server_process,
+                                                                      tmp_path):
+    """The database file is replaced under a running server: /v1/health says so at once (the
+    inode check commits do), writes are refused, and a server on the new file may start."""
+    a = server_process(None).start()
+    await wait_healthy(a.url)
+    async with Client(a.url, token="") as client:
+        await client.add_storage(**STORAGE)
+        await client.add_item(**item("by-a"))
+    replace_database(tmp_path / "data" / "inventory.sqlite")
+    health = await wait_healthy(a.url)
+    assert "replaced" in health["claim_lost"], health
+    async with aiohttp.ClientSession() as session:
+        status, body, _headers = await post(session, a.url, "refused")
+        assert status == 503 and "replaced" in body["error"]["message"], body
+    b = await start_when_free(server_process)
     async with Client(b.url, token="") as client:
         await client.add_item(**item("by-b"))
-    async with aiohttp.ClientSession() as session:
-        assert_claim_503(*await post(session, a.url, "a-again"), f"pid={b.proc.pid}")
-    b.kill()
-    assert await asyncio.to_thread(a.proc.wait, WAIT) == 3
-    c = server_process(None).start()
-    assert await names_in(c.url) == {"by-a", "by-b"}
+    assert "replaced" in (await wait_healthy(a.url))["claim_lost"]
+
+
+def replace_database(path) -> None:
+    """A copy of the database file renamed over it (another inode, the same content)."""
+    import sqlite3
+
+    copy = path.with_name("copy.sqlite")
+    with contextlib.closing(sqlite3.connect(path)) as src, \
+            contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+    os.replace(copy, path)
+
+
+async def start_when_free(server_process, *extra: str) -> ServerProcess:
+    """A server on the data directory, once the one there has let go of its claim."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        srv = server_process(None, *extra)
+        try:
+            srv.start()
+        except RuntimeError:
+            assert time.monotonic() < deadline, "the claim was never let go"
+            await asyncio.sleep(0.2)
+            continue
+        await wait_healthy(srv.url)
+        return srv
 
 
 async def test_after_kill_9_a_new_server_starts_and_has_every_acknowledged_write(
@@ -400,3 +497,137 @@ async def test_two_servers_never_both_acknowledge_writes(pg_url, server_process)
     assert {x.status for x in answers} <= {201, 503, 0}
     c = server_process(pg_url).start()
     assert await names_in(c.url) >= {x.name for x in acked}
+
+
+# ------------------------------------------------------------------ a lost claim, queued work
+
+
+def log_lines(srv: ServerProcess) -> int:
+    return len(srv.log_path.read_bytes().splitlines())
+
+
+def assert_stops_on(srv: ServerProcess, sig: int) -> None:
+    """``sig`` ends the server within a few seconds (a bound on hanging, not a timing assert)."""
+    srv.proc.send_signal(sig)
+    try:
+        srv.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server ignored signal {sig}; last log lines:\n"
+                    + "\n".join(srv.log_path.read_text().splitlines()[-3:]))
+
+
+async def queue_a_failing_copy(srv: ServerProcess, tmp_path) -> None:
+    """A copy that keeps failing and being retried (its target's root does not exist), once
+    it has failed once."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "g1").write_bytes(b"x" * 10)
+    async with Client(srv.url, token="") as client:
+        await client.add_storage(name="src", kind="posix", root=str(src), capacity="1 GB",
+                                 phase="GAS")
+        await client.add_storage(name="dst", kind="posix", root=str(tmp_path / "missing"),
+                                 capacity="1 GB", phase="GAS")
+        await client.add_item(item_name="g1", storage="src", size=10)
+        await client.add_operation("copy", "g1", "dst")
+        deadline = time.monotonic() + WAIT
+        while not [op async for op in client.operations() if op.get("last_error")]:
+            assert time.monotonic() < deadline, "the copy never failed"
+            await asyncio.sleep(0.1)
+
+
+def fast_retries(tmp_path) -> str:
+    """A config retrying failed operations every half second: a spinning engine shows fast."""
+    path = tmp_path / "fast.yaml"
+    path.write_text("fileops: {retry_base: 0.5, retry_max: 0.5, poll: 0.2, max_attempts: 999,"
+                    " unreachable_after: 999}\n")
+    return str(path)
+
+
+async def assert_quiet(srv: ServerProcess, seconds: float = 3) -> None:
+    """The server's log grows by a few lines at most over ``seconds`` (it once wrote 7,000
+    lines a second, one per refused attempt)."""
+    before = log_lines(srv)
+    await asyncio.sleep(seconds)
+    grown = log_lines(srv) - before
+    assert grown < 20, (grown, srv.log_path.read_text().splitlines()[-3:])
+
+
+@pytest.mark.parametrize("sig", [pytest.param(15, id="SIGTERM"), pytest.param(2, id="SIGINT")])
+async def test_sqlite_a_lost_claim_with_queued_operations_backs_off_and_stops_on_signal(
+        server_process, tmp_path, sig):
+    """The database file is replaced and a second server takes the claim while a copy keeps
+    being retried on the first: the first neither spins nor floods its log (one line per
+    change of state), and SIGTERM or SIGINT stop it."""
+    config = fast_retries(tmp_path)
+    a = server_process(None, "--config", config).start()
+    await wait_healthy(a.url)
+    await queue_a_failing_copy(a, tmp_path)
+    replace_database(tmp_path / "data" / "inventory.sqlite")
+    b = await start_when_free(server_process, "--config", config)
+    await assert_quiet(a)
+    assert "replaced" in (await wait_healthy(a.url))["claim_lost"]
+    log = a.log_path.read_text()
+    assert log.count("file operations paused") == 1, log[-2000:]
+    assert "session ended" not in log
+    assert_stops_on(a, sig)
+    assert_stops_on(b, 15)
+
+
+@pytest.mark.postgres
+async def test_postgres_a_lost_claim_with_queued_operations_backs_off_and_stops_on_signal(
+        pg_url, server_process, tmp_path):
+    """Another session holds the claim (the server's session was terminated) while a copy
+    keeps being retried: no tight loop, a quiet log, and SIGTERM stops the server."""
+    a = server_process(pg_url, "--config", fast_retries(tmp_path)).start()
+    await wait_healthy(a.url)
+    await queue_a_failing_copy(a, tmp_path)
+    other = await asyncpg.connect(pg_url, server_settings={
+        "application_name": "dlm-serve host=elsewhere pid=4242"})
+    try:
+        await claim_from_test(other, a)
+        deadline = time.monotonic() + WAIT
+        while not (await wait_healthy(a.url))["claim_lost"]:
+            assert time.monotonic() < deadline, "the server never noticed the lost claim"
+            await asyncio.sleep(0.1)
+        await assert_quiet(a)
+        assert "host=elsewhere pid=4242" in (await wait_healthy(a.url))["claim_lost"]
+        log = a.log_path.read_text()
+        assert "session ended" in log and log.count("file operations paused") <= 1
+        assert_stops_on(a, 15)
+    finally:
+        await other.close()
+
+
+# ------------------------------------------------------------------ the lock file itself
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling-symlink"])
+def test_sqlite_a_bad_lock_file_is_named_not_taken_for_a_port(tmp_path, kind):
+    data = tmp_path / "data"
+    data.mkdir()
+    lock = data / ("inventory.sqlite" + LOCK_SUFFIX)
+    if kind == "directory":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "nowhere" / "x.lock")
+    result = serve(free_port(), str(data), None)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "cannot listen" not in line, line
+    assert f"lock file {lock}" in line, line
+    assert ("is a directory" if kind == "directory" else "is a symbolic link") in line, line
+
+
+async def test_sqlite_the_holder_line_is_printed_printable(server_process, tmp_path):
+    """The lock file's content is anyone's: control characters are shown escaped."""
+    a = server_process(None).start()
+    await wait_healthy(a.url)
+    lock = tmp_path / "data" / ("inventory.sqlite" + LOCK_SUFFIX)
+    with open(lock, "r+") as f:  # the holder's line, rewritten with an escape sequence
+        f.write("host=\x1b[2Jevil\x07 pid=1 since=x\n")
+    result = await asyncio.to_thread(serve, free_port(), str(tmp_path / "data"), None)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "\x1b" not in line and "\x07" not in line, repr(line)
+    assert "host=\\x1b[2Jevil\\x07" in line, line

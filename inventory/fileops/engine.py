@@ -18,7 +18,7 @@ import logging
 import time
 
 from inventory import model
-from inventory.errors import DLMError
+from inventory.errors import DLMError, Unavailable
 from inventory.fileops.limits import FileOpsLimits
 from inventory.inventory import Inventory, Storage
 from inventory.objects import Operation
@@ -37,6 +37,11 @@ from inventory.writes_ops import (
 )
 
 log = logging.getLogger("dlm.fileops")
+
+# After a write the server could not take (503: the database away, the claim being checked),
+# operations wait this long before the next try, doubling up to the maximum.
+UNAVAILABLE_PAUSE = 0.5
+UNAVAILABLE_PAUSE_MAX = 30.0
 
 
 class Backends:
@@ -81,6 +86,8 @@ class FileOpsEngine:
         self._running: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._pause = 0.0  # seconds to wait before dispatching again after a refused write
+        self._paused: str | None = None  # why dispatching is paused (logged once per pause)
 
     @property
     def inventory(self) -> Inventory:
@@ -111,13 +118,49 @@ class FileOpsEngine:
 
     async def _loop(self) -> None:
         while True:
+            await self._until_writable()
             try:
                 self._dispatch()
             except Exception:
                 log.exception("file operations dispatch failed")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.limits.poll)
+            await self._nap(self.limits.poll)
+
+    async def _nap(self, seconds: float) -> None:
+        """Until woken or ``seconds`` pass. Not ``asyncio.wait_for``: on Python 3.11 it
+        swallows a cancellation that arrives as the event is set, and the engine (and with it
+        the server's shutdown) would never stop."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((waiter,), timeout=seconds)
+        finally:
+            waiter.cancel()
+
+    async def _until_writable(self) -> None:
+        """While the server cannot write (its write claim lost, the database away), nothing is
+        started: an operation needs writes to start and to record its outcome. Waits for the
+        claim to come back (or the server to stop: the task is cancelled), logging once."""
+        scheduler = self.scheduler
+        if not scheduler.accepting_writes():
+            self._paused = scheduler.broken or scheduler.claim_lost or "writes refused"
+            log.warning("file operations paused: the server cannot write",
+                        extra={"reason": self._paused})
+            await scheduler.wait_writable()
+        if self._pause:
+            if self._paused is None:
+                self._paused = "the database could not take a write"
+                log.warning("file operations paused: the server cannot write",
+                            extra={"reason": self._paused, "seconds": self._pause})
+            await asyncio.sleep(self._pause)
+            await scheduler.wait_writable()
+        if self._paused is not None:
+            log.info("file operations resumed")
+            self._paused = None
+
+    def _unavailable(self) -> None:
+        """A write the operation needed was refused for now (503): pause dispatching, longer
+        each time in a row, rather than starting operations that cannot be recorded."""
+        self._pause = min(max(self._pause * 2, UNAVAILABLE_PAUSE), UNAVAILABLE_PAUSE_MAX)
 
     def _dispatch(self) -> None:
         limits = self.limits
@@ -173,6 +216,11 @@ class FileOpsEngine:
         try:
             try:
                 op = await self.scheduler.write(StartOperation(op_id))
+            except Unavailable:
+                # not refused: the server cannot write now (a lost claim, the database away).
+                # The operation stays queued; dispatching pauses until writes come back.
+                self._unavailable()
+                return
             except DLMError as exc:
                 # refused (e.g. the last-copy rule) or cancelled meanwhile: it ends here
                 with contextlib.suppress(DLMError):
@@ -180,6 +228,7 @@ class FileOpsEngine:
                 log.warning("operation refused", extra={"operation": op_id,
                                                         "reason": exc.message})
                 return
+            self._pause = 0.0
             if op.state == "done":
                 return  # settled inside the writer (a deletion whose file another replica names)
             if op.kind == "copy":
@@ -188,6 +237,12 @@ class FileOpsEngine:
                 await self._delete(op)
         except asyncio.CancelledError:
             raise
+        except Unavailable as exc:
+            # its outcome could not be recorded: it stays running, and the next start queues
+            # it again (RequeueInterrupted)
+            self._unavailable()
+            log.warning("operation outcome not recorded: the server cannot write",
+                        extra={"operation": op_id, "reason": exc.message})
         except Exception:
             log.exception("operation %d crashed", op_id)
             with contextlib.suppress(Exception):

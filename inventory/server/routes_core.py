@@ -38,7 +38,9 @@ async def health(request: web.Request) -> web.Response:
     return respond(request, {
         "status": "broken" if broken else "ok",
         "problem": broken,
-        "claim_lost": state.scheduler.claim_lost,  # writes refused until the claim is back
+        # writes refused until the claim is back; looked at now (a file's inode for SQLite),
+        # not only when a write tries it
+        "claim_lost": state.scheduler.check_claim(),
         "version": inv.version,
         "storages": len(inv.storages),
         "items": counts.items,

@@ -45,8 +45,8 @@ class StoreConflict(StoreError):
 class ClaimRefused(StoreUnavailable):
     """Another server holds the database's single-writer claim (inventory.store.claim)."""
 
-    def __init__(self, where: str, holder: str) -> None:
-        super().__init__(f"another dlm server writes {where}: held by {holder}")
+    def __init__(self, where: str, holder: str, message: str | None = None) -> None:
+        super().__init__(message or f"another dlm server writes {where}: held by {holder}")
         self.where = where
         self.holder = holder
 
@@ -84,6 +84,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def commit(self, ops: Sequence[DbOp], version: int) -> None:
         """Apply ``ops`` and set the inventory version in one transaction."""
+
+    # how the claim can be lost while the server runs, for the log and /v1/health
+    claim_lost_why = "its database session ended"
 
     @abc.abstractmethod
     async def claim(self) -> None:

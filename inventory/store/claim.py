@@ -43,69 +43,168 @@ def holder_line() -> str:
     return f"host={socket.gethostname()} pid={os.getpid()} since={since}"
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe to print on one line: a holder line read from a file anyone could write
+    may hold terminal escapes or newlines; those are shown escaped, and the line is cut."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
 class FileClaim:
-    """``flock`` on ``<database file>.writer.lock``: the lock is next to the database file, not in
-    the data directory, so two servers given different paths to one file collide as well."""
+    """Two ``flock``s: on the database file itself, and on ``<database file>.writer.lock``.
+
+    The lock on the database file's own inode is the claim: every path to that file (another
+    data directory, a symbolic link, a hard link) reaches the same inode, so two servers never
+    both hold it. On Linux ``flock`` and SQLite's ``fcntl`` byte-range locks do not interact,
+    and a ``flock`` belongs to its open file description, so SQLite closing its own descriptors
+    of the file (which drops this process's ``fcntl`` locks) does not release it. The lock file
+    next to the database file carries the holder's line for a refused server to print; it is
+    locked as well, so a server started by another name still finds whom to name."""
 
     def __init__(self, db_path: str, where: str) -> None:
-        self.path = os.path.realpath(db_path) + LOCK_SUFFIX
+        self.db_path = os.path.realpath(db_path)
+        self.path = self.db_path + LOCK_SUFFIX
         self.where = where
-        self._fd: int | None = None
+        self._fd: int | None = None  # the lock file
+        self._db_fd: int | None = None  # the database file
+        self._first: tuple[int, int] | None = None  # (device, inode) of the file first locked
 
     def held(self) -> bool:
-        return self._fd is not None
+        """Whether the claim is held now: the database file's lock, on the file its path still
+        names (a database file replaced under the server is another database)."""
+        return self._db_fd is not None and _same_file(self.db_path, self._db_fd)
 
     def take(self) -> None:
-        """Hold the lock, or raise ClaimRefused naming the holder. Blocking (file system)."""
-        if self._fd is not None:
+        """Hold the claim, or raise ClaimRefused naming the holder (StoreUnavailable when the
+        lock file is not a usable file). Blocking (file system)."""
+        if self.held():
+            if not self._lock_file_intact():
+                self._relock_file()
             return
+        self.release()
+        if self._first is not None and not self._still_first():
+            raise ClaimRefused(self.where, "", (
+                f"the database file {self.db_path} was replaced or removed after this server "
+                f"opened it; this server writes no other file (restart it to serve the file "
+                f"now there)"))
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._fd = self._lock_file()
+        try:
+            self._db_fd = self._lock_database()
+        except BaseException:
+            self.release()
+            raise
+        held = os.fstat(self._db_fd)
+        self._first = self._first or (held.st_dev, held.st_ino)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, (holder_line() + "\n").encode())
+
+    def _still_first(self) -> bool:
+        try:
+            st = os.stat(self.db_path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._first
+
+    def _lock_file(self) -> int:
+        """The lock file's descriptor, locked; ClaimRefused naming its holder if locked."""
         for _attempt in range(3):  # the file may be replaced between the open and the lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open_lock_file()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 raise ClaimRefused(self.where, f"{self.holder()} (lock {self.path})") from None
-            if self._same_file(fd):
-                os.ftruncate(fd, 0)
-                os.write(fd, (holder_line() + "\n").encode())
-                self._fd = fd
-                return
+            if _same_file(self.path, fd):
+                return fd
             os.close(fd)
         raise StoreUnavailable(f"{self.path} keeps being replaced; cannot take the write claim")
 
-    def check(self) -> bool:
-        """Whether the lock is still held on the file at the path (someone may have removed or
-        replaced it, and a second server could then lock the new file). Drops it if not."""
-        if self._fd is None:
-            return False
-        if self._same_file(self._fd):
-            return True
-        self.release()
-        return False
-
-    def _same_file(self, fd: int) -> bool:
+    def _open_lock_file(self) -> int:
         try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return False
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                           0o644)
+        except OSError as exc:
+            raise StoreUnavailable(f"the write claim's lock file {self.path}: "
+                                   f"{_what_is_wrong(self.path, exc)}") from None
 
-    def holder(self) -> str:
-        """The holder's line (meaningful while someone holds the lock)."""
+    def _lock_database(self) -> int:
         try:
-            with open(self.path) as f:
-                line = f.readline().strip()
-        except OSError:
-            line = ""
-        return line or "a process that has not written its name yet"
+            fd = os.open(self.db_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreUnavailable(f"the database file {self.db_path}: "
+                                   f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ClaimRefused(self.where, "a process that holds the database file itself: it "
+                               "was opened by another name (a hard link, or a lock file "
+                               "removed meanwhile); see `fuser` or /proc/locks") from None
+        return fd
 
-    def release(self) -> None:
-        """Drop the lock; the file stays (removing it would race with a server taking it)."""
+    def _lock_file_intact(self) -> bool:
+        return self._fd is not None and _same_file(self.path, self._fd)
+
+    def _relock_file(self) -> None:
+        """The lock file was removed or replaced while the claim stayed held: put the holder's
+        line back where a refused server reads it (best effort: the claim does not need it)."""
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+        with contextlib.suppress(ClaimRefused, StoreUnavailable, OSError):
+            self._fd = self._lock_file()
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, (holder_line() + "\n").encode())
+
+    def check(self) -> bool:
+        """Whether the claim is still held (the database file at the path is the one locked);
+        drops the locks if not. Restores a removed lock file while held."""
+        if self.held():
+            if not self._lock_file_intact():
+                self._relock_file()
+            return True
+        self.release()
+        return False
+
+    def holder(self) -> str:
+        """The holder's line (meaningful while someone holds the lock), printable."""
+        try:
+            with open(self.path, errors="replace") as f:
+                line = f.readline(4096).strip()
+        except OSError:
+            line = ""
+        return printable(line) if line else "a process that has not written its name yet"
+
+    def release(self) -> None:
+        """Drop the locks; the files stay (removing the lock file would race with a server
+        taking it)."""
+        for name in ("_db_fd", "_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        st, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _what_is_wrong(path: str, exc: OSError) -> str:
+    """One line on a lock file that cannot be opened, for the operator to fix."""
+    if os.path.islink(path):
+        target = os.readlink(path)
+        return (f"is a symbolic link (to {printable(target)}), not a lock file; remove it "
+                f"(dlm creates the file)")
+    if os.path.isdir(path):
+        return "is a directory, not a lock file; remove it (dlm creates the file)"
+    return f"cannot be opened: {exc.strerror or exc}"
 
 
 class PgClaim:
@@ -140,7 +239,7 @@ class PgClaim:
         except BaseException as exc:
             conn.terminate()
             if isinstance(exc, _UNREACHABLE):
-                raise StoreUnavailable(f"postgresql: {exc}") from exc
+                raise StoreUnavailable("the database connection was lost; retry") from exc
             raise
         self.conn = conn
         return conn
@@ -173,5 +272,5 @@ async def pg_holder(conn: asyncpg.Connection) -> str:
     since = started.isoformat(timespec="seconds") if started is not None else "?"
     session = f"PostgreSQL backend {backend} from {addr or 'a local socket'}"
     if name and name.startswith(APP_NAME + " "):
-        return f"{name.removeprefix(APP_NAME + ' ')} since={since} ({session})"
-    return f"application_name {name!r} since={since} ({session})"
+        return f"{printable(name.removeprefix(APP_NAME + ' '))} since={since} ({session})"
+    return f"application_name {printable(repr(name))} since={since} ({session})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -56,6 +57,19 @@ _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError
 # state asyncpg does not expect (seen with pg_terminate_backend under writes): it is dropped, so
 # that the write claim it carried is taken again on a new one (issue 15).
 _CONFUSED = (asyncpg.exceptions.InternalClientError,)
+# What a client is told when the connection broke: the driver's own words ("cannot switch to
+# state 15 ...") say nothing to it and are logged instead.
+CONNECTION_LOST = "the database connection was lost; retry"
+
+
+def _lost(exc: BaseException, what: str = "postgresql") -> StoreUnavailable:
+    """A StoreUnavailable a client may read: PostgreSQL's own error messages pass (they say
+    what the database refused), a dropped connection or the driver's state errors do not."""
+    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+            exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.AdminShutdownError):
+        return StoreUnavailable(f"{what}: {exc}")
+    log.warning("database connection lost", extra={"error": f"{type(exc).__name__}: {exc}"})
+    return StoreUnavailable(CONNECTION_LOST)
 
 
 class PostgresStore(Store):
@@ -67,6 +81,10 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
         self._claim = PgClaim(url, self.describe())
+        # Every use of the claim's connection (take, commit, release) holds this: asyncpg
+        # runs one operation at a time on a connection, and a second one started beside it
+        # breaks both ("another operation is in progress").
+        self._claim_lock = asyncio.Lock()
 
     def describe(self) -> str:
         # Never print a password.
@@ -77,7 +95,8 @@ class PostgresStore(Store):
         return self.url
 
     async def claim(self) -> None:
-        await self._claim.take()
+        async with self._claim_lock:
+            await self._claim.take()
 
     def holds_claim(self) -> bool:
         return self._claim.held()
@@ -109,7 +128,8 @@ class PostgresStore(Store):
                 await conn.execute("DELETE FROM path_repair")
 
     async def close(self) -> None:
-        await self._claim.release()
+        async with self._claim_lock:
+            await self._claim.release()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -127,8 +147,8 @@ class PostgresStore(Store):
         try:
             async with self._pool.acquire(timeout=10) as conn:
                 return await conn.fetchval("SELECT version FROM inventory_state", timeout=10)
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
+        except (*_UNAVAILABLE, *_CONFUSED, asyncpg.PostgresError) as exc:
+            raise _lost(exc) from exc
 
     async def stored_tokens(self) -> list[Token]:
         found = Inventory()
@@ -176,13 +196,17 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreUnavailable("the database is closed")
         await self.claim_for(version)
-        conn = self._claim.conn
+        conn = None
         try:
-            await self._commit_on(conn, ops, version)
+            async with self._claim_lock:
+                conn = self._claim.conn
+                if conn is None or conn.is_closed():
+                    raise StoreUnavailable(CONNECTION_LOST)
+                await self._commit_on(conn, ops, version)
         except StoreInDoubt:
             raise
         except StoreUnavailable:
-            if not conn.is_closed():
+            if conn is not None and not conn.is_closed():
                 raise
             # The claim's session was gone before COMMIT was sent (PostgreSQL restarted, the
             # connection dropped, pg_terminate_backend): nothing of this transaction happened.
@@ -190,7 +214,11 @@ class PostgresStore(Store):
             # dead connection does not fail a write the database could take (issue 15).
             log.warning("the write claim's connection is gone; taking the claim again")
             await self.claim_for(version)
-            await self._commit_on(self._claim.conn, ops, version)
+            async with self._claim_lock:
+                conn = self._claim.conn
+                if conn is None or conn.is_closed():
+                    raise StoreUnavailable(CONNECTION_LOST) from None
+                await self._commit_on(conn, ops, version)
 
     async def _commit_on(self, conn: asyncpg.Connection, ops: Sequence[DbOp],
                          version: int) -> None:
@@ -209,16 +237,18 @@ class PostgresStore(Store):
             raise StoreConflict(f"database constraint: {exc}") from exc
         except _CONFUSED as exc:
             conn.terminate()
-            raise StoreUnavailable(f"postgresql: connection dropped: {exc}") from exc
+            raise _lost(exc) from exc
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
+            raise _lost(exc) from exc
         try:
             await transaction.commit()
         except (*_UNAVAILABLE, asyncpg.PostgresError, *_CONFUSED) as exc:
             if isinstance(exc, _CONFUSED):
                 conn.terminate()
             # COMMIT was sent; whether it happened only the database knows now
-            raise StoreInDoubt(f"postgresql: connection lost during COMMIT: {exc}") from exc
+            log.warning("database connection lost during COMMIT",
+                        extra={"error": f"{type(exc).__name__}: {exc}"})
+            raise StoreInDoubt("the database connection was lost during COMMIT") from exc
 
 
 async def _apply(conn: asyncpg.Connection, op: DbOp) -> None:

@@ -63,6 +63,7 @@ _INSERT_STORAGE = (f"INSERT INTO storage ({_q(STORAGE_COLUMNS)}) "
 class SQLiteStore(Store):
     backend = "sqlite"
     dialect = "sqlite"
+    claim_lost_why = "its database file was replaced or removed"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -196,8 +197,8 @@ class SQLiteStore(Store):
         try:
             await self._run(self._commit, ops, version)
         except _LockGone:
-            # Someone removed or replaced the lock file (nothing was written): lock the file
-            # now at the path, checking that nobody wrote meanwhile, and try once more.
+            # The database file at the path is not the one locked (nothing was written): take
+            # the claim again (refused if the file was replaced) and try once more.
             await self.claim_for(version)
             await self._run(self._commit, ops, version)
 
@@ -206,8 +207,8 @@ class SQLiteStore(Store):
         if conn is None:
             raise StoreUnavailable("the database is closed")
         if not self._claim.check():
-            raise _LockGone(f"the write claim's lock file {self._claim.path} was removed or "
-                            f"replaced; writes wait until the claim is taken again")
+            raise _LockGone(f"the database file {self._claim.db_path} was replaced or removed; "
+                            f"writes wait until the claim is taken again")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -225,7 +226,7 @@ class SQLiteStore(Store):
 
 
 class _LockGone(StoreUnavailable):
-    """The lock file at the claim's path is not the one this store locked."""
+    """The database file at the claim's path is not the one this store locked."""
 
 
 def _apply(conn: sqlite3.Connection, op: DbOp) -> None:
