@@ -116,6 +116,35 @@ async def test_a_bulk_request_is_refused_whole_naming_the_first_bad_item(disk):
     assert (await disk.client.storage("disk"))["used"] == 0 + 1 + 2 + 3 + 4
 
 
+async def test_a_bulk_request_over_several_storages_is_checked_on_each(disk, tmp_path):
+    """The stats of all POSIX storages of a request run in one thread-pool call: each item
+    is still looked for on its own storage, and the first bad item in request order (not
+    in storage order) is named."""
+    other = tmp_path / "other"
+    other.mkdir()
+    await disk.client.add_storage(name="other", kind="posix", root=str(other), capacity=10**9)
+    (disk.root / "d").mkdir()
+    for i in range(4):
+        (disk.root / "d" / f"f{i}").write_bytes(b"a" * i)
+        (other / f"g{i}").write_bytes(b"b" * (10 + i))
+    specs = [{"item_name": f"d/f{i}" if i % 2 else f"g{i}",
+              "storage": "disk" if i % 2 else "other"} for i in range(4)]
+    specs += [{"item_name": "g9", "storage": "other"}, {"item_name": "d/f9", "storage": "disk"}]
+    specs[5], specs[4] = specs[4], specs[5]  # disk's missing item first, then other's
+    with pytest.raises(errors.Conflict) as refused:
+        await disk.client.add_items(specs)
+    assert refused.value.field == "items[4].storage" and "'d/f9'" in refused.value.message
+    specs[0]["item_name"] = "d/f0"  # on other: no such file there
+    with pytest.raises(errors.Conflict) as refused:
+        await disk.client.add_items(specs)
+    assert refused.value.field == "items[0].storage" and "'d/f0'" in refused.value.message
+    specs[0]["item_name"] = "g0"
+    assert len(await disk.client.add_items(specs[:4])) == 4
+    page = await disk.client.request("GET", "/v1/items", params={"version": "all"})
+    assert sorted((i["item_name"], i["size"]) for i in page["items"]) == [
+        ("d/f1", 1), ("d/f3", 3), ("g0", 10), ("g2", 12)]
+
+
 async def test_a_patch_registering_a_location_checks_the_payload(disk):
     c = disk.client
     item = await c.add_item(item_name="later")

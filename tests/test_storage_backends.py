@@ -229,3 +229,35 @@ async def test_posix_early_writeback_setting(tmp_path: Path, writeback: int) -> 
     assert PosixBackend(tmp_path, fsync=False).writeback == 0
     with pytest.raises(ConfigError):
         backend_for("posix", str(tmp_path), {"writeback": "2M"})
+
+
+async def test_posix_stat_groups_answers_each_storage_in_order(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Several POSIX storages' stats in shared thread-pool calls (a bulk ingest's): each
+    path is looked up under its own storage's root, the answers come back per storage in the
+    paths' order, also when a call's batch ends in the middle of a storage's paths, and a
+    symlinked directory leading outside a root is still refused."""
+    from inventory.storage import posix
+
+    monkeypatch.setattr(posix, "STAT_BATCH", 3)
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for n, root in enumerate(roots):
+        (root / "d").mkdir(parents=True)
+        for i in range(5):
+            (root / "d" / f"f{i}").write_bytes(b"x" * (10 * n + i))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f0").write_bytes(b"secret")
+    (roots[1] / "link").symlink_to(tmp_path / "out")
+    a, b = (posix.PosixBackend(root) for root in roots)
+    try:
+        found = await posix.PosixBackend.stat_groups([
+            (a, ["d/f0", "d/f4", "d/none"]),
+            (b, ["d/f3", "d/f2", "link/f0", "d/f1", "d/f0"]),
+            (a, [])])
+        sizes = [[getattr(info, "size", type(info).__name__) for info in group]
+                 for group in found]
+        assert sizes == [[0, 4, "NotFound"], [13, 12, "InvalidPath", 11, 10], []]
+        assert await posix.PosixBackend.stat_groups([]) == []
+    finally:
+        await a.close()
+        await b.close()

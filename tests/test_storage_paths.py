@@ -153,3 +153,31 @@ async def test_posix_root_missing_is_unreachable_not_not_found(tmp_path: Path) -
     async with PosixBackend(tmp_path) as backend:
         with pytest.raises(NotFound):
             await backend.stat("a")
+
+
+def test_the_fast_name_check_accepts_exactly_what_the_full_check_accepts() -> None:
+    """``check_name`` answers most names with a few regex scans (bulk ingest checks every
+    name twice): that shortcut must never accept a name the rule-by-rule check refuses, and
+    must take every good ASCII name (else the bulk path is silently slow). Every name of up to
+    5 characters over an alphabet of separators, dots, the reserved prefix's letters and bad
+    characters, and names at the length limits."""
+    from itertools import product
+
+    from inventory.storage import paths
+
+    def accepted(name: str) -> bool:
+        try:
+            paths._check_name_fully(name)
+        except InvalidPath:
+            return False
+        return True
+
+    names = ["".join(chars) for n in range(6) for chars in product("a./-\\\x01é", repeat=n)]
+    names += [".dlm-", "a/.dlm-x", "a/.dlmx", "a.dlm-/b", "x" * 255, "x" * 256, "é" * 128,
+              "é" * 127, "a/" + "x" * 256, ("x" * 200 + "/") * 5 + "x",
+              ("x" * 200 + "/") * 6, "\u202a", "a\x9f", "\ud800", "a/b\x7f"]
+    for name in names:
+        fast = paths.fast_name(name)
+        assert not fast or accepted(name), name
+        assert fast or not name.isascii() or not accepted(name), name
+        assert (paths.check_name(name) == name if accepted(name) else True)

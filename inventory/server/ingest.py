@@ -26,6 +26,7 @@ import msgspec
 
 from inventory import model, validate
 from inventory.errors import BadRequest, Conflict, DLMError, Unavailable
+from inventory.fileops.engine import Backends
 from inventory.ingest import Payload, StalePayload, verifies_ingest
 from inventory.inventory import Inventory, Storage
 from inventory.server.state import ServerState
@@ -34,6 +35,7 @@ from inventory.storage.base import ObjectInfo
 from inventory.storage.errors import InvalidPath, StorageError
 from inventory.storage.errors import NotFound as StorageNotFound
 from inventory.storage.paths import VERSION_MARK, default_path, path_of_uri, uri_of
+from inventory.storage.posix import PosixBackend
 
 ATTEMPTS = 3  # looks at the payloads before a stale one is answered with 409
 CHECKSUM_CONCURRENCY = 4  # payloads read at once for verify: checksum
@@ -167,12 +169,13 @@ async def _look(state: ServerState, jobs: list[Job], count: int) -> list[Payload
     for job in jobs:
         by_storage.setdefault(job.storage.id, []).append(job)
     backends = state.backends
-    answers = await asyncio.gather(*(
-        backends.get(group[0].storage).stat_many([j.path for j in group])
-        for group in by_storage.values()))
+    answers = await _stat(backends, list(by_storage.values()))
     failures: dict[int, DLMError] = {}
     to_sum: list[tuple[Job, ObjectInfo]] = []
+    make = tuple.__new__  # Payload(...) without its keyword-handling __new__: per item
     for group, infos in zip(by_storage.values(), answers, strict=True):
+        s = group[0].storage
+        sid, kind, root = s.id, s.kind, s.root
         for job, info in zip(group, infos, strict=True):
             if isinstance(info, StorageError):
                 failures[job.index] = _refusal(job, info)
@@ -181,7 +184,8 @@ async def _look(state: ServerState, jobs: list[Job], count: int) -> list[Payload
             elif job.verify == "checksum":
                 to_sum.append((job, info))
             else:
-                payloads[job.index] = _payload(job, info.size, None)
+                payloads[job.index] = make(Payload, (sid, kind, root, job.path, job.version,
+                                                     info.size, None))
     if to_sum and not failures:  # reading payloads is only worth it for a request that passes
         gate = asyncio.Semaphore(CHECKSUM_CONCURRENCY)
 
@@ -206,6 +210,22 @@ async def _look(state: ServerState, jobs: list[Job], count: int) -> list[Payload
     if failures:
         raise failures[min(failures)]
     return payloads
+
+
+async def _stat(backends: Backends, groups: list[list[Job]]
+                ) -> list[list[ObjectInfo | StorageError]]:
+    """The stats of each group's paths (one group per storage): every POSIX storage's in one
+    thread-pool call, the others' (S3: HEADs) concurrently with it."""
+    mine = [(group, backends.get(group[0].storage)) for group in groups]
+    posix = [(backend, [j.path for j in group]) for group, backend in mine
+             if isinstance(backend, PosixBackend)]
+    others = [backend.stat_many([j.path for j in group]) for group, backend in mine
+              if not isinstance(backend, PosixBackend)]
+    local, *remote = await asyncio.gather(PosixBackend.stat_groups(posix), *others)
+    found = iter(local)
+    rest = iter(remote)
+    return [next(found) if isinstance(backend, PosixBackend) else next(rest)
+            for _, backend in mine]
 
 
 def _payload(job: Job, size: int, checksum: str | None) -> Payload:
