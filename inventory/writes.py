@@ -919,6 +919,7 @@ class RemoveStorage(Write):
 def check_storage_config(kind: str, root: str, config: dict[str, Any]) -> None:
     """A config the backend would refuse is a 400 now, not an internal error at the first
     inject or copy (``storage.factory.check_config``)."""
+    _check_verify_ingest(config)  # names config.verify_ingest, the one setting DLM reads
     try:
         check_config(kind, root, config)
     except ConfigError as exc:
