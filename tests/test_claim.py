@@ -371,6 +371,9 @@ async def test_sessions_terminated_under_writes_lose_nothing_and_memory_stays_th
         await admin.close()
     assert {status for _, status, _ in answers} <= {201, 503}, \
         [body for _, status, body in answers if status not in (201, 503)][:3]
+    refusals = {body["error"]["message"] for _, status, body in answers if status == 503}
+    internals = ("another operation", "cannot switch to state", "asyncpg", "Error:")
+    assert not [m for m in refusals if any(word in m for word in internals)], refusals
     acked = {name for name, status, _ in answers if status == 201}
     assert acked, "nothing was acknowledged"
     print(f"10 terminations under writes: "
@@ -382,6 +385,9 @@ async def test_sessions_terminated_under_writes_lose_nothing_and_memory_stays_th
             await asyncio.sleep(0.05)
     memory = await names_in(srv.url)
     health = await wait_healthy(srv.url)
+    log = srv.log_path.read_text()
+    assert "was never retrieved" not in log and "Traceback" not in log, \
+        [line for line in log.splitlines() if "never retrieved" in line or "Traceback" in line]
     srv.kill()
     again = server_process(pg_url).start()
     assert await names_in(again.url) == memory >= acked | {"last"}

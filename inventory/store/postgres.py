@@ -72,6 +72,38 @@ def _lost(exc: BaseException, what: str = "postgresql") -> StoreUnavailable:
     return StoreUnavailable(CONNECTION_LOST)
 
 
+def _abandoned_driver_waiter(loop: asyncio.AbstractEventLoop, context: dict) -> bool:
+    """Whether ``context`` is asyncpg's own waiter left behind by a connection that broke.
+
+    When PostgreSQL ends a session (``pg_terminate_backend``) between two statements, asyncpg
+    is left consuming the error; the next statement fails at once ("another operation is in
+    progress", which the commit treats as a lost connection) but leaves the waiter asyncpg
+    made for it, which the connection's loss then fails with nobody to read it (asyncpg's
+    internals; no public way to reach it). It is a dropped connection already handled: logged
+    at debug level, not as an error with a traceback."""
+    exc = context.get("exception")
+    return (context.get("message", "").startswith("Future exception was never retrieved")
+            and isinstance(exc, asyncpg.ConnectionDoesNotExistError | asyncpg.InterfaceError))
+
+
+def _quiet_abandoned_waiters() -> None:
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    if getattr(previous, "dlm_abandoned_waiters", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if _abandoned_driver_waiter(loop, context):
+            log.debug("abandoned driver waiter", extra={"error": str(context["exception"])})
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.dlm_abandoned_waiters = True
+    loop.set_exception_handler(handler)
+
+
 class PostgresStore(Store):
     backend = "postgresql"
     dialect = "postgresql"
@@ -95,6 +127,7 @@ class PostgresStore(Store):
         return self.url
 
     async def claim(self) -> None:
+        _quiet_abandoned_waiters()
         async with self._claim_lock:
             await self._claim.take()
 
