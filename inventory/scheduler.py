@@ -158,12 +158,13 @@ class Scheduler:
             await self._writable.wait()
 
     def check_claim(self) -> str | None:
-        """Why writes are refused, looking at the claim now (cheap: no database round trip;
-        a file's inode for SQLite): a lost claim is reported before a write tries it."""
+        """Why writes cannot be acknowledged now, looking at the claim itself (cheap: no
+        database round trip; a file's inode for SQLite), so that /v1/health reports a lost
+        claim before a write tries it. It only reports: the next write or the background check
+        takes the claim back or refuses (a PostgreSQL that is merely down is not a refusal)."""
         if self._claim_lost is None and not self.broken and not self.store.holds_claim():
-            self.claim_lost = (f"this server does not hold its write claim on the database "
-                               f"({self.store.claim_lost_why}); writes are refused until it "
-                               f"holds it again")
+            return (f"this server does not hold its write claim on the database "
+                    f"({self.store.claim_lost_why}); writes wait until it holds it again")
         return self._claim_lost
 
     async def start(self) -> None:
