@@ -22,6 +22,7 @@ from inventory.storage import (
     PosixBackend,
     S3Backend,
     SizeMismatch,
+    Unreachable,
     adler32_of,
     backend_for,
 )
@@ -261,3 +262,37 @@ async def test_posix_stat_groups_answers_each_storage_in_order(tmp_path: Path,
     finally:
         await a.close()
         await b.close()
+
+
+def _huge_sparse(tmp_path: Path) -> Path:
+    """A file whose checksum takes tens of seconds to read (holes read as zeros)."""
+    root = tmp_path / "r"
+    root.mkdir(exist_ok=True)
+    path = root / f"huge-{uuid.uuid4().hex[:8]}"
+    with open(path, "wb") as f:
+        f.truncate(200 * 10**9)
+    return path
+
+
+async def test_posix_checksum_reads_end_when_cancelled_or_stopped(tmp_path: Path) -> None:
+    """A checksum of a 200 GB file (verified ingest) holds a thread for as long as it reads: a
+    caller that goes away, or a server that stops, ends it at the next chunk; and at most half
+    the threads read whole files, so a stat of the storage is answered meanwhile."""
+    huge = [_huge_sparse(tmp_path).name for _ in range(2)]
+    backend = PosixBackend(tmp_path / "r", threads=2)
+    (tmp_path / "r" / "small").write_bytes(b"x")
+    try:
+        reads = [asyncio.create_task(backend.checksum(name)) for name in huge]
+        await asyncio.sleep(0.2)
+        # threads=2: one whole-file read at a time, the other thread free for a stat
+        assert (await asyncio.wait_for(backend.stat("small"), 20)).size == 1
+        assert not any(read.done() for read in reads)
+        reads[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(reads[0], 20)
+        await asyncio.sleep(0.2)  # the second read holds the gate now
+        backend.stop_long_reads()
+        with pytest.raises(Unreachable, match="stopped"):
+            await asyncio.wait_for(reads[1], 20)
+    finally:
+        await backend.close()

@@ -59,6 +59,10 @@ class Backends:
         self._open[storage.id] = (key, backend)
         return backend
 
+    def stop_long_reads(self) -> None:
+        for _key, backend in self._open.values():
+            backend.stop_long_reads()
+
     async def close(self) -> None:
         for _key, backend in self._open.values():
             with contextlib.suppress(Exception):

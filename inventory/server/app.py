@@ -111,6 +111,8 @@ def make_app(config: ServerConfig) -> web.Application:
     async def end_long_polls(app: web.Application) -> None:
         if STATE in app:
             app[STATE].feed.close()
+            # an ingest checksum of a huge file must not hold the shutdown for minutes
+            app[STATE].backends.stop_long_reads()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(end_long_polls)

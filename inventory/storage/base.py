@@ -165,6 +165,11 @@ class Backend(abc.ABC):
         be used."""
         return None
 
+    def stop_long_reads(self) -> None:
+        """The server is stopping: whole-file reads in threads (checksums) end at their next
+        chunk instead of holding the shutdown. Async streams need nothing: they are cancelled."""
+        return None
+
     async def close(self) -> None:
         """Release connections and threads; the backend is unusable afterwards."""
         return None

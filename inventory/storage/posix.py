@@ -261,6 +261,10 @@ class PosixBackend(Backend):
         self.copy_method: CopyMethod = copy_method
         self.writeback = writeback if fsync and writeback > 0 else 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dlm-posix")
+        # Whole-file reads for checksums (verified ingest) hold a thread for as long as the
+        # file takes: at most half the threads do that, so stats and copies keep the rest.
+        self._checksum_gate = asyncio.Semaphore(max(1, threads // 2))
+        self._closing = threading.Event()  # set by close: running checksum reads stop
 
     def __repr__(self) -> str:
         return f"PosixBackend({self.root!r})"
@@ -438,13 +442,15 @@ class PosixBackend(Backend):
                 out[index].extend(part)
         return out
 
-    def _checksum_file(self, path: str) -> WriteResult:
+    def _checksum_file(self, path: str, stop: threading.Event) -> WriteResult:
         fd, _info = self._open_source(path)
         try:
             summer, size = Adler32(), 0
             buffer = bytearray(min(self.chunk_size, COPY_CHUNK))
             view = memoryview(buffer)
             while count := os.readv(fd, [buffer]):
+                if stop.is_set() or self._closing.is_set():
+                    raise _Stopped
                 summer.update(view[:count])
                 size += count
             return WriteResult(size, summer.hexdigest())
@@ -452,8 +458,27 @@ class PosixBackend(Backend):
             os.close(fd)
 
     async def checksum(self, path: str) -> WriteResult:
-        """The whole read and sum in one thread-pool call, through one reused buffer."""
-        return await self._run(path, self._checksum_file, path)
+        """The whole read and sum in one thread-pool call, through one reused buffer. A
+        cancelled caller (a request that went away) or a closing backend (a server stopping)
+        ends the read at the next chunk, instead of a 200 GB file holding a thread and the
+        server's shutdown for minutes."""
+        async with self._checksum_gate:
+            stop = threading.Event()
+            loop = asyncio.get_running_loop()
+            job = loop.run_in_executor(self._pool, self._checksum_file, path, stop)
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                stop.set()
+                with suppress(BaseException):
+                    await asyncio.wait([job])
+                    job.exception()
+                raise
+            except _Stopped:
+                raise Unreachable(f"{path}: the checksum read stopped: storage {self.root} is "
+                                  "closing", path=path) from None
+            except OSError as exc:
+                raise self._translate(exc, path) from exc
 
     @asynccontextmanager
     async def open_read(self, path: str) -> AsyncIterator[Reader]:
@@ -804,5 +829,9 @@ class PosixBackend(Backend):
     async def purge_partial(self, older_than: float) -> int:
         return await self._run(None, self._purge, older_than)
 
+    def stop_long_reads(self) -> None:
+        self._closing.set()
+
     async def close(self) -> None:
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
