@@ -105,16 +105,18 @@ def read_config(path: Path, required: bool) -> dict[str, str]:
 def settings(args: argparse.Namespace) -> tuple[str, str]:
     """Server URL and token: the flag, else the environment, else the config file, else the
     default (no token: the server's open mode on loopback)."""
-    url = getattr(args, "url", None) or os.environ.get("DLM_URL")
+    url = getattr(args, "url", None)
+    if url is None:  # an empty --url is a mistake to report, not the default
+        url = os.environ.get("DLM_URL")
     token = getattr(args, "token", None) or os.environ.get("DLM_TOKEN")
     if url is None or token is None:
         named = getattr(args, "config", None)
         path, required = (Path(named), True) if named else config_path()
         config = read_config(path, required)
-        url = url or config.get("url")
+        url = config.get("url") if url is None else url
         token = token or config.get("token")
     try:
-        url = server_url(url or DEFAULT_URL)
+        url = server_url(DEFAULT_URL if url is None else url)
     except ValueError as exc:
         raise CLIError(f"{exc} (--url, DLM_URL or the config file)", USAGE_ERROR) from None
     return url, token or ""

@@ -69,6 +69,9 @@ def server_url(text: str) -> str:
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"server URL {text!r}: expected http:// or https://, "
                              f"got {parsed.scheme}://")
+        if parsed.query_string or parsed.fragment or parsed.user or parsed.password:
+            raise ValueError(f"server URL {text!r}: give it without a query, a fragment or "
+                             f"credentials (the token goes in --token or DLM_TOKEN)")
     if not host:
         raise ValueError(f"server URL {text!r} is not a URL like http://127.0.0.1:8642")
     return url.rstrip("/")

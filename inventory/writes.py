@@ -307,8 +307,10 @@ _NEW_ROOT = "storage_root"
 
 
 def real_roots(roots: list[str]) -> dict[str, str]:
-    """The real path of each POSIX root that is an existing directory (blocking: a thread)."""
-    return {root: os.path.realpath(root) for root in roots if os.path.isdir(root)}
+    """The real path of each POSIX root (blocking: a thread). A root that does not exist yet is
+    resolved as far as it exists: ``/x/alias/q``, with ``alias`` a symlink to another storage's
+    root and ``q`` not made yet, is that root's ``q`` and overlaps it."""
+    return {root: os.path.realpath(root) for root in roots}
 
 
 def _nested(a: str, b: str) -> bool:

@@ -63,6 +63,24 @@ STORAGE_CASES = [
       "config": {"threads": "many"}}, "config", "must be int"),
     ({"name": "d", "kind": "posix", "root": "/d", "capacity": 1,
       "config": {"endpoint_url": "http://x"}}, "config", "unknown posix config key"),
+    ({"name": "d", "kind": "posix", "root": "/d", "capacity": 1,
+      "config": {"copy_method": "magic"}}, "config", "'kernel' or 'read'"),
+    ({"name": "d", "kind": "posix", "root": "/d", "capacity": 1,
+      "config": {"threads": 0}}, "config", "at least 1"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"part_size": "16 MiB"}}, "config", "must be an integer"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"endpoint_url": 123}}, "config", "must be a string"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"endpoint_url": "notaurl"}}, "config", "http:// or https://"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"addressing_style": "weird"}}, "config", "addressing_style"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"connect_timeout": "x"}}, "config", "seconds"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"content_md5": "no"}}, "config", "true or false"),
+    ({"name": "d", "kind": "s3", "root": "bucket", "capacity": 1,
+      "config": {"list_page_size": 0}}, "config", "integer >= 1"),
 ]
 
 
@@ -270,3 +288,22 @@ async def test_a_posix_root_is_stored_in_its_normal_form(with_disk, tmp_path):
     status, answer = await post(http, "/v1/storages", {
         "name": "twin", "kind": "posix", "root": f"{root}/", "capacity": 1})
     assert status == 409 and answer["error"]["field"] == "root", answer
+
+
+async def test_a_root_not_made_yet_under_a_symlink_to_another_root_overlaps_it(with_disk,
+                                                                             tmp_path):
+    """``alias/q`` with ``alias`` a symlink to storage a's root and ``q`` not made yet is a's
+    ``q``: resolved as far as it exists, it overlaps a (a deletion on one would remove the
+    other's payload)."""
+    http = with_disk
+    (tmp_path / "a").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "a")
+    status, answer = await post(http, "/v1/storages", {
+        "name": "a", "kind": "posix", "root": str(tmp_path / "a"), "capacity": 1})
+    assert status == 201, answer
+    before = await snapshot_state(http)
+    for root in (tmp_path / "alias" / "q", tmp_path / "alias" / "nx" / "y"):
+        status, answer = await post(http, "/v1/storages", {
+            "name": "y5", "kind": "posix", "root": str(root), "capacity": 1})
+        assert status == 409 and answer["error"]["field"] == "root", answer
+    assert await snapshot_state(http) == before

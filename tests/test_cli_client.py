@@ -182,7 +182,8 @@ def test_a_server_url_without_scheme_works_and_a_bad_one_is_one_line(dlm, cli_se
     dlm("storage", "ls", "--url", bare)
     monkeypatch.setenv("DLM_URL", bare)
     dlm("storage", "ls")
-    for bad in ("ftp://x", "http://[::1", "http://", " "):
+    for bad in ("ftp://x", "http://[::1", "http://", " ", "", f"http://{bare}?x=1",
+                f"http://{bare}#frag", f"http://user:pw@{bare}"):
         message = dlm.error("storage", "ls", "--url", bad, status=2)
         assert "server URL" in message and "--url, DLM_URL" in message, message
     with pytest.raises(ValueError, match="expected http:// or https://"):

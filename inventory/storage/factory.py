@@ -19,6 +19,7 @@ from inventory.storage.s3client import S3Settings
 
 _POSIX_KEYS = {"fsync": bool, "threads": int, "chunk_size": int, "copy_method": str,
                "writeback": int}
+_POSIX_MIN = {"threads": 1, "chunk_size": 1, "writeback": 0}
 
 
 def _check_posix(root: str, config: Mapping[str, Any]) -> None:
@@ -30,6 +31,11 @@ def _check_posix(root: str, config: Mapping[str, Any]) -> None:
             raise ConfigError(f"unknown posix config key {key!r}; allowed: {sorted(_POSIX_KEYS)}")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(f"posix config {key!r} must be {kind.__name__}")
+        if kind is int and value < _POSIX_MIN[key]:
+            raise ConfigError(f"posix config {key!r} must be at least {_POSIX_MIN[key]}")
+        if key == "copy_method" and value not in ("kernel", "read"):
+            raise ConfigError(f"posix config 'copy_method' must be 'kernel' or 'read', "
+                              f"not {value!r}")
 
 
 def _posix(root: str, config: Mapping[str, Any]) -> PosixBackend:

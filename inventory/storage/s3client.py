@@ -42,6 +42,41 @@ MAX_PARTS = 10_000
 MAX_PUT = 5 << 30  # the S3 maximum for one PUT
 
 
+_S3_STRINGS = {"endpoint_url", "region", "access_key", "secret_key", "session_token",
+               "addressing_style"}
+_S3_COUNTS = {"part_size": 1, "multipart_threshold": 0, "max_concurrency": 1,
+              "max_pool_connections": 1, "max_attempts": 1, "list_page_size": 1}
+_S3_SECONDS = {"connect_timeout", "read_timeout"}
+_S3_FLAGS = {"content_md5", "sign_payload"}
+_ADDRESSING = {"auto", "virtual", "path"}
+
+
+def _check_setting(key: str, value: Any) -> None:
+    """A value of the wrong type or range is refused when the storage is registered, not met
+    as a TypeError (an internal error) at the first copy or listing."""
+    if key in _S3_STRINGS:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"s3 config {key!r} must be a string")
+        if key == "endpoint_url" and value is not None:
+            scheme, _, rest = value.partition("://")
+            if scheme not in ("http", "https") or not rest.strip("/"):
+                raise ConfigError(f"s3 config 'endpoint_url' must be an http:// or https:// URL, "
+                                  f"not {value!r}")
+        if key == "addressing_style" and value is not None and value not in _ADDRESSING:
+            raise ConfigError(f"s3 config 'addressing_style' must be one of "
+                              f"{sorted(_ADDRESSING)}, not {value!r}")
+    elif key in _S3_COUNTS:
+        if not isinstance(value, int) or isinstance(value, bool) or value < _S3_COUNTS[key]:
+            raise ConfigError(f"s3 config {key!r} must be an integer >= {_S3_COUNTS[key]}")
+        if key == "list_page_size" and value > 1000:
+            raise ConfigError("s3 config 'list_page_size' must be at most 1000 (S3's page)")
+    elif key in _S3_SECONDS:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ConfigError(f"s3 config {key!r} must be a number of seconds > 0")
+    elif key in _S3_FLAGS and not isinstance(value, bool):
+        raise ConfigError(f"s3 config {key!r} must be true or false")
+
+
 @dataclass(frozen=True, slots=True)
 class S3Settings:
     """Where the bucket is and how to talk to it; built by ``S3Settings.parse``."""
@@ -72,6 +107,8 @@ class S3Settings:
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise ConfigError(f"unknown s3 config keys {unknown}; allowed: {sorted(allowed)}")
+        for key, value in config.items():
+            _check_setting(key, value)
         location = root.removeprefix("s3://").strip("/")
         bucket, _, prefix = location.partition("/")
         if not bucket or "//" in prefix or any(s in (".", "..") for s in prefix.split("/")):
