@@ -131,6 +131,8 @@ async def run_consistency(client: Client, storage_name: str, options: Options) -
                       "right? Nothing was repaired")
         body = report_body(storage, snapshot_version, snap.version, started, ended, result,
                            options, fix=options.fix, duration=clock() - t0)
+        body["symlinks"] = [[_text(path), None if target is None else _text(target)]
+                            for path, target in sorted(symlinks.items())]
         stored = None
         report: dict[str, Any]
         if options.store:
@@ -150,6 +152,10 @@ async def run_consistency(client: Client, storage_name: str, options: Options) -
             outcomes = await delete_orphans(backend, confirmed, listed, options.grace,
                                             link_targets(symlinks))
             deleted = sum(1 for o in outcomes.values() if o == DELETED)
+            if stored:  # the stored report says what was done, not only what was confirmed
+                await client.request("POST", f"{REPORTS}/{stored['id']}/deletions",
+                                     json={"outcomes": {_text(p): o
+                                                        for p, o in outcomes.items()}})
             for row in report["findings"][ORPHAN]:
                 if row["path"] in outcomes:
                     row["action"] = outcomes[row["path"]]

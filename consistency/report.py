@@ -201,6 +201,15 @@ def to_html(report: Mapping[str, Any]) -> str:
     fix = report.get("fix")
     if fix:
         parts.append(f'<h2>Fix</h2><pre id="fix">{_e(json.dumps(fix, indent=2))}</pre>')
+    links = report.get("symlinks")
+    if links:  # POSIX: never objects, never deleted; what they reach is kept
+        parts.append(f'<h2 id="h-symlinks">Symlinks (never deleted; what they reach is kept): '
+                     f'{len(links)}</h2><table id="symlinks"><thead><tr><th>path</th>'
+                     "<th>target</th></tr></thead><tbody>")
+        parts.extend(f"<tr><td>{_e(link.get('path'))}</td><td>"
+                     f"{_e(link.get('target') or '(outside the root or dangling)')}</td></tr>"
+                     for link in links[:HTML_ROWS])
+        parts.append("</tbody></table>")
     for kind in _kinds(report):
         rows = report["findings"][kind]
         parts.append(f'<h2 id="h-{_e(kind)}">{_e(_TITLES.get(kind, kind))}: {len(rows)}</h2>')

@@ -28,6 +28,7 @@ finding with the action taken is the cycle's compressed blob (``cycle_report``),
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections import Counter
 from typing import Annotated, Any, Literal
@@ -35,8 +36,9 @@ from typing import Annotated, Any, Literal
 import msgpack
 import msgspec
 
+from consistency.diff import link_targets, reached_by_symlink
 from inventory import model, validate
-from inventory.errors import BadRequest
+from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.inventory import NONE, Inventory, Storage
 from inventory.objects import Cycle, Operation
 from inventory.records import ItemRecord, ReplicaRecord
@@ -104,6 +106,10 @@ class ConsistencyReportIn(msgspec.Struct, forbid_unknown_fields=True):
     checksum_mismatch: list[FindingIn] = msgspec.field(default_factory=list)
     truncated: dict[Literal["missing", "orphan", "size_mismatch", "checksum_mismatch"], Count] \
         = msgspec.field(default_factory=dict)  # rows of a class left out of the body
+    # POSIX: the symlinks listed under the root, [path, target under the root or None]. They
+    # are kept in the stored report, and no orphan one of them reaches is confirmed: the
+    # consistency process would keep it, and the stored report must say so, not "deleted".
+    symlinks: list[tuple[Path, Path | None]] = msgspec.field(default_factory=list)
 
 
 def encode_blob(rows: list[list[Any]]) -> bytes:
@@ -138,6 +144,9 @@ class ApplyConsistencyReport(Write):
         for kind in CLASSES:
             for index, finding in enumerate(getattr(rep, kind)):
                 _check_text(finding, f"{kind}[{index}]")
+        for index, link in enumerate(rep.symlinks):
+            _check_text(link, f"symlinks[{index}]")
+        targets = link_targets(dict(rep.symlinks))
         sid = storage.id
         now = model.now()
         safety = safety_reason(rep, storage.replica_count)
@@ -156,7 +165,7 @@ class ApplyConsistencyReport(Write):
         for f in rep.orphan:
             action = None
             if acting:
-                action = state.confirm_orphan(f[0], f[6], rep.grace, storage)
+                action = state.confirm_orphan(f[0], f[6], rep.grace, storage, targets)
                 if action == CONFIRMED:
                     confirmed.append(f[0])
             blob.append(["orphan", sid, *f, action])
@@ -181,6 +190,7 @@ class ApplyConsistencyReport(Write):
             "safety": safety,
             "fix": fix,
             "duration": round(rep.duration, 3),
+            "symlinks": [{"path": path, "target": target} for path, target in rep.symlinks],
         }
         cycle = Cycle(pending.next_id(inv, "cycle"), "consistency", rep.started, now,
                       None, summary)
@@ -207,6 +217,60 @@ class ApplyConsistencyReport(Write):
 
 
 CONFIRMED = "deletion confirmed: unknown to the inventory, older than the grace period"
+DELETED = "deleted"
+Outcome = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class OrphanDeletionsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``dlm consistency --fix`` did with the orphans a report confirmed, path by path:
+    ``deleted``, or why not (changed since the listing, gone already, a storage error...)."""
+
+    outcomes: dict[Path, Outcome]
+
+
+class RecordOrphanDeletions(Write):
+    """Record in a stored report what became of its confirmed orphans: the server confirms,
+    the consistency process deletes (or, having checked once more, keeps), so only it can say.
+    Without this the served report would read "deletion confirmed" for a file still on disk
+    and count confirmations as if they were deletions. ``rows`` is the report's blob, read by
+    the route (it is not kept in memory); each path must be one the report confirmed and not
+    yet recorded."""
+
+    def __init__(self, cycle_id: int, outcomes: dict[str, str], rows: list[list[Any]]) -> None:
+        self.cycle_id = cycle_id
+        self.outcomes = outcomes
+        self.rows = rows
+
+    def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
+        cycle = inv.cycles.get(self.cycle_id)
+        if cycle is None or cycle.kind != "consistency":
+            raise NotFound(f"no consistency report {self.cycle_id}", "id")
+        fix = cycle.summary.get("fix")
+        if not fix:
+            raise Conflict(f"report {self.cycle_id} was not a --fix run: it confirmed nothing",
+                           "id")
+        path_at, action_at = BLOB_COLUMNS.index("path"), BLOB_COLUMNS.index("action")
+        rows = [list(r) for r in self.rows]
+        confirmed = {r[path_at]: r for r in rows if r[0] == "orphan" and r[action_at] == CONFIRMED}
+        for path, outcome in self.outcomes.items():
+            _check_text((path, outcome), "outcomes")
+            if path not in confirmed:
+                raise BadRequest(f"{path!r} is not an orphan this report confirmed (or its "
+                                 "outcome is recorded already)", "outcomes")
+            confirmed[path][action_at] = outcome
+        deleted = sum(1 for o in self.outcomes.values() if o == DELETED)
+        summary = {**cycle.summary,
+                   "fix": {**fix, "orphans_deleted": fix.get("orphans_deleted", 0) + deleted}}
+        updated = dataclasses.replace(cycle, summary=summary)
+        db_ops: list[DbOp] = [upsert([updated]), UpsertRows(
+            "cycle_report", ("cycle_id", "decisions"), ("cycle_id",),
+            [(updated.id, encode_blob(rows))])]
+
+        def apply(inv: Inventory) -> Cycle:
+            inv.put_object(updated)
+            return updated
+
+        return Prepared(db_ops, apply, [("cycle", updated)], rows=1)
 
 
 class _Repairs:
@@ -264,12 +328,16 @@ class _Repairs:
         return f"marked {state_name}; not re-copied: {why}"
 
     def confirm_orphan(self, path: str, mtime: float | None, grace: float,
-                       storage: Storage) -> str:
+                       storage: Storage, targets: dict[str, str]) -> str:
         try:
             check_name(path)
         except StorageError as exc:
             self.dropped["orphan_invalid_name"] += 1
             return f"not deleted: {exc.message}; remove it by hand"
+        link = reached_by_symlink(path, targets)
+        if link is not None:  # the same words as ``consistency.cycle.delete_orphans``
+            self.dropped["orphan_symlink"] += 1
+            return f"not deleted: the symlink {link} reaches it"
         if mtime is None or mtime > self.now - grace:
             self.dropped["orphan_young"] += 1
             return "not deleted: younger than the grace period"

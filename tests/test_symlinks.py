@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,96 @@ def test_cli_consistency_reports_symlinks_and_keeps_their_targets(
     report = json.loads(out.read_text())
     assert report["symlinks"] == [{"path": "set/f8", "target": "real/f8"}]
     assert target.read_bytes() == there.data["set/f8"]
+
+
+async def test_a_copy_through_a_symlink_on_the_source_blames_the_source(fs):
+    """The planted symlinked directory is on the source: the error names the source storage
+    and its reliability is charged, not the target's."""
+    c, src, dst = fs.client, fs.roots["src"], fs.roots["dst"]
+    data = os.urandom(2000)
+    put(src, "pl/sub/x", data)
+    item = await c.add_item(item_name="pl/sub/x", storage="src", size=len(data),
+                            checksum=adler(data), target_phase="GAS")
+    os.rename(src / "pl/sub", src / "moved")
+    (src / "pl/sub").symlink_to(src / "moved")
+    done = await operation(c, (await queue(c, "copy", item["oid"], "dst"))["id"])
+    assert done["state"] == "failed", done
+    assert done["last_error"].startswith("invalid_path on src:"), done
+    assert SYMLINK_REFUSAL in done["last_error"] and str(src) in done["last_error"], done
+    assert "on dst" not in done["last_error"], done
+    assert (await c.storage("dst"))["reliability"]["copies_failed"] == 0
+    assert (await c.storage("src"))["reliability"]["copies_failed"] >= 1
+    assert not (dst / "pl/sub/x").exists()
+
+
+def test_served_report_says_what_was_done_with_symlinked_orphans(
+        served, tmp_path, capsys):  # noqa: F811
+    """An orphan reached by a symlink is kept: the report the server serves (JSON and HTML)
+    says so with the reason, counts only what was deleted, and keeps the symlinks list, as
+    the local report does."""
+    there = served["site"]
+    disk1 = there.roots["disk1"]
+    kept, gone = put(disk1, "real/file", b"d\n"), put(disk1, "stray/old", b"an orphan")
+    age(kept)
+    age(gone)
+    (disk1 / "filelink").symlink_to("real/file")
+    out = tmp_path / "c1.json"
+    code = main(["consistency", "disk1", "--url", served["url"], "--fix", "--grace", "1s",
+                 "--report", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert kept.exists() and not gone.exists()
+    local = json.loads(out.read_text())
+    actions = {r["path"]: r["action"] for r in local["findings"]["orphan"]}
+    assert actions == {"real/file": "not deleted: the symlink filelink reaches it",
+                       "stray/old": "deleted"}
+    assert local["symlinks"] == [{"path": "filelink", "target": "real/file"}]
+    assert local["fix"]["orphans_deleted"] == 1 and local["fix"]["orphans_confirmed"] == 1
+    with urllib.request.urlopen(f"{served['url']}/v1/consistency/reports/{local['id']}"
+                                "?format=json") as resp:
+        remote = json.loads(resp.read())
+    assert remote["findings"] == local["findings"]
+    assert remote["fix"] == local["fix"]
+    assert remote["symlinks"] == local["symlinks"]
+    with urllib.request.urlopen(f"{served['url']}/v1/consistency/reports/{local['id']}"
+                                "?format=html") as resp:
+        page = resp.read().decode()
+    assert "not deleted: the symlink filelink reaches it" in page
+    assert "deletion confirmed" not in page
+    assert '<table id="symlinks">' in page and "<td>filelink</td><td>real/file</td>" in page
+    assert '&quot;orphans_deleted&quot;: 1' in page
+
+
+async def test_deletion_outcomes_are_refused_for_paths_not_confirmed(server):
+    c = server.client
+    await c.add_storage(name="s", kind="posix", root="/nonexistent/s", capacity=1)
+    tally = {"count": 0, "bytes": 0}
+    counts = {k: tally for k in ("missing", "orphan", "size_mismatch", "checksum_mismatch",
+                                 "ok", "listed")}
+    counts.update(expected=0, skipped={}, checksums_read=0, missing_fraction=0)
+    body = {"storage": "s", "started": 1e9, "ended": 1e9 + 1, "snapshot_version": 0,
+            "inventory_version": 0, "grace": 1, "max_missing": 0.05, "checksums": "none",
+            "counts": counts, "fix": True, "orphan": [["old", None, None, 1, None, None, 1e8,
+                                                      None]],
+            "symlinks": [["ln", "young"]]}
+    stored = await c.request("POST", "/v1/consistency/reports", json=body)
+    assert stored["delete_orphans"] == ["old"]
+    path = f"/v1/consistency/reports/{stored['id']}/deletions"
+    for outcomes in ({"young": "deleted"}, {"nope": "deleted"}, {"old": ""}):
+        with pytest.raises(errors.BadRequest) as refused:
+            await c.request("POST", path, json={"outcomes": outcomes})
+        assert refused.value.field.startswith("outcomes"), outcomes
+    await c.request("POST", path, json={"outcomes": {"old": "deleted"}})
+    with pytest.raises(errors.BadRequest):  # recorded once
+        await c.request("POST", path, json={"outcomes": {"old": "deleted"}})
+    with pytest.raises(errors.NotFound) as missing:
+        await c.request("POST", "/v1/consistency/reports/999/deletions",
+                        json={"outcomes": {"old": "deleted"}})
+    assert missing.value.field == "id"
+    report = await c.request("GET", f"/v1/consistency/reports/{stored['id']}")
+    assert report["fix"]["orphans_deleted"] == 1
+    assert report["symlinks"] == [{"path": "ln", "target": "young"}]
+    assert [r["action"] for r in report["findings"]["orphan"]] == ["deleted"]
 
 
 # --------------------------------------------------------------------------- overlapping roots

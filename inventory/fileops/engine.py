@@ -73,7 +73,10 @@ class Backends:
 def _blame(exc: StorageError, source: Storage, target: Storage) -> Storage:
     """Which storage a failed copy counts against: a missing object is the source's fault,
     a full, read-only or conflicting target the target's; an unreachable one is the remote
-    (S3) side when only one side is remote."""
+    (S3) side when only one side is remote. An error the copy knows the side of (``tag``: a
+    symlink planted on the source, say) is that side's."""
+    if exc.side is not None:
+        return source if exc.side == "source" else target
     if exc.code == "not_found":
         return source
     if exc.code == "unreachable" and source.kind == "s3" and target.kind != "s3":

@@ -26,6 +26,8 @@ from inventory.writes_consistency import (
     BLOB_COLUMNS,
     ApplyConsistencyReport,
     ConsistencyReportIn,
+    OrphanDeletionsIn,
+    RecordOrphanDeletions,
 )
 
 routes = web.RouteTableDef()
@@ -46,6 +48,26 @@ async def add_report(request: web.Request) -> web.Response:
     return respond(request, {**cycle_json(cycle), "delete_orphans": confirmed}, status=201)
 
 
+@routes.post("/v1/consistency/reports/{id}/deletions")
+@requires("operator")
+async def add_deletions(request: web.Request) -> web.Response:
+    """``dlm consistency --fix`` says what became of each orphan the report confirmed (deleted,
+    or kept and why), so the served report says what was really done."""
+    body = await decode(request, OrphanDeletionsIn)
+    state = state_of(request)
+    cycle = _cycle(state, request.match_info["id"])
+    rows = _rows(await state.store.cycle_decisions(cycle.id))
+    cycle = await state.scheduler.write(RecordOrphanDeletions(cycle.id, body.outcomes, rows))
+    return respond(request, cycle_json(cycle))
+
+
+def _cycle(state: Any, text: str) -> Cycle:
+    cycle = state.inventory.cycles.get(int(text)) if text.isdigit() and len(text) < 19 else None
+    if cycle is None or cycle.kind != KIND:
+        raise NotFound(f"no consistency report {text}", "id")
+    return cycle
+
+
 @routes.get("/v1/consistency/reports")
 async def list_reports(request: web.Request) -> web.Response:
     inv = state_of(request).inventory
@@ -64,10 +86,7 @@ async def show_report(request: web.Request) -> web.Response:
     if fmt not in reports.FORMATS:
         raise BadRequest(f"expected one of {', '.join(reports.FORMATS)}", "format")
     state = state_of(request)
-    text = request.match_info["id"]
-    cycle = state.inventory.cycles.get(int(text)) if text.isdigit() and len(text) < 19 else None
-    if cycle is None or cycle.kind != KIND:
-        raise NotFound(f"no consistency report {text}", "id")
+    cycle = _cycle(state, request.match_info["id"])
     report = full_report(cycle, await state.store.cycle_decisions(cycle.id))
     if fmt == "json":
         return respond(request, report)
@@ -118,6 +137,16 @@ openapi.OPERATIONS.update({
                     "checksum, mtime, replica_created]`. Answers with the recorded cycle and "
                     "`delete_orphans`, the orphan paths confirmed unknown and old enough to "
                     "delete."),
+    ("POST", "/v1/consistency/reports/{id}/deletions"): openapi.Op(
+        "Record what became of a report's confirmed orphans", "operator",
+        {200: dict[str, Any]}, (*openapi.WRITE_ERRORS, 404), (_ID,), body=dict[str, Any],
+        tag="operations",
+        description="Sent by `dlm consistency --fix` after it deleted (or, checking once more, "
+                    "kept) the orphans the report confirmed: `{\"outcomes\": {path: "
+                    "\"deleted\" or why not}}`. Each path must be an orphan the report "
+                    "confirmed and not yet recorded (else 400, field `outcomes`); a report "
+                    "stored without `fix` is 409. The stored report's rows then carry these "
+                    "actions and `fix.orphans_deleted` counts the deletions."),
     ("GET", "/v1/consistency/reports"): openapi.Op(
         "Consistency reports, newest first", "reader", {200: dict[str, Any]}, (400,),
         (openapi.query("storage", {"type": "string"}, "only reports of this storage"),

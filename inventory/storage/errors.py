@@ -20,6 +20,9 @@ class StorageError(Exception):
 
     code = "storage_error"
     retryable = False
+    # Which storage of a copy raised it, when the code that called it knows (``tag``): the
+    # engine names and charges that one (a symlink planted on the source is the source's).
+    side: Side | None = None
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
@@ -30,6 +33,13 @@ class StorageError(Exception):
         """The error as recorded in an operation's ``last_error``."""
         return {"code": self.code, "message": self.message, "path": self.path,
                 "retryable": self.retryable}
+
+
+def tag(exc: StorageError, side: Side) -> StorageError:
+    """Mark ``exc`` as raised by the ``side`` storage of a copy, unless already marked."""
+    if exc.side is None:
+        exc.side = side
+    return exc
 
 
 def _error(name: str, code: str, retryable: bool, doc: str,

@@ -72,6 +72,7 @@ from inventory.storage.errors import (
     StorageFull,
     ThroughSymlink,
     Unreachable,
+    tag,
 )
 from inventory.storage.paths import RESERVED_PREFIX, check_name, check_prefix
 
@@ -671,7 +672,9 @@ class PosixBackend(Backend):
         try:
             fi, info = src._open_source(src_path)
         except OSError as exc:
-            raise src._translate(exc, src_path) from exc
+            raise tag(src._translate(exc, src_path), "source") from exc
+        except StorageError as exc:  # a symlink on the way: the source's, not this storage's
+            raise tag(exc, "source") from None
         try:
             # fail before creating anything when the source is already known to be wrong
             check_expected(info.size, info.checksum, expected_size=expected_size,

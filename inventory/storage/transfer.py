@@ -19,11 +19,13 @@ is accepted, verified, instead of failing a copy that is in fact done.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import NamedTuple
 
-from inventory.storage.base import Backend, ObjectInfo, check_expected, exists_error
+from inventory.storage.base import Backend, ObjectInfo, Reader, check_expected, exists_error
 from inventory.storage.checksum import Adler32, normalize
-from inventory.storage.errors import NotFound
+from inventory.storage.errors import NotFound, StorageError, tag
 
 
 class CopyResult(NamedTuple):
@@ -49,7 +51,10 @@ async def copy(src: Backend, src_path: str, dst: Backend, dst_path: str, *,
     if expected_checksum is not None:
         expected_checksum = normalize(expected_checksum)
     if not replace:
-        existing = await _stat_or_none(dst, dst_path)
+        try:
+            existing = await _stat_or_none(dst, dst_path)
+        except StorageError as exc:
+            raise tag(exc, "target") from None
         if existing is not None:
             size, checksum = await _adopt(src, src_path, dst, dst_path, existing,
                                           expected_size, expected_checksum)
@@ -58,7 +63,7 @@ async def copy(src: Backend, src_path: str, dst: Backend, dst_path: str, *,
     result = await dst.copy_from(src, src_path, dst_path, expected_size=expected_size,
                                  expected_checksum=expected_checksum, exclusive=exclusive)
     if result is None:
-        async with src.open_read(src_path) as reader:
+        async with _read_source(src, src_path) as reader:
             info = reader.info
             # a recorded checksum or the size already says the source is wrong: do not copy
             check_expected(info.size, info.checksum, expected_size=expected_size,
@@ -68,6 +73,20 @@ async def copy(src: Backend, src_path: str, dst: Backend, dst_path: str, *,
                 expected_size=info.size if expected_size is None else expected_size,
                 expected_checksum=expected_checksum, exclusive=exclusive)
     return CopyResult(result.size, result.checksum, time.monotonic() - started)
+
+
+@asynccontextmanager
+async def _read_source(src: Backend, path: str) -> AsyncIterator[Reader]:
+    """``src.open_read``, an error opening it marked as the source's (``tag``)."""
+    entered = False
+    try:
+        async with src.open_read(path) as reader:
+            entered = True
+            yield reader
+    except StorageError as exc:
+        if not entered:
+            raise tag(exc, "source") from None
+        raise
 
 
 async def _stat_or_none(backend: Backend, path: str) -> ObjectInfo | None:
