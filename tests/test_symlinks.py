@@ -21,29 +21,15 @@ from inventory.specs import StorageSpec
 from inventory.storage.errors import ThroughSymlink
 from inventory.storage.posix import SYMLINK_REFUSAL, PosixBackend
 from inventory.writes import AddStorage, Pending
-from tests.conftest import InProcessServer, adler
+from tests.conftest import adler
 from tests.test_consistency import age, site  # noqa: F401  (fixture)
 from tests.test_consistency_cli import served  # noqa: F401  (fixture)
-from tests.test_fileops import FAST, operation, queue
+from tests.test_fileops import operation, queue
+from tests.test_replica_paths import fs  # noqa: F401  (fixture: src and dst on a fast engine)
 
 pytest_plugins = ["tests.cli_fixtures"]
 
 
-@pytest.fixture
-async def fs(db_url, tmp_path):
-    """A server with a fast engine and two POSIX storages, src and dst."""
-    srv = InProcessServer(db_url, tmp_path, fileops=FAST)
-    await srv.start()
-    srv.roots = {}
-    for name in ("src", "dst"):
-        srv.roots[name] = tmp_path / name
-        srv.roots[name].mkdir()
-        await srv.client.add_storage(name=name, kind="posix", root=str(srv.roots[name]),
-                                     capacity=10**9, phase="GAS")
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 def put(root: Path, path: str, data: bytes) -> Path:
@@ -62,7 +48,7 @@ async def victim(srv, data: bytes = b"the only copy of v3") -> dict:
 
 # --------------------------------------------------------------------------- registration
 
-async def test_registration_through_a_symlink_is_refused(fs):
+async def test_registration_through_a_symlink_is_refused(fs):  # noqa: F811 (fs from test_replica_paths)
     c, root = fs.client, fs.roots["src"]
     await victim(fs)
     (root / "dirlink").mkdir()
@@ -103,7 +89,7 @@ def test_cli_inject_through_a_symlink_fails_naming_the_uri(dlm, cli_server, tmp_
 
 # --------------------------------------------------------------------------- deletions, copies
 
-async def test_a_deletion_through_a_planted_symlink_removes_nothing(fs):
+async def test_a_deletion_through_a_planted_symlink_removes_nothing(fs):  # noqa: F811 (fs from test_replica_paths)
     """Registered at a real directory that is then swapped for a link to another item's files:
     expiring it and deleting its replica fails and leaves the other item's only payload."""
     c, root = fs.client, fs.roots["src"]
@@ -133,7 +119,7 @@ async def test_a_deletion_through_a_planted_symlink_removes_nothing(fs):
     assert kept["state"] == "READY" and [r["state"] for r in kept["replicas"]] == ["complete"]
 
 
-async def test_copies_refuse_a_symlinked_source_or_target(fs):
+async def test_copies_refuse_a_symlinked_source_or_target(fs):  # noqa: F811 (fs from test_replica_paths)
     c, src, dst = fs.client, fs.roots["src"], fs.roots["dst"]
     data = os.urandom(3000)
     put(src, "run/a", data)
@@ -269,7 +255,7 @@ def test_cli_consistency_reports_symlinks_and_keeps_their_targets(
     assert target.read_bytes() == there.data["set/f8"]
 
 
-async def test_a_copy_through_a_symlink_on_the_source_blames_the_source(fs):
+async def test_a_copy_through_a_symlink_on_the_source_blames_the_source(fs):  # noqa: F811 (fs from test_replica_paths)
     """The planted symlinked directory is on the source: the error names the source storage
     and its reliability is charged, not the target's."""
     c, src, dst = fs.client, fs.roots["src"], fs.roots["dst"]
