@@ -232,7 +232,8 @@ def format_report(result: CycleResult, *, dry_run: bool) -> str:
         f"{'storage':<20} {'triggered':>9} {'before':>8} {'after':>8} {'deleted':>10}  status",
     ]
     for s in plan.storages:
-        status = "ok" if s.satisfied else "STILL OVER: protected by " + ", ".join(
+        status = "not judged by this policy" if not s.judged else \
+            "ok" if s.satisfied else "STILL OVER: protected by " + ", ".join(
             f"{label} ({_bytes(b)})" for label, b in
             sorted(s.protected_bytes.items(), key=lambda kv: -kv[1])[:3])
         lines.append(f"{s.name:<20} {'yes' if s.triggered else 'no':>9} "

@@ -79,6 +79,7 @@ class StorageOutcome:
     deleted_bytes: int = 0
     deleted_replicas: int = 0
     protected_bytes: dict[str, int] = field(default_factory=dict)  # rule label -> bytes
+    judged: bool = True  # inside the policy's `on`: storages outside it are only reported
 
     def to_json(self) -> dict[str, Any]:
         top = sorted(self.protected_bytes.items(), key=lambda kv: -kv[1])[:5]
@@ -87,10 +88,16 @@ class StorageOutcome:
             "used_before": self.used_before, "used_after": self.used_after,
             "occupancy_before": round(self.occupancy_before, 6),
             "occupancy_after": round(self.occupancy_after, 6),
-            "triggered": self.triggered, "satisfied": self.satisfied,
+            "triggered": self.triggered, "satisfied": self.satisfied, "judged": self.judged,
             "deleted_bytes": self.deleted_bytes, "deleted_replicas": self.deleted_replicas,
             "top_protecting_rules": [{"rule": label, "bytes": b} for label, b in top],
         }
+
+
+def rule_key(outcome: str, label: str) -> str:
+    """A decision kind as reports name it, ``outcome: label``; a label that already starts
+    with its outcome (the safety net's ``safety: last complete copy``) is not said twice."""
+    return label if label.startswith(f"{outcome}:") else f"{outcome}: {label}"
 
 
 class DecisionKinds:
@@ -193,7 +200,7 @@ class DetoxPlan:
                                                  strict=True):
             if not n:
                 continue
-            entry = by_rule[f"{outcome}: {label}"]
+            entry = by_rule[rule_key(outcome, label)]
             entry["replicas"] += n
             entry["bytes"] += b
             outcomes[outcome] += n
@@ -305,7 +312,7 @@ class CycleStorages:
                 after.name, after.capacity, self.quotas[sid], self.used_before[sid], after.used,
                 self.occupancy_before[sid], after.occupancy, triggered,
                 not triggered or self.detox.satisfied(after), deleted[sid][0], deleted[sid][1],
-                dict(protected.get(sid, {}))))
+                dict(protected.get(sid, {})), sid in self.works_on))
         return out
 
 

@@ -276,6 +276,10 @@ class Inventory:
         self.token_by_hash: dict[str, Token] = {}
         self.token_generation = 0  # counts token changes: read-only servers reload on a change
         self.requests: dict[int, CopyRequest] = {}
+        # per item oid, the ids of its pending copy requests: a copy that completes closes the
+        # requests it serves without a look at every request ever made (inventory.requests)
+        self.open_requests: dict[int, set[int]] = {}
+        self.request_scan: dict[int, int] = {}  # container request -> first member to check
         self.operations: dict[int, Operation] = {}
         # ids of the queued operations, in order: the file operations engine looks for work
         # here on every wake-up (hundreds of thousands of operations may be kept).
@@ -311,7 +315,15 @@ class Inventory:
             del self.operations[op_id]
             self.queued_operations.discard(op_id)
         for request_id in requests:
-            del self.requests[request_id]
+            self._forget_open_request(self.requests.pop(request_id))
+
+    def _forget_open_request(self, request: CopyRequest) -> None:
+        self.request_scan.pop(request.id, None)
+        ids = self.open_requests.get(request.oid)
+        if ids is not None:
+            ids.discard(request.id)
+            if not ids:
+                del self.open_requests[request.oid]
 
     def next_storage_id(self) -> int:
         return max(self.storages, default=0) + 1
@@ -353,7 +365,12 @@ class Inventory:
                 self.token_by_hash[obj.sha256] = obj
                 self.token_generation += 1
             case CopyRequest():
+                old = self.requests.get(obj.id)
+                if old is not None:
+                    self._forget_open_request(old)
                 self.requests[obj.id] = obj
+                if obj.state == "pending":
+                    self.open_requests.setdefault(obj.oid, set()).add(obj.id)
                 self._saw_id(obj)
             case Operation():
                 self.operations[obj.id] = obj

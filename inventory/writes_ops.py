@@ -20,6 +20,7 @@ from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord
+from inventory.requests import requests_served
 from inventory.storage.errors import StorageError
 from inventory.store.base import REPLICA_COLUMNS, replica_db_row
 from inventory.store.generic import insert, upsert
@@ -233,7 +234,9 @@ def _with_replica_state(inv: Inventory, op: Operation, state: int, **fields
 
 
 def _finish(op: Operation, records: list[ReplicaRecord], removed: list[ReplicaRecord],
-            items: list[ItemRecord]) -> Prepared:
+            items: list[ItemRecord], served: Sequence[CopyRequest] = ()) -> Prepared:
+    """The write of an operation's new state, its replicas' and items', and the copy
+    requests its copy ``served`` (closed as done)."""
     def apply(inv: Inventory) -> Operation:
         for r in records:
             inv.update_replica(inv.replica_row(r.oid, r.storage_id), r)
@@ -241,9 +244,15 @@ def _finish(op: Operation, records: list[ReplicaRecord], removed: list[ReplicaRe
             inv.remove_replica(inv.replica_row(r.oid, r.storage_id))
         inv.update_items(items)
         inv.put_object(op)
+        for request in served:
+            inv.put_object(request)
+        if served:
+            log.info("copy requests served by a completed copy",
+                     extra={"operation": op.id, "oid": model.format_uuid(op.oid),
+                            "requests": [r.id for r in served]})
         return op
 
-    db_ops, changes = persisted(items=items, replicas=records, objects=[op])
+    db_ops, changes = persisted(items=items, replicas=records, objects=[op, *served])
     for r in removed:
         db_ops.append(_replica_delete(r.oid, r.storage_id))
         changes.append(("replica", r._replace(state=DELETED_REPLICA)))
@@ -367,7 +376,10 @@ class CompleteOperation(Write):
         if op.kind == "copy":
             replica = _with_replica_state(inv, op, model.COMPLETE, size=self.size,
                                           checksum=self.checksum, last_verified=now)
-            return _finish(done, [] if replica is None else [replica], [], [])
+            if replica is None:
+                return _finish(done, [], [], [])
+            served = requests_served(inv, op.oid, op.target_id, now)
+            return _finish(done, [replica], [], [], served)
         return _removal(inv, pending, op, done)
 
 

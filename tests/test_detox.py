@@ -287,3 +287,22 @@ async def test_a_kept_snapshot_the_feed_no_longer_reaches_is_taken_again(db_url,
         assert len(second.snapshot.items) == 30
     finally:
         await srv.stop()
+
+
+async def test_the_report_says_a_rule_once_and_which_storages_it_did_not_judge(site):
+    """A safety label is not prefixed with its outcome again, and a storage outside the
+    policy's ``on`` is 'not judged', not 'ok', however full it is."""
+    from detox.cycle import format_report
+
+    text = POLICY.replace("detox {", 'detox {\n    on storage.name == "disk1"')
+    policy = load_policy_text(text.replace("< 70%", "< 10%"), "p.policy")  # reaches last copies
+    result = await run_cycle(site.client, policy, "", dry_run=True)
+    summary = result.plan.summary()
+    assert not any(key.startswith("safety: safety:") for key in summary["by_rule"])
+    assert any(key.startswith("safety: last complete copy") for key in summary["by_rule"])
+    judged = {s["name"]: s["judged"] for s in summary["storages"]}
+    assert judged == {"disk1": True, "disk2": False}
+    report = format_report(result, dry_run=True)
+    disk2 = next(line for line in report.splitlines() if line.startswith("disk2"))
+    assert disk2.endswith("not judged by this policy")
+    assert "safety: safety:" not in report

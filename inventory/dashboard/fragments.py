@@ -315,7 +315,8 @@ def detox_storages(summary: Mapping[str, Any]) -> str:
             td(h(s.get("name"))), td(h(pct(s.get("occupancy_before"))), s.get("occupancy_before")),
             td(h(pct(s.get("occupancy_after"))), s.get("occupancy_after")),
             td(h("yes" if s.get("triggered") else "no")),
-            td(h("yes" if s.get("satisfied") else "no")),
+            td(h("not judged" if s.get("judged") is False
+                 else "yes" if s.get("satisfied") else "no")),
             td(f"{h(s.get('deleted_replicas'))} ({h(size(s.get('deleted_bytes')))})",
                s.get("deleted_bytes")),
             td(h(protecting)))) + "</tr>")
