@@ -306,3 +306,47 @@ async def test_the_report_says_a_rule_once_and_which_storages_it_did_not_judge(s
     disk2 = next(line for line in report.splitlines() if line.startswith("disk2"))
     assert disk2.endswith("not judged by this policy")
     assert "safety: safety:" not in report
+
+
+def test_a_plan_is_answered_before_the_operations_it_queued_start(tmp_path, capsys):
+    """The answer to a plan's POST leaves before the file operations engine is woken for the
+    operations it queued (a 100k-deletion plan's first dispatch used to delay it by seconds):
+    here the wake-up blocks the server until the CLI has its answer, which it would never get
+    if the answer waited for the wake-up."""
+    import threading
+
+    policy_file = tmp_path / "p.policy"
+    policy_file.write_text(POLICY)
+    ready, answered = threading.Event(), threading.Event()
+    holder: dict = {"woken_after_answer": []}
+
+    async def serve():
+        srv = InProcessServer(f"sqlite:{tmp_path / 'db.sqlite'}", tmp_path, fileops=FAST)
+        await srv.start()
+        await srv.client.add_storage(name="d", kind="posix", root=str(tmp_path), capacity=10)
+        from inventory.server.state import STATE
+        engine = srv.app[STATE].engine
+        wake = engine.wake
+
+        def blocking_wake():
+            holder["woken_after_answer"].append(answered.wait(20))
+            wake()
+
+        engine.wake = blocking_wake
+        holder["url"] = srv.url
+        ready.set()
+        while not holder.get("stop"):
+            await asyncio.sleep(0.05)
+        await srv.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(30)
+        code = main(["detox", "--policy", str(policy_file), "--url", holder["url"]])
+        answered.set()
+        assert code == 0 and "applied as cycle" in capsys.readouterr().out
+    finally:
+        holder["stop"] = True
+        thread.join(30)
+    assert holder["woken_after_answer"] == [True]

@@ -22,7 +22,7 @@ from inventory.objects import (
     Token,
 )
 from inventory.server.auth import actor, requester, requires
-from inventory.server.bodies import decode, query_int, respond
+from inventory.server.bodies import decode, query_int, respond, sent
 from inventory.server.state import PLAN_LIMIT, state_of
 from inventory.specs import (
     CyclePlanIn,
@@ -255,9 +255,10 @@ async def _apply_plan(request: web.Request, spec: type[CyclePlanIn],
     validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
     state = state_of(request)
     cycle = await state.scheduler.write(write(plan))
+    response = await sent(request, respond(request, cycle_json(cycle), status=201))
     if state.engine is not None:
-        state.engine.wake()  # the plan queued operations
-    return respond(request, cycle_json(cycle), status=201)
+        state.engine.wake()  # the plan queued operations: started once the answer is out
+    return response
 
 
 @routes.get("/v1/history/{id}/decisions")

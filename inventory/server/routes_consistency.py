@@ -19,7 +19,7 @@ from inventory.errors import BadRequest, NotFound
 from inventory.objects import Cycle
 from inventory.server import openapi
 from inventory.server.auth import requires
-from inventory.server.bodies import decode, query_int, respond
+from inventory.server.bodies import decode, query_int, respond, sent
 from inventory.server.routes_admin import cycle_json
 from inventory.server.state import state_of
 from inventory.writes_consistency import (
@@ -42,10 +42,12 @@ async def add_report(request: web.Request) -> web.Response:
     body = await decode(request, ConsistencyReportIn)
     state = state_of(request)
     cycle, confirmed = await state.scheduler.write(ApplyConsistencyReport(body))
+    response = await sent(request, respond(
+        request, {**cycle_json(cycle), "delete_orphans": confirmed}, status=201))
     if state.engine is not None and cycle.summary["fix"] and \
             cycle.summary["fix"]["applied"].get("recopies"):
-        state.engine.wake()
-    return respond(request, {**cycle_json(cycle), "delete_orphans": confirmed}, status=201)
+        state.engine.wake()  # once the answer is out
+    return response
 
 
 @routes.post("/v1/consistency/reports/{id}/deletions")
