@@ -71,10 +71,10 @@ class Backends:
 
 
 def _blame(exc: StorageError, source: Storage, target: Storage) -> Storage:
-    """Which storage a failed copy counts against: a missing object is the source's fault,
-    a full, read-only or conflicting target the target's; an unreachable one is the remote
-    (S3) side when only one side is remote. An error the copy knows the side of (``tag``: a
-    symlink planted on the source, say) is that side's."""
+    """Which storage a failed copy counts against: the side that raised it (``side``, set by
+    ``transfer.copy`` for every error: reading the source or writing the target), and only
+    that one. A target whose bucket is missing is the target's fault, never a "source not
+    found" (issue 25). The guesses below serve only an error nobody tagged."""
     if exc.side is not None:
         return source if exc.side == "source" else target
     if exc.code == "not_found":
@@ -301,9 +301,12 @@ class FileOpsEngine:
                 await self.scheduler.write(MarkReplica(op.oid, source_id, "corrupt"))
                 log.warning("source copy is corrupt", extra={
                     "item": name, "storage": source.name, "reason": exc.message})
-            await self._failed(op, f"{exc.code}: {exc.message}", target, retryable=True)
+            await self._failed(op, f"{exc.code}: {exc.message}", _blame(exc, source, target),
+                               retryable=True)
             return
         except StorageError as exc:
+            # retryable errors include a missing target bucket and a lost multipart upload:
+            # the next attempt starts the upload over (storage.errors)
             blamed = _blame(exc, source, target)
             await self._failed(op, f"{exc.code} on {blamed.name}: {exc.message}", blamed,
                                retryable=exc.retryable)

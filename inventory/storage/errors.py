@@ -55,6 +55,14 @@ PermissionDenied = _error("PermissionDenied", "permission_denied", False,
 Unreachable = _error("Unreachable", "unreachable", True,
                      "The storage does not answer (connection refused or reset, timeout, "
                      "missing mount); nothing partial became visible.")
+BucketMissing = _error("BucketMissing", "no_bucket", True,
+                       "The bucket does not exist (not created yet, deleted, a wrong root). Like a "
+                       "POSIX root that is not mounted it says nothing of the objects in it (so "
+                       "it is no ``NotFound``), and a later attempt may succeed once it exists.",
+                       Unreachable)
+UploadLost = _error("UploadLost", "upload_lost", True,
+                    "The multipart upload being written is gone (the server restarted and lost "
+                    "it, or it was aborted): a new attempt starts the upload over.")
 InvalidPath = _error("InvalidPath", "invalid_path", False,
                      "The item name cannot be mapped safely under the storage root.")
 ThroughSymlink = _error("ThroughSymlink", "invalid_path", False,

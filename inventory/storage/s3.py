@@ -25,7 +25,7 @@ from inventory.storage.base import (
     check_expected,
 )
 from inventory.storage.checksum import normalize
-from inventory.storage.errors import SizeMismatch
+from inventory.storage.errors import SizeMismatch, StorageError, tag
 from inventory.storage.paths import check_prefix, join_key
 from inventory.storage.s3client import ClientHolder, S3Settings, translate
 from inventory.storage.s3upload import META_CHECKSUM, Upload, check_free, conditional
@@ -122,7 +122,10 @@ class S3Backend(Backend):
                         exclusive: bool = False) -> WriteResult | None:
         if not isinstance(src, S3Backend) or not self.settings.same_endpoint(src.settings):
             return None
-        head = await src._head(src_path)
+        try:
+            head = await src._head(src_path)
+        except StorageError as exc:  # the source's, not this (target) storage's
+            raise tag(exc, "source") from None
         size, recorded = head["ContentLength"], _recorded(head.get("Metadata"))
         check_expected(size, recorded, expected_size=expected_size,
                        expected_checksum=expected_checksum, path=src_path)

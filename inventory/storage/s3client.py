@@ -27,6 +27,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
 from inventory.storage.errors import (
+    BucketMissing,
     ChecksumMismatch,
     ConfigError,
     NotFound,
@@ -34,6 +35,7 @@ from inventory.storage.errors import (
     StorageError,
     StorageFull,
     Unreachable,
+    UploadLost,
 )
 
 MiB = 1 << 20
@@ -201,8 +203,8 @@ class ClientHolder:
 
 
 _CODE_CLASS: dict[str, type[StorageError]] = {
-    "404": NotFound, "NoSuchKey": NotFound, "NoSuchBucket": NotFound, "NotFound": NotFound,
-    "NoSuchUpload": NotFound,
+    "404": NotFound, "NoSuchKey": NotFound, "NotFound": NotFound,
+    "NoSuchBucket": BucketMissing, "NoSuchUpload": UploadLost,
     "403": PermissionDenied, "AccessDenied": PermissionDenied,
     "InvalidAccessKeyId": PermissionDenied, "SignatureDoesNotMatch": PermissionDenied,
     "AllAccessDisabled": PermissionDenied, "AccountProblem": PermissionDenied,

@@ -14,18 +14,23 @@ writes exclusively (``Backend.write``). One exception: a file already at the tar
 the expected size and checksum is what an earlier attempt of this same copy completed before its
 server died (nothing else may name that path: the inventory gives each file one replica), so it
 is accepted, verified, instead of failing a copy that is in fact done.
+
+Every error leaving ``copy`` says which storage raised it (``StorageError.side``): reading the
+source (opening, stat, its chunks as they stream) is the source's, anything else the target
+backend raised while writing is the target's. The engine charges that side only: a target
+bucket that does not exist is never a "source not found".
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import NamedTuple
 
 from inventory.storage.base import Backend, ObjectInfo, Reader, check_expected, exists_error
 from inventory.storage.checksum import Adler32, normalize
-from inventory.storage.errors import NotFound, StorageError, tag
+from inventory.storage.errors import NotFound, Side, StorageError, tag
 
 
 class CopyResult(NamedTuple):
@@ -51,28 +56,47 @@ async def copy(src: Backend, src_path: str, dst: Backend, dst_path: str, *,
     if expected_checksum is not None:
         expected_checksum = normalize(expected_checksum)
     if not replace:
-        try:
+        with _raised_by("target"):
             existing = await _stat_or_none(dst, dst_path)
-        except StorageError as exc:
-            raise tag(exc, "target") from None
         if existing is not None:
             size, checksum = await _adopt(src, src_path, dst, dst_path, existing,
                                           expected_size, expected_checksum)
             return CopyResult(size, checksum, time.monotonic() - started)
     exclusive = not replace
-    result = await dst.copy_from(src, src_path, dst_path, expected_size=expected_size,
-                                 expected_checksum=expected_checksum, exclusive=exclusive)
+    with _raised_by("target"):  # a fast path tags what it read from the source itself
+        result = await dst.copy_from(src, src_path, dst_path, expected_size=expected_size,
+                                     expected_checksum=expected_checksum, exclusive=exclusive)
     if result is None:
         async with _read_source(src, src_path) as reader:
             info = reader.info
             # a recorded checksum or the size already says the source is wrong: do not copy
             check_expected(info.size, info.checksum, expected_size=expected_size,
                            expected_checksum=expected_checksum, path=src_path)
-            result = await dst.write(
-                dst_path, reader, size_hint=info.size,
-                expected_size=info.size if expected_size is None else expected_size,
-                expected_checksum=expected_checksum, exclusive=exclusive)
+            async with aclosing(_source_chunks(reader)) as chunks:
+                with _raised_by("target"):
+                    result = await dst.write(
+                        dst_path, chunks, size_hint=info.size,
+                        expected_size=info.size if expected_size is None else expected_size,
+                        expected_checksum=expected_checksum, exclusive=exclusive)
     return CopyResult(result.size, result.checksum, time.monotonic() - started)
+
+
+@contextmanager
+def _raised_by(side: Side) -> Iterator[None]:
+    """A storage error raised in the block is ``side``'s, unless it already names one."""
+    try:
+        yield
+    except StorageError as exc:
+        tag(exc, side)
+        raise
+
+
+async def _source_chunks(reader: Reader) -> AsyncIterator[bytes]:
+    """The source's chunks, an error reading them marked as the source's before the target's
+    ``write`` sees it (a source cut off mid-read is not the target's failure)."""
+    with _raised_by("source"):
+        async for chunk in reader:
+            yield chunk
 
 
 @asynccontextmanager
@@ -113,15 +137,17 @@ async def _adopt(src: Backend, src_path: str, dst: Backend, dst_path: str,
     """Accept the file at the target as this copy's if it has exactly the expected size and
     checksum (the source's, when the item records none); else ``PathConflict``."""
     if expected_size is None or expected_checksum is None:
-        source = await src.stat(src_path)
-        if expected_size is None:
-            expected_size = source.size
-        if expected_checksum is None and existing.size == expected_size:
-            expected_checksum = await _checksum_of(src, src_path, source)
+        with _raised_by("source"):
+            source = await src.stat(src_path)
+            if expected_size is None:
+                expected_size = source.size
+            if expected_checksum is None and existing.size == expected_size:
+                expected_checksum = await _checksum_of(src, src_path, source)
     if existing.size != expected_size:
         raise exists_error(dst_path, f" (it has {existing.size} bytes, this copy "
                                      f"{expected_size})")
-    checksum = await _checksum_of(dst, dst_path, existing)
+    with _raised_by("target"):
+        checksum = await _checksum_of(dst, dst_path, existing)
     if checksum != expected_checksum:
         raise exists_error(dst_path, f" (its adler32 is {checksum}, this copy's "
                                      f"{expected_checksum})")
