@@ -180,6 +180,47 @@ async def test_signed_payload_never_streams(s3: Callable[..., S3Backend],
     assert (await dst.stat("f")).size == len(data)
 
 
+# size -> the parts sent with multipart_threshold 0, from a POSIX source reading 8 MiB chunks
+MiB = 1 << 20
+PARTS_FROM_8MIB_CHUNKS = {
+    PART: None,                                   # one part's worth: one buffered PUT
+    PART + 1: [PART, 1],                          # just over part_size: multipart
+    7 * MiB: [PART, 2 * MiB],                     # under one 8 MiB chunk: multipart too
+    21 * MiB: [PART, PART, PART, PART, MiB],      # parts of part_size, not of whole chunks
+}
+
+
+@pytest.mark.parametrize("size", PARTS_FROM_8MIB_CHUNKS,
+                         ids=[f"{s}B" for s in PARTS_FROM_8MIB_CHUNKS])
+async def test_threshold_zero_sends_parts_of_part_size(s3: Callable[..., S3Backend],
+                                                       tmp_path: Path, size: int) -> None:
+    """docs/storage.md: `multipart_threshold: 0` sends everything above `part_size`
+    multipart, each part `part_size` bytes (the last smaller), whatever the source's read
+    chunk (issue 25: parts were whole 8 MiB chunks, so 5-8 MiB objects went in one PUT)."""
+    data = os.urandom(size)
+    src = backend_for("posix", str(tmp_path), {"chunk_size": 8 * MiB})
+    await src.write("f", stream(data))
+    dst = s3(multipart_threshold=0)
+    sent: list[tuple[str, int]] = []
+
+    def record(model: Any, params: Any, **_: Any) -> None:
+        body = params.get("body") or b""
+        sent.append((model.name, body.getbuffer().nbytes if hasattr(body, "getbuffer")
+                     else len(body)))
+
+    (await dst._clients.get()).meta.events.register("before-call.s3", record)
+    result = await copy(src, "f", dst, "f", expected_size=size,
+                        expected_checksum=adler32_of(data))
+    await src.close()
+    assert result.size == size
+    parts = [n for name, n in sent if name == "UploadPart"]
+    if PARTS_FROM_8MIB_CHUNKS[size] is None:
+        assert "PutObject" in [name for name, _ in sent] and not parts
+    else:
+        assert parts == PARTS_FROM_8MIB_CHUNKS[size], parts
+    assert (await dst.stat("f")).size == size
+
+
 async def test_multipart_threshold_config() -> None:
     assert S3Backend.from_storage("b", {"endpoint_url": "http://x"}).settings \
         .multipart_threshold == 200 << 20

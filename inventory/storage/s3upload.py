@@ -23,8 +23,9 @@ Three ways, by size (``size_hint``, the source's size):
   and is never reported as a good copy.)
   A signed payload (``sign_payload``, or ``content_md5`` off) needs the SHA-256 of the whole
   body before the request, so then these objects go multipart.
-- larger, or of unknown size: multipart, ``part_size`` parts (at least ``MIN_PART``), each with
-  Content-MD5. Memory is bounded by ``(max_concurrency + 1) * part_size``.
+- larger, or of unknown size: multipart, parts of exactly ``part_size`` (at least ``MIN_PART``;
+  the last may be smaller), each with Content-MD5. Memory is bounded by
+  ``(max_concurrency + 1) * part_size`` plus the source chunk being cut.
 
 The checksum is stored as ``x-amz-meta-adler32`` so ``stat`` and server-side copies can use it;
 streaming PUTs and multipart uploads send their metadata before the first byte, so there it is
@@ -71,29 +72,38 @@ def part_size_for(settings: S3Settings, size_hint: int | None) -> int:
     return size
 
 
-async def _parts(chunks: AsyncIterable[bytes], part_size: int) -> AsyncIterator[list[bytes]]:
-    """Regroup the stream into parts of at least ``part_size`` bytes (the last may be less),
-    each a list of chunks that ``_prepare`` joins in a worker thread.
+async def _parts(chunks: AsyncIterable[bytes],
+                 part_size: int) -> AsyncIterator[list[bytes | memoryview]]:
+    """Regroup the stream into parts of exactly ``part_size`` bytes (the last may be less),
+    each a list of pieces that ``_prepare`` joins in a worker thread.
 
-    Parts are made of whole chunks rather than cut at exactly ``part_size``, so each byte is
-    copied once; S3 only asks for a 5 MiB minimum, not equal parts.
+    A chunk larger than what the part still needs (a POSIX source reads 8 MiB at a time, the
+    minimum part is 5 MiB) is cut with memoryview slices, not copied: an object just over
+    ``part_size`` goes multipart as configured, and a part in memory is ``part_size``, not a
+    whole number of chunks (issue 25).
     """
-    pending: list[bytes] = []
+    pending: list[bytes | memoryview] = []
     held = 0
     async for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        if held >= part_size:
-            yield pending
-            pending, held = [], 0
+        start, size = 0, len(chunk)
+        while start < size:
+            take = min(size - start, part_size - held)
+            pending.append(chunk if take == size else memoryview(chunk)[start:start + take])
+            held += take
+            start += take
+            if held == part_size:
+                yield pending
+                pending, held = [], 0
     if held:
         yield pending
 
 
-def _prepare(chunks: list[bytes], summer: Adler32, md5: bool) -> tuple[bytes, str | None]:
+def _prepare(chunks: list[bytes | memoryview], summer: Adler32,
+             md5: bool) -> tuple[bytes, str | None]:
     """Join a part, update the running adler32 and compute the part's Content-MD5: the
     byte-crunching of an upload, done in a worker thread so the event loop never waits on it."""
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    whole = len(chunks) == 1 and isinstance(chunks[0], bytes)
+    data = chunks[0] if whole else b"".join(chunks)
     summer.update(data)
     return data, (base64.b64encode(hashlib.md5(data).digest()).decode() if md5 else None)
 
@@ -250,7 +260,7 @@ class Upload:
     def _md5_arg(self, md5: str | None) -> dict[str, str]:
         return {"ContentMD5": md5} if md5 else {}
 
-    async def _put(self, chunks: list[bytes], expected_size: int | None,
+    async def _put(self, chunks: list[bytes | memoryview], expected_size: int | None,
                    expected_checksum: str | None) -> WriteResult:
         data, md5 = await asyncio.to_thread(_prepare, chunks, self.summer,
                                             self.settings.content_md5)
@@ -299,8 +309,8 @@ class Upload:
                     actual=stored, path=self.path)
         return result
 
-    async def _multipart(self, first: list[bytes], second: list[bytes],
-                         rest: AsyncIterator[list[bytes]],
+    async def _multipart(self, first: list[bytes | memoryview], second: list[bytes | memoryview],
+                         rest: AsyncIterator[list[bytes | memoryview]],
                          expected_size: int | None,
                          expected_checksum: str | None) -> WriteResult:
         bucket = self.settings.bucket
@@ -321,7 +331,7 @@ class Upload:
             finally:
                 slots.release()
 
-        async def all_parts() -> AsyncIterator[list[bytes]]:
+        async def all_parts() -> AsyncIterator[list[bytes | memoryview]]:
             yield first
             yield second
             async for part in rest:
