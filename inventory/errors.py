@@ -34,4 +34,8 @@ NotFound = _error("NotFound", 404, "not_found", "The named thing does not exist.
 Conflict = _error("Conflict", 409, "conflict", "The change contradicts the inventory.")
 Gone = _error("Gone", 410, "gone", "The asked-for history is no longer kept.")
 PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "The request is too big.")
+RequestTimeout = _error("RequestTimeout", 408, "request_timeout",
+                        "The request body did not arrive in time.")
 Unavailable = _error("Unavailable", 503, "unavailable", "The database cannot commit right now.")
+Busy = _error("Busy", 503, "busy",
+              "The server already serves as many of these as its limits allow; retry later.")

@@ -21,6 +21,7 @@ from inventory.cli import CLIError
 from inventory.fileops.limits import FileOpsLimits
 from inventory.objects import CONFIG_TOKEN_CREATED, ROLES, Token
 from inventory.schedule import Job, Schedule, ScheduleError, internal_token, parse_schedule
+from inventory.server.limits import ServerLimits
 
 # The server itself (aiohttp, the stores, the storage backends) is imported when `dlm serve`
 # runs, not when the CLI starts: every other `dlm` command starts faster for it.
@@ -34,7 +35,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
 CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule",
-               "workers", "max_body", "max_plan_body"}
+               "workers", "max_body", "max_plan_body", "limits"}
 MAX_WORKERS = 64
 EXIT_STALE = 3  # another server wrote while this one had lost its write claim: restart it
 
@@ -52,6 +53,7 @@ class ServeSettings:
     workers: int = 1
     max_body: int | str | None = None  # request bodies; default app.MAX_BODY (64 MiB)
     max_plan_body: int | str | None = None  # Detox/Dealer plans; default 1 GiB
+    limits: dict[str, Any] = field(default_factory=dict)  # server.limits.ServerLimits
 
 
 def add_commands(subparsers: Any) -> None:
@@ -115,6 +117,7 @@ def read_config(path: str) -> dict[str, Any]:
             body_limit(data[key], f"{path}: {key}")
     config_tokens(data.get("tokens", []), path)  # fail now, not at start
     fileops_limits(data.get("fileops", {}), path)
+    server_limits(data.get("limits", {}), path)
     try:
         parse_schedule(data.get("schedule"), path)
     except ScheduleError as exc:
@@ -152,6 +155,24 @@ def fileops_limits(entries: Any, path: str) -> FileOpsLimits:
     return FileOpsLimits(**entries)
 
 
+def server_limits(entries: Any, path: str) -> ServerLimits:
+    """The ``limits:`` settings: what one client may take of the server (server.limits)."""
+    known = [f.name for f in dataclasses.fields(ServerLimits)]
+    if not isinstance(entries, dict):
+        raise CLIError(f"{path}: limits: expected a mapping of {', '.join(known)}")
+    values = dict(entries)
+    for key, value in entries.items():
+        if key not in known:
+            raise CLIError(f"{path}: limits: unknown setting {key!r}; known: {', '.join(known)}")
+        if key in ("snapshot_buffer", "max_decision_bytes") and isinstance(value, str):
+            values[key] = body_limit(value, f"{path}: limits.{key}")
+    limits = ServerLimits(**values)
+    wrong = limits.check()
+    if wrong:
+        raise CLIError(f"{path}: limits.{wrong[0]}")
+    return limits
+
+
 def config_tokens(entries: Any, path: str) -> list[Token]:
     """Tokens listed in the config as ``{name, role, sha256}`` (the hash of the secret)."""
     if not isinstance(entries, list):
@@ -187,7 +208,8 @@ def run_serve(args: argparse.Namespace) -> int:
               for key in ("max_body", "max_plan_body") if getattr(settings, key) is not None}
     config = ServerConfig(store=store, loopback=is_loopback(settings.host),
                           tokens=config_tokens(settings.tokens, "config"),
-                          fileops=fileops_limits(settings.fileops, "config"), **limits)
+                          fileops=fileops_limits(settings.fileops, "config"),
+                          limits=server_limits(settings.limits, "config"), **limits)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

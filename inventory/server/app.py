@@ -18,6 +18,7 @@ from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.scheduler import Scheduler
 from inventory.server import (
+    guards,
     metrics,
     routes_admin,
     routes_consistency,
@@ -27,6 +28,7 @@ from inventory.server import (
     routes_openapi,
 )
 from inventory.server.auth import authenticate
+from inventory.server.limits import ServerLimits
 from inventory.server.middleware import front
 from inventory.server.state import PLAN_LIMIT, STATE, ServerState
 from inventory.store import Store
@@ -50,12 +52,14 @@ class ServerConfig:
     fileops: FileOpsLimits | None = field(default_factory=FileOpsLimits)  # None: no engine
     loopback: bool = True  # listening on a loopback address only: open mode allowed
     tokens: list[Token] = field(default_factory=list)  # from the config file, not stored
+    limits: ServerLimits = field(default_factory=ServerLimits)  # what one client may hold
 
 
 def make_app(config: ServerConfig) -> web.Application:
     app = web.Application(middlewares=[front, authenticate],
                           client_max_size=config.max_body)
     app[PLAN_LIMIT] = config.max_plan_body
+    guards.install(app, config.limits)
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,
                    metrics, routes_consistency, dashboard_routes):

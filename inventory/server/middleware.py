@@ -72,7 +72,9 @@ def error_response(request: web.Request, exc: DLMError) -> web.Response:
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dlm"'
     elif exc.status == 503:  # the database or the write claim is away for now: come back
-        response.headers["Retry-After"] = RETRY_AFTER
+        response.headers["Retry-After"] = str(exc.details.get("retry_after", RETRY_AFTER))
+    elif exc.status == 408:  # the rest of the body is not worth waiting for
+        response.force_close()
     return response
 
 

@@ -8,7 +8,7 @@ exactly the inventory at the version of the ``end`` record.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 
 import msgpack
 from aiohttp import web
@@ -26,29 +26,23 @@ from inventory.feed import (
     storage_wire,
 )
 from inventory.objects import CopyRequest
+from inventory.server import guards
 from inventory.server.auth import IDENTITY
 from inventory.server.bodies import MSGPACK, query_int, respond
-from inventory.server.state import state_of
+from inventory.server.state import ServerState, state_of
 
 routes = web.RouteTableDef()
 
 SNAPSHOT_FORMAT = "dlm-snapshot/1"
-CHUNK = 20_000  # rows per msgpack object; built straight from the columns
-SEND_AHEAD = 64 << 20  # bytes of encoded snapshot buffered ahead of a slower reader
+# Rows per msgpack object, built straight from the columns: small enough that building one
+# (a few ms) never holds the loop long nor many megabytes per stream.
+CHUNK = 2_000
 
 
 async def _open_stream(request: web.Request, content_type: str,
                        version: int) -> web.StreamResponse:
     """A prepared streaming answer for a snapshot at ``version`` (for HEAD: already ended)."""
-    response = web.StreamResponse(headers={"Content-Type": content_type,
-                                           "X-DLM-Version": str(version)})
-    await response.prepare(request)
-    transport = request.transport
-    if transport is not None:
-        # Let the encoder run up to ~64 MiB ahead of the reader: with the default 64 KiB the
-        # two sides take turns (the reader decodes a chunk while the writer waits for room),
-        # and a snapshot takes the sum of their CPU times instead of the larger one.
-        transport.set_write_buffer_limits(high=SEND_AHEAD)
+    response = await guards.open_stream(request, content_type, {"X-DLM-Version": str(version)})
     if request.method == "HEAD":  # aiohttp sends what is written even here: the stream would
         await response.write_eof()  # land on the keep-alive connection as a bogus next answer
     return response
@@ -63,47 +57,50 @@ def _with_secrets(request: web.Request) -> bool:
 @routes.get("/v1/snapshot")
 async def snapshot(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    inv, feed = state.inventory, state.feed
-    start = inv.version
-    response = await _open_stream(request, MSGPACK, start)
+    start = state.inventory.version
     if request.method == "HEAD":
-        return response
+        return await _open_stream(request, MSGPACK, start)
+    with guards.unless_internal(guards.gates(request).snapshots, request):
+        response = await _open_stream(request, MSGPACK, start)
+        await guards.stream(request, response,
+                            _records(state, start, _with_secrets(request)), "snapshot")
+    return response
+
+
+async def _records(state: ServerState, start: int, secrets: bool) -> AsyncIterator[bytes]:
+    """The record snapshot's messages, a chunk of rows at a time, built only when the reader
+    has taken the previous ones (the caller sends each before asking for the next)."""
+    inv, feed = state.inventory, state.feed
     pack = msgpack.Packer(use_bin_type=True).pack
-    await response.write(pack({
+    yield pack({
         "format": SNAPSHOT_FORMAT,
         "version": start,
         "fields": {"storage": WIRE_STORAGE_FIELDS, "item": WIRE_ITEM_FIELDS,
                    "replica": WIRE_REPLICA_FIELDS, "request": CopyRequest.columns()},
         "counts": {"storages": len(inv.storages), "items": inv.counts.items,
                    "replicas": inv.counts.replicas},
-    }))
-    secrets = _with_secrets(request)
-    await response.write(pack(["storages", [storage_wire(s.record(), secrets=secrets)
-                                            for s in inv.storages.values()]]))
+    })
+    yield pack(["storages", [storage_wire(s.record(), secrets=secrets)
+                             for s in inv.storages.values()]])
     # the requests that pin copies: Detox keeps what they pin (inventory.pins)
-    await response.write(pack(["requests", [object_wire(r) for r in inv.requests.values()
-                                            if r.pin_until is not None]]))
+    yield pack(["requests", [object_wire(r) for r in inv.requests.values()
+                             if r.pin_until is not None]])
     total = len(inv.i_oid)
     for lo in range(0, total, CHUNK):
-        await response.write(pack(["items", item_rows_wire(inv, lo, min(total, lo + CHUNK))]))
-        await asyncio.sleep(0)
+        yield pack(["items", item_rows_wire(inv, lo, min(total, lo + CHUNK))])
     total = len(inv.r_item)
     for lo in range(0, total, CHUNK):
-        await response.write(pack(["replicas",
-                                   replica_rows_wire(inv, lo, min(total, lo + CHUNK))]))
-        await asyncio.sleep(0)
+        yield pack(["replicas", replica_rows_wire(inv, lo, min(total, lo + CHUNK))])
     try:
         tail, reached = feed.since(start, limit=1 << 62)
     except LookupError:
-        await response.write(pack(["error", {
+        yield pack(["error", {
             "code": "gone",
             "message": "the inventory changed faster than the snapshot was read; retry",
-        }]))
+        }])
     else:
-        await response.write(pack(["changes", tail]))
-        await response.write(pack(["end", {"version": reached}]))
-    await response.write_eof()
-    return response
+        yield pack(["changes", tail])
+        yield pack(["end", {"version": reached}])
 
 
 @routes.get("/v1/snapshot/columns")
@@ -117,14 +114,13 @@ async def column_snapshot(request: web.Request) -> web.StreamResponse:
                          f"comma-separated list of {', '.join(columns.OPTIONAL)}", "with")
     if request.method == "HEAD":  # the headers only: no copy of every column for nothing
         return await _open_stream(request, columns.MEDIA_TYPE, state.inventory.version)
-    copied = columns.copy_columns(state.inventory, wanted)  # no await before this returns
-    response = await _open_stream(request, columns.MEDIA_TYPE, copied["version"])
-    secrets = _with_secrets(request)
-    pack = msgpack.Packer(use_bin_type=True).pack
-    async for message in columns.encode_stream(
-            copied, lambda s: storage_wire(s, secrets=secrets), pack):
-        await response.write(message)
-    await response.write_eof()
+    with guards.unless_internal(guards.gates(request).snapshots, request):
+        copied = columns.copy_columns(state.inventory, wanted)  # no await before this returns
+        response = await _open_stream(request, columns.MEDIA_TYPE, copied["version"])
+        secrets = _with_secrets(request)
+        pack = msgpack.Packer(use_bin_type=True).pack
+        await guards.stream(request, response, columns.encode_stream(
+            copied, lambda s: storage_wire(s, secrets=secrets), pack), "column snapshot")
     return response
 
 
@@ -153,8 +149,9 @@ async def changes(request: web.Request) -> web.Response:
         if unknown:
             raise BadRequest(f"unknown kind(s) {', '.join(map(repr, unknown))}; expected a "
                              f"comma-separated list of {', '.join(CHANGE_KINDS)}", "kinds")
-    if wait:
-        await feed.wait(since, wait)
+    if wait and since >= feed.version:
+        with guards.unless_internal(guards.gates(request).long_polls, request):
+            await feed.wait(since, wait)
     try:
         transactions, reached = feed.since(since, limit, kinds)
     except LookupError:
