@@ -24,6 +24,10 @@ from inventory import model
 from inventory.feed import STORAGE_HEX
 
 DECISION_COLUMNS = ("uid", "storage_id", "outcome", "rule", "line", "size")
+# Bytes a plan's decisions may take beyond its per-decision share: the map's keys, the column
+# names and the table of decision kinds (a few dozen rule labels per cycle).
+HEADER_ALLOWANCE = 2 << 20
+_STEP = 1 << 20  # bytes decompressed per step when measuring a blob
 _WIDTH = {"item": ("i", 4), "storage_id": ("H", 2), "code": ("i", 4), "size": ("q", 8)}
 
 
@@ -43,6 +47,41 @@ def decode(blob: bytes | None) -> tuple[list[str], list[list[Any]]]:
             isinstance(r, list) and len(r) == len(columns) for r in rows):
         return [], []
     return columns, rows
+
+
+def plan_bound(per_decision: int, inventory_rows: int, plan_lists: int) -> int:
+    """Bytes a plan's decisions may expand to: a cycle decides at most once per replica or
+    item it judged (``inventory_rows``) and per entry of its own lists (``plan_lists``)."""
+    return per_decision * (inventory_rows + plan_lists) + HEADER_ALLOWANCE
+
+
+def expanded_size(blob: bytes, limit: int) -> int:
+    """The size of ``blob`` decompressed, measured a step at a time and given up past ``limit``
+    (then ``limit + 1``): a blob that expands a thousandfold is never expanded in full, and
+    nothing of it is kept. ValueError when it is not one whole zlib stream."""
+    inflater = zlib.decompressobj()
+    total = 0
+    pending = blob
+    try:
+        while pending:
+            total += len(inflater.decompress(pending, _STEP))
+            if total > limit:
+                return limit + 1
+            pending = inflater.unconsumed_tail
+        while not inflater.eof:  # what the last input step left inside the inflater
+            out = inflater.decompress(b"", _STEP)
+            if not out:
+                break
+            total += len(out)
+            if total > limit:
+                return limit + 1
+    except zlib.error as exc:
+        raise ValueError(f"not zlib-compressed data: {exc}") from None
+    if not inflater.eof:
+        raise ValueError("the zlib stream is cut short")
+    if inflater.unused_data:
+        raise ValueError("bytes follow the end of the zlib stream")
+    return total
 
 
 def _rows_of_columns(data: dict[str, Any]) -> list[list[Any]]:

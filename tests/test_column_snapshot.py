@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import zlib
 
 import numpy as np
 import pytest
@@ -141,7 +143,8 @@ async def test_a_plan_with_large_binary_values_is_posted_in_parts(server, tmp_pa
     c = server.client
     await populate(c, tmp_path)
     policy = load_policy_text(DROP_DISK2, "drop.policy")
-    blob = bytes(range(256)) * 8192 + b"end"  # over the 1 MiB threshold
+    # over the 1 MiB threshold; a whole zlib stream (the server measures what it expands to)
+    blob = zlib.compress(random.Random(7).randbytes(1 << 20) + b"end", 0)
     answer = await c.post_msgpack("/v1/cycles/detox", {
         **plan_header(policy, DROP_DISK2, 0, 1.7e9), "expirations": [], "deletions": [],
         "summary": {}, "decisions": blob})

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from inventory import model, validate
+from inventory.decisions import HEADER_ALLOWANCE, expanded_size, plan_bound
 from inventory.decisions import decode as decode_decisions
-from inventory.errors import BadRequest, DLMError, NotFound
+from inventory.errors import BadRequest, DLMError, NotFound, PayloadTooLarge
 from inventory.inventory import Inventory
 from inventory.objects import (
     CYCLE_KINDS,
@@ -21,6 +23,7 @@ from inventory.objects import (
     Operation,
     Token,
 )
+from inventory.server import guards
 from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond, sent
 from inventory.server.state import PLAN_LIMIT, state_of
@@ -254,11 +257,32 @@ async def _apply_plan(request: web.Request, spec: type[CyclePlanIn],
     plan = await decode(request, spec, limit=request.app[PLAN_LIMIT])
     validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
     state = state_of(request)
+    await _check_decisions(request, plan, state.inventory)
     cycle = await state.scheduler.write(write(plan))
     response = await sent(request, respond(request, cycle_json(cycle), status=201))
     if state.engine is not None:
         state.engine.wake()  # the plan queued operations: started once the answer is out
     return response
+
+
+async def _check_decisions(request: web.Request, plan: CyclePlanIn, inv: Any) -> None:
+    """Refuse a plan whose ``decisions`` expand past what its decisions can take (else every
+    read of them would expand it: a 1 MB blob can hold 1 GiB). Measured in a thread, a step
+    at a time, given up at the bound."""
+    per_decision = request.app[guards.LIMITS].max_decision_bytes
+    lists = sum(len(getattr(plan, name, ())) for name in
+                ("expirations", "deletions", "copies", "requests_done"))
+    bound = plan_bound(per_decision, len(inv.i_oid) + len(inv.r_item), lists)
+    try:
+        size = await asyncio.to_thread(expanded_size, plan.decisions, bound)
+    except ValueError as exc:
+        raise BadRequest(f"expected zlib-compressed msgpack: {exc}", "decisions") from None
+    if size > bound:
+        raise PayloadTooLarge(
+            f"decisions expand past {bound} bytes: {per_decision} bytes for each of the "
+            f"inventory's {len(inv.i_oid) + len(inv.r_item)} rows and the plan's {lists} "
+            f"entries (limits.max_decision_bytes) and {HEADER_ALLOWANCE} more",
+            "decisions", limit=bound)
 
 
 @routes.get("/v1/history/{id}/decisions")
