@@ -237,11 +237,13 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
     from aiohttp import web
 
     from inventory.server.app import make_app
+    from inventory.server.connections import GuardedSite, raise_file_limit, runner_options
     from inventory.server.state import STATE
 
     workers = 1 if settings is None else settings.workers
     app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           **runner_options(config.limits))
     await runner.setup()
     runtime = None
     stop = asyncio.Event()
@@ -262,7 +264,8 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
                 f"server on 127.0.0.1) or list token hashes under `tokens:` in the config")
         token = internal_token()  # what the server's own cycles and read workers present
         state.internal_token_hash = hashlib.sha256(token.encode()).hexdigest()
-        site = web.TCPSite(runner, host, port, reuse_port=workers > 1 or None)
+        site = GuardedSite(runner, host, port, reuse_port=workers > 1 or None,
+                           max_connections=raise_file_limit(config.limits.max_connections))
         await site.start()
         if workers > 1:
             runtime = await start_read_workers(runner, state, workers - 1, token, host, port,
@@ -330,7 +333,8 @@ async def start_read_workers(runner: Any, state: Any, count: int, token: str, ho
     spec = WorkerSpec(db=state.store.describe() if settings.db is None else settings.db,
                       data_dir=settings.data_dir, host=host, port=port, socket=runtime.socket,
                       shared=runtime.shared, token=token, config_tokens=settings.tokens,
-                      loopback=state.open_mode, log_level=settings.log_level)
+                      loopback=state.open_mode, log_level=settings.log_level,
+                      limits=settings.limits)
     state.read_workers = ReadWorkers(count, spec)
     state.read_workers.start()
     return runtime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, TypeVar
 
@@ -9,8 +10,9 @@ import msgspec
 from aiohttp import web
 
 from inventory import model
-from inventory.errors import BadRequest, PayloadTooLarge
+from inventory.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from inventory.logs import REQUEST_ID
+from inventory.server.state import LIMITS
 
 T = TypeVar("T")
 MSGPACK = "application/msgpack"
@@ -61,7 +63,18 @@ async def decode(request: web.Request, kind: type[T], *, root: str | None = None
 
 
 async def read_body(request: web.Request, limit: int | None = None) -> bytes:
-    """The whole body, refused with 413 past ``limit`` bytes (the server's limit when None)."""
+    """The whole body, refused with 413 past ``limit`` bytes (the server's limit when None)
+    and with 408 when it takes longer than ``limits.body_timeout`` to arrive."""
+    try:
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within "
+                             f"{request.app[LIMITS].body_timeout:g} s (limits.body_timeout)",
+                             "body") from None
+
+
+async def _read_body(request: web.Request, limit: int | None) -> bytes:
     if limit is None:
         try:
             return await request.read()

@@ -22,6 +22,7 @@ from aiohttp import web
 from inventory.errors import Busy
 from inventory.server.auth import IDENTITY
 from inventory.server.limits import ServerLimits
+from inventory.server.state import LIMITS
 
 log = logging.getLogger("dlm.server")
 
@@ -64,7 +65,6 @@ class Gates:
                    Gate("long polls", "max_long_polls", limits.max_long_polls, 1))
 
 
-LIMITS = web.AppKey("limits", ServerLimits)
 GATES = web.AppKey("gates", Gates)
 
 

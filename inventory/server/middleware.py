@@ -13,7 +13,7 @@ from aiohttp import web
 
 from inventory.errors import DLMError
 from inventory.logs import REQUEST_ID
-from inventory.server import metrics
+from inventory.server import connections, metrics
 from inventory.server.bodies import respond
 
 log = logging.getLogger("dlm.server")
@@ -43,6 +43,7 @@ async def front(request: web.Request, handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
     request_id = given if given and _REQUEST_ID_OK.match(given) else _new_id()
     token = REQUEST_ID.set(request_id)
+    connections.request_started(request)  # not to be closed to make room for another
     try:
         response = await handler(request)
     except DLMError as exc:
@@ -58,6 +59,7 @@ async def front(request: web.Request, handler) -> web.StreamResponse:
                           "field": None}}
         response = respond(request, body, status=500)
     finally:
+        connections.request_ended(request)
         REQUEST_ID.reset(token)
         metrics.observe(request, started)
     if not response.prepared:

@@ -29,9 +29,11 @@ from inventory.inventory import Inventory
 from inventory.logs import REQUEST_ID
 from inventory.mirror import apply_transactions
 from inventory.objects import Token
-from inventory.server import routes_items
+from inventory.server import guards, routes_items
 from inventory.server.auth import authenticate
 from inventory.server.bodies import MSGPACK
+from inventory.server.connections import GuardedSite, raise_file_limit, runner_options
+from inventory.server.limits import ServerLimits
 from inventory.server.middleware import front
 from inventory.server.state import STATE, ServerState
 from inventory.server.workers import READY_LINE, WORKER_ENV, SharedVersion, WorkerSpec
@@ -158,8 +160,8 @@ async def load_inventory(store: Store, config_tokens: list[Token]) -> Inventory:
     return inventory
 
 
-def make_read_app(state: ServerState, follower: Follower,
-                  session: aiohttp.ClientSession) -> web.Application:
+def make_read_app(state: ServerState, follower: Follower, session: aiohttp.ClientSession,
+                  limits: ServerLimits | None = None) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         """Send the request to the primary and stream its answer back unchanged."""
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
@@ -180,10 +182,9 @@ def make_read_app(state: ServerState, follower: Follower,
                 if key.lower() not in _HOP or key.lower() == "content-length":
                     response.headers.add(key, value)
             await response.prepare(request)
-            with contextlib.suppress(ConnectionResetError):  # the client left: nothing to do
-                async for chunk in upstream.content.iter_chunked(256 << 10):
-                    await response.write(chunk)
-                await response.write_eof()
+            # the primary's answer streams through as the client takes it, never faster
+            await guards.stream(request, response, upstream.content.iter_chunked(256 << 10),
+                                "forwarded answer")
             return response
 
     @web.middleware
@@ -202,6 +203,7 @@ def make_read_app(state: ServerState, follower: Follower,
     # primary, whose limits apply.
     app = web.Application(middlewares=[front, serve_or_forward])
     app[STATE] = state
+    guards.install(app, limits or ServerLimits())
     for path, handler in LOCAL_ROUTES:
         app.router.add_get(path, handler)
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -215,9 +217,10 @@ def _die_with_parent() -> None:
 
 
 async def run(spec: WorkerSpec) -> int:
-    from inventory.serve_cli import config_tokens
+    from inventory.serve_cli import config_tokens, server_limits
 
     tokens = config_tokens(spec.config_tokens, "config")
+    limits = server_limits(spec.limits, "config")
     store = open_store(spec.db, spec.data_dir)
     await store.open()
     connector = aiohttp.UnixConnector(path=spec.socket, limit=0)
@@ -231,11 +234,13 @@ async def run(spec: WorkerSpec) -> int:
         state.inventory = await load_inventory(store, tokens)
         state.load_seconds = time.perf_counter() - started
         state.internal_token_hash = hashlib.sha256(spec.token.encode()).hexdigest()
-        runner = web.AppRunner(make_read_app(state, follower, session),
-                               access_log=None, handle_signals=False)
+        runner = web.AppRunner(make_read_app(state, follower, session, limits),
+                               access_log=None, handle_signals=False,
+                               **runner_options(limits))
         await runner.setup()
         following = asyncio.create_task(follower.run())
-        await web.TCPSite(runner, spec.host, spec.port, reuse_port=True).start()
+        await GuardedSite(runner, spec.host, spec.port, reuse_port=True,
+                          max_connections=raise_file_limit(limits.max_connections)).start()
         print(READY_LINE.decode(), flush=True)
         log.info("read worker serving", extra={
             "worker": spec.index, "version": state.inventory.version,

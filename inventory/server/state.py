@@ -11,6 +11,7 @@ from aiohttp import web
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
 from inventory.scheduler import Scheduler
+from inventory.server.limits import ServerLimits
 from inventory.store import Store
 
 
@@ -32,6 +33,7 @@ class ServerState:
 
 STATE = web.AppKey("state", ServerState)
 PLAN_LIMIT = web.AppKey("plan_limit", int)  # bytes a Detox or Dealer plan may have
+LIMITS = web.AppKey("limits", ServerLimits)  # what one client may hold (the limits: settings)
 
 
 def state_of(request: web.Request) -> ServerState:

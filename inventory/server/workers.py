@@ -78,6 +78,7 @@ class WorkerSpec:
     loopback: bool = True
     log_level: str = "info"
     index: int = 1
+    limits: dict[str, Any] = field(default_factory=dict)  # the primary's ``limits:``
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
