@@ -37,5 +37,7 @@ PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "The reque
 RequestTimeout = _error("RequestTimeout", 408, "request_timeout",
                         "The request body did not arrive in time.")
 Unavailable = _error("Unavailable", 503, "unavailable", "The database cannot commit right now.")
-Busy = _error("Busy", 503, "busy",
-              "The server already serves as many of these as its limits allow; retry later.")
+# A kind of Unavailable (not a direct DLMError): clients map a 503 to Unavailable whatever it says.
+Busy = type("Busy", (Unavailable,), {
+    "code": "busy",
+    "__doc__": "The server already serves as many of these as its limits allow; retry later."})

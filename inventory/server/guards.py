@@ -41,9 +41,7 @@ class Gate:
     @contextlib.contextmanager
     def enter(self, request: web.Request) -> Iterator[None]:
         if self.held >= self.limit:
-            self.refused += 1
-            log.info("%s refused: limit reached", self.what, extra={
-                "path": request.path, "limit": self.limit, "setting": f"limits.{self.setting}"})
+            self.refused += 1  # the refusal is logged as every 503 is (middleware)
             raise Busy(f"this server already serves {self.limit} {self.what} at once "
                        f"(limits.{self.setting}); retry in {self.retry_after} s",
                        None, retry_after=self.retry_after, limit=self.limit)
@@ -129,9 +127,18 @@ async def stream(request: web.Request, response: web.StreamResponse,
         if request.transport is not None:
             request.transport.abort()  # frees what the socket still buffers
     except ConnectionError:
-        log.info("%s ended: the client left", what,
-                 extra={"path": request.path, "sent_bytes": sent, "remote": request.remote})
+        _left(request, what, sent)
+    except asyncio.CancelledError:  # servers that cancel a handler whose client left
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            _left(request, what, sent)
+        raise
     finally:
         aclose = getattr(messages, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _left(request: web.Request, what: str, sent: int) -> None:
+    log.info("%s ended: the client left", what,
+             extra={"path": request.path, "sent_bytes": sent, "remote": request.remote})
