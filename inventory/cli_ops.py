@@ -20,6 +20,8 @@ from inventory.cli_common import (
     print_table,
     wants_json,
 )
+from inventory.cli_inject import count_records, open_source
+from inventory.cli_ops_bulk import MAX_BATCH, bulk_queue, read_operations
 from inventory.client import SyncClient
 
 REQUEST_STATES = ("pending", "done", "failed", "cancelled")
@@ -60,11 +62,28 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=client_command(ops))
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     queue = add_parser(actions, "queue",
-                       help="copy an item to a storage, or delete it from one, now (operator)")
-    queue.add_argument("op_kind", metavar="KIND", choices=OPERATION_KINDS)
-    queue.add_argument("item", metavar="ITEM", help="an oid or an item name")
-    queue.add_argument("target", metavar="STORAGE", help="where to copy to, or delete from")
+                       help="copy an item to a storage, or delete it from one, now (operator); "
+                            "many from a file with --from",
+                       description="Queue one operation (`dlm ops queue copy ITEM STORAGE`), or "
+                                   "many from JSON lines or CSV (`dlm ops queue --from FILE`: "
+                                   "fields kind, item, target, source; KIND and --source are "
+                                   "defaults for records without them), in batches of one "
+                                   "transaction each.")
+    queue.add_argument("op_kind", metavar="KIND", nargs="?", help="copy or delete")
+    queue.add_argument("item", metavar="ITEM", nargs="?", help="an oid or an item name")
+    queue.add_argument("target", metavar="STORAGE", nargs="?",
+                       help="where to copy to, or delete from")
     queue.add_argument("--source", help="the storage whose replica a copy reads")
+    bulk = queue.add_argument_group("bulk")
+    bulk.add_argument("--from", dest="from_file", metavar="FILE",
+                      help="JSON lines or CSV with a header; '-' reads stdin")
+    bulk.add_argument("--format", choices=("jsonl", "csv"),
+                      help="default: from the file's suffix, else from its first line")
+    bulk.add_argument("--batch-size", type=int, default=MAX_BATCH, metavar="N",
+                      help=f"operations per transaction, at most {MAX_BATCH:,}")
+    bulk.add_argument("--start-line", type=int, default=1, metavar="N",
+                      help="skip records before line N (to resume after an error)")
+    bulk.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     queue.set_defaults(func=client_command(queue_operation))
     cancel = add_parser(actions, "cancel", help="cancel a queued operation (operator)")
     cancel.add_argument("id", metavar="ID")
@@ -127,6 +146,14 @@ def ops(args: argparse.Namespace, client: SyncClient) -> None:
 
 
 def queue_operation(args: argparse.Namespace, client: SyncClient) -> None:
+    if args.op_kind is not None and args.op_kind not in OPERATION_KINDS:
+        raise CLIError(f"KIND: expected copy or delete, not {args.op_kind!r}", USAGE_ERROR)
+    if args.from_file is not None:
+        queue_from_file(args, client)
+        return
+    if args.target is None:
+        raise CLIError("give KIND ITEM STORAGE, or --from FILE for many operations",
+                       USAGE_ERROR)
     op = client.add_operation(args.op_kind, args.item, args.target, source=args.source)
     if wants_json(args):
         print_json(op)
@@ -134,6 +161,25 @@ def queue_operation(args: argparse.Namespace, client: SyncClient) -> None:
     where = f"{op['source']} to {op['target']}" if op["kind"] == "copy" and op.get("source") \
         else op["target"]
     print(f"operation {op['id']}: {op['kind']} {op['item_name']} {where}, {op['state']}")
+
+
+def queue_from_file(args: argparse.Namespace, client: SyncClient) -> None:
+    if args.item is not None:
+        raise CLIError("--from FILE names the items: give no ITEM or STORAGE", USAGE_ERROR)
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise CLIError(f"--batch-size: expected 1 to {MAX_BATCH:,}", USAGE_ERROR)
+    defaults = {k: v for k, v in (("kind", args.op_kind), ("source", args.source)) if v}
+    with open_source(args.from_file) as stream:
+        records = read_operations(stream, args.from_file, args.format)
+        records = (r for r in records if r[0] >= args.start_line)
+        queued = bulk_queue(client, records, defaults, source=args.from_file,
+                            batch_size=args.batch_size,
+                            total=count_records(args.from_file, args.start_line),
+                            progress=not args.no_progress)
+        if wants_json(args):
+            print_json_list(queued)
+        else:
+            print(f"queued {sum(1 for _ in queued):,} operations from {args.from_file}")
 
 
 def cancel_operation(args: argparse.Namespace, client: SyncClient) -> None:

@@ -418,6 +418,13 @@ class Client:
             spec["source"] = source
         return await self.request("POST", "/v1/operations", json=spec)
 
+    async def add_operations(self, specs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Queue many operations in one transaction (operator): each dict has ``kind``,
+        ``item``, ``target`` and optionally ``source``, as ``add_operation``. At most 10,000
+        per call; one bad entry refuses them all (the error's field is
+        ``operations[i].item`` and so on). Returns the queued operations, in order."""
+        return (await self.request("POST", "/v1/operations", json=list(specs)))["operations"]
+
     async def cancel_operation(self, op_id: int | str) -> dict[str, Any]:
         """Cancel a queued operation; the operation as it now is."""
         return await self.request("DELETE", f"/v1/operations/{_seg(str(op_id))}")

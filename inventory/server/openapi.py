@@ -314,6 +314,14 @@ class OperationPage(Closed):
     cursor: str | None
 
 
+class OperationsQueued(Closed):
+    """The answer to ``POST /v1/operations`` with a list: the queued operations in the order
+    sent."""
+
+    count: Count
+    operations: list[OperationInfo]
+
+
 class CycleInfo(Closed):
     id: int
     kind: CycleKind
@@ -413,12 +421,12 @@ OperationRequest: Any = getattr(specs, "OperationRequest", None)
 REQUEST_TYPES: tuple[Any, ...] = (
     ItemSpec, list[ItemSpec], ItemPatch, list[ItemPatchWithOid], StorageSpec, StoragePatch,
     AccessSpec, list[AccessWithOid], TokenSpec, RequestSpec, DetoxPlanIn, DealerPlanIn,
-    *((OperationRequest,) if OperationRequest is not None else ()))
+    *((OperationRequest, list[OperationRequest]) if OperationRequest is not None else ()))
 RESPONSE_TYPES: tuple[Any, ...] = (
     Item, ItemsAdded, ItemPage, Counted, AccessRecorded, Exists, ItemLocations, Storage,
     StorageList, StorageRemoved, Health, NewToken, TokenList, CopyRequestInfo, CopyRequestList,
-    OperationInfo, OperationPage, CycleInfo, CycleList, CycleDetail, DecisionPage, Changes,
-    Snapshot, Error)
+    OperationInfo, OperationPage, OperationsQueued, CycleInfo, CycleList, CycleDetail,
+    DecisionPage, Changes, Snapshot, Error)
 
 # ----------------------------------------------------------------------- operations
 
@@ -641,8 +649,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
 
 if OperationRequest is not None:
     OPERATIONS[("POST", "/v1/operations")] = Op(
-        "Order a copy of an item to a storage, or its deletion from one", "operator",
-        {201: OperationInfo}, (*WRITE_ERRORS, 404), body=OperationRequest, tag="operations")
+        "Order a copy of an item to a storage, or its deletion from one; or many in one "
+        "transaction", "operator",
+        {201: OperationInfo | OperationsQueued}, (*WRITE_ERRORS, 404),
+        body=OperationRequest | list[OperationRequest], tag="operations",
+        description="One object answers with the operation; a list (at most 10,000) queues "
+                    "them all in one transaction and answers with `{count, operations}`, in "
+                    "the order sent. A list is refused whole at its first bad entry, the "
+                    "error's field naming it (`operations[3].item`).")
 
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted: marked, removal follows",
                 204: "No content", 400: "Invalid input", 401: "No valid token",

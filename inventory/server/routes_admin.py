@@ -35,7 +35,7 @@ from inventory.specs import (
     RequestSpec,
     TokenSpec,
 )
-from inventory.writes import AddRequest, AddToken, CancelRequest, DeleteToken, Write
+from inventory.writes import MAX_BATCH, AddRequest, AddToken, CancelRequest, DeleteToken, Write
 from inventory.writes_cycles import ApplyDealerPlan, ApplyDetoxPlan
 from inventory.writes_ops import CancelOperation, OperationSpec, QueueOperations
 
@@ -176,29 +176,49 @@ async def list_operations(request: web.Request) -> web.Response:
 
 @routes.post("/v1/operations")
 @requires("operator")
-async def queue_operation(request: web.Request) -> web.Response:
-    spec = await decode(request, OperationRequest)
+async def queue_operations(request: web.Request) -> web.Response:
+    """One operation (its JSON back), or a list of up to ``MAX_BATCH`` queued in one
+    transaction: refused whole at the first bad entry, named ``operations[i].field``."""
+    body = await decode(request, OperationRequest | list[OperationRequest], root="operations")
+    single = isinstance(body, OperationRequest)
+    requests = [body] if single else body
+    if len(requests) > MAX_BATCH:
+        raise BadRequest(f"at most {MAX_BATCH} operations per request, got {len(requests)}",
+                         "operations")
+    if not requests:
+        raise BadRequest("expected at least one operation", "operations")
     state = state_of(request)
     inv = state.inventory
-    row = _item_by_oid_or_name(inv, spec.item, "item")
+    specs = [_operation_spec(inv, spec, "" if single else f"operations[{i}].")
+             for i, spec in enumerate(requests)]
+    try:
+        ops = await state.scheduler.write(QueueOperations(specs, origin="user"))
+    except DLMError as exc:
+        if single and exc.field:
+            exc.field = exc.field.removeprefix("operations[0].")
+        raise
+    if state.engine is not None:
+        state.engine.wake()
+    if single:
+        return respond(request, operation_json(inv, ops[0]), status=201)
+    return respond(request, {"count": len(ops),
+                             "operations": [operation_json(inv, o) for o in ops]}, status=201)
+
+
+def _operation_spec(inv: Inventory, spec: OperationRequest, where: str) -> OperationSpec:
+    """The request with its item and storages resolved; a name that is none is refused with
+    its field (``where`` is ``operations[i].`` in a list)."""
+    row = _item_by_oid_or_name(inv, spec.item, where + "item")
     target = inv.storage_by_name.get(spec.target)
     if target is None:
-        raise BadRequest(f"no storage named {spec.target!r}", "target")
+        raise BadRequest(f"no storage named {spec.target!r}", where + "target")
     source_id = None
     if spec.source is not None:
         source = inv.storage_by_name.get(spec.source)
         if source is None:
-            raise BadRequest(f"no storage named {spec.source!r}", "source")
+            raise BadRequest(f"no storage named {spec.source!r}", where + "source")
         source_id = source.id
-    try:
-        [op] = await state.scheduler.write(QueueOperations(
-            [OperationSpec(spec.kind, inv.i_oid[row], target.id, source_id)], origin="user"))
-    except DLMError as exc:
-        exc.field = exc.field.removeprefix("operations[0].") if exc.field else exc.field
-        raise
-    if state.engine is not None:
-        state.engine.wake()
-    return respond(request, operation_json(inv, op), status=201)
+    return OperationSpec(spec.kind, inv.i_oid[row], target.id, source_id)
 
 
 @routes.delete("/v1/operations/{id}")
