@@ -35,7 +35,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
 CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule",
-               "workers", "max_body", "max_plan_body", "limits"}
+               "workers", "max_body", "max_plan_body", "limits", "metadata"}
 MAX_WORKERS = 64
 EXIT_STALE = 3  # another server wrote while this one had lost its write claim: restart it
 
@@ -54,6 +54,7 @@ class ServeSettings:
     max_body: int | str | None = None  # request bodies; default app.MAX_BODY (64 MiB)
     max_plan_body: int | str | None = None  # Detox/Dealer plans; default 1 GiB
     limits: dict[str, Any] = field(default_factory=dict)  # server.limits.ServerLimits
+    metadata: dict[str, Any] | None = None  # bounds of item metadata (inventory.metadata)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -115,6 +116,7 @@ def read_config(path: str) -> dict[str, Any]:
     for key in ("max_body", "max_plan_body"):
         if key in data:
             body_limit(data[key], f"{path}: {key}")
+    metadata_limits(data.get("metadata"), f"{path}: metadata")
     config_tokens(data.get("tokens", []), path)  # fail now, not at start
     fileops_limits(data.get("fileops", {}), path)
     server_limits(data.get("limits", {}), path)
@@ -123,6 +125,17 @@ def read_config(path: str) -> dict[str, Any]:
     except ScheduleError as exc:
         raise CLIError(str(exc)) from None
     return data
+
+
+def metadata_limits(value: Any, where: str) -> Any:
+    """The ``metadata:`` mapping as ``inventory.metadata.Limits``; CLIError saying what is
+    wrong."""
+    from inventory.metadata import limits_from
+
+    try:
+        return limits_from(value, where)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def body_limit(value: Any, where: str) -> int:
@@ -209,7 +222,9 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(store=store, loopback=is_loopback(settings.host),
                           tokens=config_tokens(settings.tokens, "config"),
                           fileops=fileops_limits(settings.fileops, "config"),
-                          limits=server_limits(settings.limits, "config"), **limits)
+                          limits=server_limits(settings.limits, "config"),
+                          metadata_limits=metadata_limits(settings.metadata, "metadata"),
+                          **limits)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

@@ -15,6 +15,10 @@ import msgspec
 from inventory import model
 
 Phase = Literal["PLASMA", "GAS", "LIQUID", "SOLID"]
+# PostgreSQL text and jsonb cannot hold U+0000: a NUL refused here names its field (400); let
+# through, it failed the database commit of every write grouped with it (issue 16).
+NO_NUL = "^[^\\x00]*$"
+Text = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # validate.MAX_BYTES: int64 columns
 # What a registration with a storage checks on it before it is acknowledged: that the payload
@@ -43,10 +47,10 @@ class ItemSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     target_phase: Phase = "SOLID"
     expire_at: str | None = None
     lifetime: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    owner: str | None = None
-    group: str | None = None
-    storage: str | None = None
-    uri: str | None = None
+    owner: Text | None = None
+    group: Text | None = None
+    storage: Text | None = None
+    uri: Text | None = None
     verify: Verify = "size"
 
 
@@ -59,7 +63,7 @@ class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     capacity: Size | str
     phase: Phase = "GAS"
     status: Literal["online", "draining", "offline", "retired"] = "online"
-    attributes: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    attributes: dict[Text, Text | int | float | bool] = msgspec.field(default_factory=dict)
     config: dict[str, Any] = msgspec.field(default_factory=dict)
     # posix: create a missing root directory now (otherwise a missing root is only warned
     # about: copies never create it, an unmounted volume must not fill its parent)
@@ -82,8 +86,8 @@ class ItemPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     checksum: str | msgspec.UnsetType | None = msgspec.UNSET
     checksum_method: str | msgspec.UnsetType | None = msgspec.UNSET
     size: Size | msgspec.UnsetType | None = msgspec.UNSET
-    storage: str | msgspec.UnsetType = msgspec.UNSET
-    uri: str | msgspec.UnsetType = msgspec.UNSET
+    storage: Text | msgspec.UnsetType = msgspec.UNSET
+    uri: Text | msgspec.UnsetType = msgspec.UNSET
     verify: Verify = "size"
 
 
@@ -108,12 +112,13 @@ class StoragePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
         msgspec.UNSET
     capacity: Size | str | msgspec.UnsetType = msgspec.UNSET
     phase: Phase | msgspec.UnsetType = msgspec.UNSET
-    attributes: dict[str, str | int | float | bool | None] | msgspec.UnsetType = msgspec.UNSET
+    attributes: dict[Text, Text | int | float | bool | None] | msgspec.UnsetType = \
+        msgspec.UNSET
     config: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 class TokenSpec(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Text
     role: Literal["reader", "producer", "operator"]
     expires_at: str | None = None
 
@@ -124,7 +129,7 @@ class RequestSpec(msgspec.Struct, forbid_unknown_fields=True):
     item: str
     storage: str
     pin_until: str | None = None
-    comment: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)] | None = None
 
 
 class OperationRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -140,9 +145,9 @@ class CyclePlanIn(msgspec.Struct, forbid_unknown_fields=True):
     """What every cycle plan carries: which policy, which snapshot, when
     (``detox.cycle.plan_header``), its summary and its compressed decisions."""
 
-    policy_name: str
-    policy_file: str
-    policy_text: str
+    policy_name: Text
+    policy_file: Text
+    policy_text: Text
     policy_sha256: str
     snapshot_version: Annotated[int, msgspec.Meta(ge=0)]
     started: float

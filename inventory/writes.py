@@ -25,6 +25,7 @@ from inventory.errors import BadRequest, Conflict, Forbidden, NotFound
 from inventory.feed import REMOVED_STORAGE
 from inventory.ingest import VERIFY_INGEST, Payload, recheck, verifies_ingest
 from inventory.inventory import NONE, Inventory
+from inventory.metadata import check as check_values
 from inventory.objects import CopyRequest, IdFloor, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.specs import (
@@ -275,6 +276,8 @@ class AddStorage(Write):
         if name in inv.storage_by_name or name in pending.storage_names:
             raise Conflict(f"a storage named {name!r} exists already", "name")
         capacity = validate.byte_size(spec.capacity, "capacity")
+        check_values(spec.attributes, "attributes")  # jsonb: no NaN, no int past 64 bits
+        check_values(spec.config, "config")
         _check_root(spec.kind, spec.root)
         _check_verify_ingest(spec.config)
         others = [*inv.storages.values(),
@@ -829,6 +832,7 @@ class UpdateStorage(Write):
         if patch.phase is not unset:
             changes["phase"] = model.PHASE[patch.phase]
         if patch.attributes is not unset:
+            check_values(patch.attributes, "attributes")
             merged = dict(rec.attributes)
             for key, value in patch.attributes.items():
                 if value is None:
@@ -837,6 +841,7 @@ class UpdateStorage(Write):
                     merged[key] = value
             changes["attributes"] = merged
         if patch.config is not unset:
+            check_values(patch.config, "config")
             _check_verify_ingest(patch.config)
             changes["config"] = {**rec.config, **patch.config}
             check_storage_config(rec.kind, rec.root, changes["config"])

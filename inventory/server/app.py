@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from inventory import metadata
 from inventory.dashboard import routes as dashboard_routes
 from inventory.dashboard.history import history_of
 from inventory.feed import ChangeFeed
@@ -30,7 +31,7 @@ from inventory.server import (
 from inventory.server.auth import authenticate
 from inventory.server.limits import ServerLimits
 from inventory.server.middleware import front
-from inventory.server.state import PLAN_LIMIT, STATE, ServerState
+from inventory.server.state import METADATA_LIMITS, PLAN_LIMIT, STATE, ServerState
 from inventory.store import Store
 from inventory.writes_ops import DeleteStuckItems
 
@@ -53,6 +54,7 @@ class ServerConfig:
     loopback: bool = True  # listening on a loopback address only: open mode allowed
     tokens: list[Token] = field(default_factory=list)  # from the config file, not stored
     limits: ServerLimits = field(default_factory=ServerLimits)  # what one client may hold
+    metadata_limits: metadata.Limits = metadata.LIMITS  # bounds of one item's metadata
 
 
 def make_app(config: ServerConfig) -> web.Application:
@@ -60,6 +62,7 @@ def make_app(config: ServerConfig) -> web.Application:
                           client_max_size=config.max_body)
     app[PLAN_LIMIT] = config.max_plan_body
     guards.install(app, config.limits)
+    app[METADATA_LIMITS] = config.metadata_limits
     metrics.install(app, lambda: app.get(STATE))
     for module in (routes_core, routes_items, routes_admin, routes_feed, routes_openapi,
                    metrics, routes_consistency, dashboard_routes):

@@ -9,18 +9,20 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from inventory import model
+from inventory import metadata, model
 from inventory.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from inventory.logs import REQUEST_ID
 from inventory.server.state import LIMITS
+from inventory.specs import NO_NUL
 
 T = TypeVar("T")
 MSGPACK = "application/msgpack"
 JSON = "application/json"
-_PATH = re.compile(r" - at `\$(.*)`$")
+_PATH = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
 _ENUMS = {"kind": model.STORAGE_KINDS, "status": model.STORAGE_STATUSES,
           "phase": model.PHASES, "target_phase": model.PHASES, "item_type": model.ITEM_TYPES}
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
+_NUL_REFUSED = f"Expected `str` matching regex {NO_NUL!r}"
 _json_encode = msgspec.json.Encoder().encode
 _msgpack_encode = msgspec.msgpack.Encoder().encode
 
@@ -33,7 +35,9 @@ def field_of(message: str, root: str | None) -> tuple[str, str | None]:
     if named:  # the offending key is named in the text, not in the path
         path = f"{path}.{named.group(1)}"
     path = path.removeprefix(".")
-    if text.startswith("Invalid enum value"):
+    if text.startswith(_NUL_REFUSED):  # specs.Text: msgspec's words would show the regex
+        text = "must not contain a NUL character (U+0000): the database cannot store it"
+    elif text.startswith("Invalid enum value"):
         allowed = _ENUMS.get(path.rsplit(".", 1)[-1])
         if allowed:
             text = f"{text}; expected one of {', '.join(allowed)}"
@@ -60,6 +64,9 @@ async def decode(request: web.Request, kind: type[T], *, root: str | None = None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"invalid {'msgpack' if msgpack_body else 'JSON'}: {exc}",
                          "body") from None
+    except RecursionError:  # the decoder's nesting limit (~1000 less the stack in use)
+        raise BadRequest("nested too deeply to decode (item metadata may nest "
+                         f"{metadata.LIMITS.max_depth} levels by default)", "body") from None
 
 
 async def read_body(request: web.Request, limit: int | None = None) -> bytes:

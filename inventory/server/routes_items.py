@@ -9,13 +9,13 @@ from itertools import islice
 
 from aiohttp import web
 
-from inventory import model, validate
+from inventory import metadata, model, validate
 from inventory.errors import BadRequest, NotFound
 from inventory.inventory import NONE, Inventory
 from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.ingest import payloads_of_items, payloads_of_patches, with_payloads
-from inventory.server.state import state_of
+from inventory.server.state import METADATA_LIMITS, state_of
 from inventory.server.views import item_json
 from inventory.specs import AccessSpec, AccessWithOid, ItemPatch, ItemPatchWithOid, ItemSpec
 from inventory.writes import (
@@ -41,6 +41,11 @@ async def add_items(request: web.Request) -> web.Response:
     state = state_of(request)
     if len(specs) > MAX_BATCH:  # refused before any payload is looked at
         raise BadRequest(f"at most {MAX_BATCH} items per request, got {len(specs)}", "items")
+    limits = request.app[METADATA_LIMITS]
+    for index, spec in enumerate(specs):
+        if spec.metadata:
+            metadata.check(spec.metadata, "metadata" if single else f"items[{index}].metadata",
+                           limits)
     records = await with_payloads(
         lambda: payloads_of_items(state, specs, not single),
         lambda found: state.scheduler.write(AddItems(
@@ -60,6 +65,8 @@ async def add_items(request: web.Request) -> web.Response:
 @requires("producer")
 async def change_item(request: web.Request) -> web.Response:
     patch = await decode(request, ItemPatch)
+    if patch.metadata:
+        metadata.check(patch.metadata, "metadata", request.app[METADATA_LIMITS])
     patches = [(request.match_info["oid"], patch)]
     state = state_of(request)
     who = actor(request)
@@ -80,6 +87,10 @@ async def change_items(request: web.Request) -> web.Response:
     state = state_of(request)
     if len(patches) > MAX_BATCH:
         raise BadRequest(f"at most {MAX_BATCH} changes per request", "items")
+    limits = request.app[METADATA_LIMITS]
+    for index, (_oid, patch) in enumerate(patches):
+        if patch.metadata:
+            metadata.check(patch.metadata, f"items[{index}].metadata", limits)
     who = actor(request)
     check_changes(state.inventory, who, patches, True)  # before any payload is looked at
     records = await with_payloads(

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from inventory import metadata
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
 from inventory.scheduler import Scheduler
@@ -34,6 +35,7 @@ class ServerState:
 STATE = web.AppKey("state", ServerState)
 PLAN_LIMIT = web.AppKey("plan_limit", int)  # bytes a Detox or Dealer plan may have
 LIMITS = web.AppKey("limits", ServerLimits)  # what one client may hold (the limits: settings)
+METADATA_LIMITS = web.AppKey("metadata_limits", metadata.Limits)  # of one item's metadata
 
 
 def state_of(request: web.Request) -> ServerState:

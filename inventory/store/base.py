@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
+from inventory import metadata as stored_metadata
 from inventory import model
 from inventory.inventory import Inventory
 from inventory.memory import gc_paused, trim_heap
@@ -40,6 +41,18 @@ class StoreInDoubt(StoreUnavailable):
 
 class StoreConflict(StoreError):
     """The database refused the transaction on a constraint (HTTP 409)."""
+
+
+class StoreRefused(StoreError):
+    """The database, or the driver encoding a row for it, refused a value of the transaction
+    (a NUL in a PostgreSQL text, an index entry past its size limit, a value no column type
+    holds): the same transaction fails the same way every time (HTTP 400), and it is one
+    write's value, never the database's state."""
+
+
+# What encoding a row for the database raises on a value it cannot carry (json.dumps of bytes,
+# an int past 64 bits for SQLite, a lone surrogate for UTF-8, nesting past the recursion limit)
+ENCODING_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
 
 class ClaimRefused(StoreUnavailable):
@@ -225,8 +238,12 @@ def item_records(rows: Sequence[Sequence[Any]], uuid_in: Callable[[Any], int],
      created, expire, access, last_access, owner, group, registered) = zip(*rows, strict=True)
     nothing = (None,) * len(rows)
     if metadata != nothing:
-        loads = json.loads
-        metadata = [None if m is None else loads(m) for m in metadata]
+        loads, suspect = json.loads, stored_metadata.suspect
+        texts = metadata
+        metadata = [None if m is None or suspect(m) else loads(m) for m in texts]
+        for index, text in enumerate(texts):
+            if text is not None and metadata[index] is None:
+                _make_servable(metadata, index, text, uuid_in(oid[index]), name[index])
     if parent != nothing:
         parent = [None if p is None else uuid_in(p) for p in parent]
     if shared is not None:
@@ -239,6 +256,16 @@ def item_records(rows: Sequence[Sequence[Any]], uuid_in: Callable[[Any], int],
         map(_phase, target), size, checksum, method, metadata, parent, created, expire, access,
         last_access, owner, group, registered, strict=True,
     )))
+
+
+def _make_servable(metadata: list[Any], index: int, text: str, oid: int, name: str) -> None:
+    """Metadata an older version stored past today's bounds, made servable in memory (the
+    row is left as it is): said once per item at load, so the operator can fix it."""
+    metadata[index], why = stored_metadata.servable(text)
+    if why:
+        logging.getLogger("dlm.store").warning(
+            "item metadata stored past the metadata bounds is served changed", extra={
+                "oid": model.format_uuid(oid), "item": name, "why": why})
 
 
 def replica_records(rows: Sequence[Sequence[Any]], uuid_in: Callable[[Any], int],
