@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from inventory.errors import Conflict, DLMError, Unavailable
+from inventory.errors import BadRequest, Conflict, DLMError, Unavailable
 from inventory.feed import ChangeFeed
 from inventory.inventory import Inventory
 from inventory.memory import gc_paused
@@ -32,6 +32,7 @@ from inventory.store import (
     StoreConflict,
     StoreError,
     StoreInDoubt,
+    StoreRefused,
 )
 from inventory.writes import Pending, Prepared, Write
 
@@ -229,21 +230,27 @@ class Scheduler:
             return
         try:
             await self._commit(ready)
-        except StoreConflict as exc:
+        except (StoreConflict, StoreRefused) as exc:
             if len(ready) == 1:
-                raise_into(ready, Conflict(f"the database refused the change: {exc}"))
+                raise_into(ready, _refusal(exc))
                 return
-            # One write broke a constraint the checks did not foresee. Prepare and commit each
-            # again on its own, against memory as it is then, so only the culprit fails.
-            log.warning("group commit of %d writes refused; retrying one by one", len(ready))
+            # One write broke a constraint or holds a value the checks did not foresee, and the
+            # database's words name it (another client's value). Prepare and commit each write
+            # again on its own, against memory as it is then (the failed commit changed
+            # nothing there), so only the culprit fails, with its own error.
+            log.warning("group commit of %d writes refused; retrying one by one", len(ready),
+                        extra={"error": str(exc)})
             for write, future in [(w, f) for w, f in group if not f.done()]:
+                if self.broken:
+                    future.set_exception(Unavailable(self.broken))
+                    continue
                 one = self._prepare([(write, future)])
                 if not one:
                     continue
                 try:
                     await self._commit(one)
-                except StoreConflict as exc:
-                    raise_into(one, Conflict(f"the database refused the change: {exc}"))
+                except (StoreConflict, StoreRefused) as exc:
+                    raise_into(one, _refusal(exc))
                 except StoreError as exc:
                     raise_into(one, Unavailable(f"the database could not commit: {exc}"))
         except StoreError as exc:
@@ -445,6 +452,14 @@ def split_alone(group: list[tuple[Write, asyncio.Future]]
 def _retrieve(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _refusal(exc: StoreConflict | StoreRefused) -> DLMError:
+    """What the client whose write alone the database refused is told: its own error."""
+    log.warning("the database refused a write", extra={"error": str(exc)})
+    if isinstance(exc, StoreConflict):
+        return Conflict(f"the database refused the change: {exc}")
+    return BadRequest(f"the database refused a value of this request: {exc}", "body")
 
 
 def raise_into(ready: list[tuple[Prepared, asyncio.Future]], exc: DLMError) -> None:

@@ -12,11 +12,12 @@ from inventory.store.base import (
     StoreConflict,
     StoreError,
     StoreInDoubt,
+    StoreRefused,
     StoreUnavailable,
 )
 
 __all__ = ["ClaimRefused", "ClaimStale", "SchemaError", "Store", "StoreConflict", "StoreError",
-           "StoreInDoubt", "StoreUnavailable", "open_store"]
+           "StoreInDoubt", "StoreRefused", "StoreUnavailable", "open_store"]
 
 
 def open_store(db_url: str | None, data_dir: str) -> Store:

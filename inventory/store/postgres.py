@@ -16,6 +16,7 @@ from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
+    ENCODING_ERRORS,
     ITEM_COLUMNS,
     PATH_REPAIRS,
     REPLICA_COLUMNS,
@@ -23,6 +24,7 @@ from inventory.store.base import (
     Store,
     StoreConflict,
     StoreInDoubt,
+    StoreRefused,
     StoreUnavailable,
     check_schema_version,
     item_db_row,
@@ -57,6 +59,11 @@ _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError
 # state asyncpg does not expect (seen with pg_terminate_backend under writes): it is dropped, so
 # that the write claim it carried is taken again on a new one (issue 15).
 _CONFUSED = (asyncpg.exceptions.InternalClientError,)
+# A value of the transaction refused: by PostgreSQL (class 22 data exceptions such as a NUL in
+# text, class 54 such as an index entry past its size limit), by asyncpg encoding an argument
+# (its own DataError), or by our encoding of a row. The same transaction would fail again.
+_REFUSED = (asyncpg.DataError, asyncpg.exceptions.ProgramLimitExceededError,
+            asyncpg.exceptions._base.DataError, *ENCODING_ERRORS)
 # What a client is told when the connection broke: the driver's own words ("cannot switch to
 # state 15 ...") say nothing to it and are logged instead.
 CONNECTION_LOST = "the database connection was lost; retry"
@@ -268,6 +275,8 @@ class PostgresStore(Store):
                 raise
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreConflict(f"database constraint: {exc}") from exc
+        except _REFUSED as exc:  # before _UNAVAILABLE: the driver's DataError is an InterfaceError
+            raise StoreRefused(f"postgresql refused a value: {exc}") from exc
         except _CONFUSED as exc:
             conn.terminate()
             raise _lost(exc) from exc

@@ -20,12 +20,14 @@ from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.store import generic
 from inventory.store.base import (
+    ENCODING_ERRORS,
     ITEM_COLUMNS,
     PATH_REPAIRS,
     REPLICA_COLUMNS,
     STORAGE_COLUMNS,
     Store,
     StoreConflict,
+    StoreRefused,
     StoreUnavailable,
     check_schema_version,
     item_db_row,
@@ -221,6 +223,9 @@ class SQLiteStore(Store):
                 raise
         except sqlite3.IntegrityError as exc:
             raise StoreConflict(f"database constraint: {exc}") from exc
+        except (sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                *ENCODING_ERRORS) as exc:
+            raise StoreRefused(f"sqlite refused a value: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
