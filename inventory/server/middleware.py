@@ -47,13 +47,15 @@ async def front(request: web.Request, handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except DLMError as exc:
+        abort_if_streaming(request, exc)
         response = error_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers["X-Request-Id"] = request_id
             raise
         response = http_error_response(request, exc)
-    except Exception:
+    except Exception as exc:
+        abort_if_streaming(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = {"error": {"code": "internal", "message": "internal server error; see the log",
                           "field": None}}
@@ -65,6 +67,21 @@ async def front(request: web.Request, handler) -> web.StreamResponse:
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     return response
+
+
+def abort_if_streaming(request: web.Request, exc: Exception) -> None:
+    """When a streamed answer's status line and part of its body are out, an error answer
+    written now would land inside that body (a "500" status line in the middle of a chunked
+    200). Drop the connection instead, before the body's last chunk: the client sees a body
+    that did not end (a payload error), never a complete answer. Raises ConnectionResetError
+    (aiohttp then closes the connection without writing anything more)."""
+    writer = request.writer if request.transport is not None else None
+    if writer is None or not writer.output_size:
+        return
+    log.error("error while streaming %s %s; connection aborted", request.method, request.path,
+              exc_info=exc, extra={"error": str(exc)})
+    request.transport.abort()
+    raise ConnectionResetError(f"the answer to {request.path} was aborted") from exc
 
 
 def error_response(request: web.Request, exc: DLMError) -> web.Response:
