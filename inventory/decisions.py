@@ -31,13 +31,22 @@ _STEP = 1 << 20  # bytes decompressed per step when measuring a blob
 _WIDTH = {"item": ("i", 4), "storage_id": ("H", 2), "code": ("i", 4), "size": ("q", 8)}
 
 
-def decode(blob: bytes | None) -> tuple[list[str], list[list[Any]]]:
+def decode(blob: bytes | None, max_size: int | None = None) -> tuple[list[str], list[list[Any]]]:
     """The decisions as columns and rows, whichever encoding was stored; nothing when absent
-    or unreadable (the blob comes from a client: a malformed one must not fail every read)."""
+    or unreadable (the blob comes from a client: a malformed one must not fail every read),
+    nor when it expands past ``max_size`` bytes (a plan stored before POST measured them:
+    never expanded further than that)."""
     if not blob:
         return [], []
     try:
-        data = msgpack.unpackb(zlib.decompress(blob), raw=False)
+        if max_size is None:
+            raw = zlib.decompress(blob)
+        else:
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(blob, max_size + 1)
+            if len(raw) > max_size or inflater.unconsumed_tail:
+                return [], []
+        data = msgpack.unpackb(raw, raw=False)
         if isinstance(data, dict) and data.get("format") == "columns":
             return list(DECISION_COLUMNS), _rows_of_columns(data)
         columns, rows = list(data["columns"]), data["rows"]
@@ -53,6 +62,13 @@ def plan_bound(per_decision: int, inventory_rows: int, plan_lists: int) -> int:
     """Bytes a plan's decisions may expand to: a cycle decides at most once per replica or
     item it judged (``inventory_rows``) and per entry of its own lists (``plan_lists``)."""
     return per_decision * (inventory_rows + plan_lists) + HEADER_ALLOWANCE
+
+
+def read_bound(per_decision: int, inv: Any) -> int:
+    """The most a stored plan's decisions may expand to when read: the POST bound, the plan's
+    own lists counted as large as the inventory (they never hold more)."""
+    rows = len(inv.i_oid) + len(inv.r_item)
+    return plan_bound(per_decision, rows, rows)
 
 
 def expanded_size(blob: bytes, limit: int) -> int:

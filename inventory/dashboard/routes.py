@@ -24,12 +24,14 @@ from inventory.dashboard import figures, fragments
 from inventory.dashboard.history import history_of
 from inventory.dashboard.markup import h, page, slot
 from inventory.decisions import decode as decode_decisions
+from inventory.decisions import read_bound
 from inventory.errors import BadRequest, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import Cycle
 from inventory.server.auth import IDENTITY, PUBLIC, requires
 from inventory.server.bodies import query_int
-from inventory.server.state import state_of
+from inventory.server.limits import ServerLimits
+from inventory.server.state import LIMITS, state_of
 
 routes = web.RouteTableDef()
 
@@ -252,7 +254,8 @@ async def decisions_fragment(request: web.Request) -> web.Response:
     offset = query_int(request, "cursor", 0, 0, 2**62)
     blob = await state.store.cycle_decisions(cycle.id)
     found, next_cursor = await asyncio.to_thread(
-        select_decisions, blob, state.inventory, wanted, offset, limit)
+        select_decisions, blob, state.inventory, wanted, offset, limit,
+        request.app[LIMITS].max_decision_bytes)
     return _html(fragments.decisions(state.inventory, cycle.id, found, next_cursor, wanted))
 
 
@@ -300,7 +303,8 @@ async def item_fragment(request: web.Request) -> web.Response:
     found: list[tuple[Cycle, dict[str, Any]]] = []
     for cycle in recent:
         blob = await state.store.cycle_decisions(cycle.id)
-        for record in await asyncio.to_thread(decisions_about, blob, inv, oid):
+        for record in await asyncio.to_thread(decisions_about, blob, inv, oid,
+                                              request.app[LIMITS].max_decision_bytes):
             found.append((cycle, record))
     return _html(fragments.item(inv, row, found))
 
@@ -367,10 +371,11 @@ def _with_storage(inv: Inventory, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def select_decisions(blob: bytes | None, inv: Inventory, wanted: dict[str, str], offset: int,
-                     limit: int) -> tuple[list[dict[str, Any]], int | None]:
+                     limit: int, per_decision: int = ServerLimits().max_decision_bytes,
+                     ) -> tuple[list[dict[str, Any]], int | None]:
     """A page of a cycle's decisions matching ``wanted`` (storage name, rule, outcome), and
     the cursor of the next page. Run in a thread: a cycle may hold millions."""
-    columns, rows = decode_decisions(blob)
+    columns, rows = decode_decisions(blob, read_bound(per_decision, inv))
     out: list[dict[str, Any]] = []
     for index in range(offset, len(rows)):
         record = _with_storage(inv, dict(zip(columns, rows[index], strict=True)))
@@ -382,10 +387,11 @@ def select_decisions(blob: bytes | None, inv: Inventory, wanted: dict[str, str],
     return out, None
 
 
-def decisions_about(blob: bytes | None, inv: Inventory, oid: int) -> list[dict[str, Any]]:
+def decisions_about(blob: bytes | None, inv: Inventory, oid: int,
+                    per_decision: int = ServerLimits().max_decision_bytes) -> list[dict[str, Any]]:
     """The decisions of one cycle about the replicas of one item (a replica's uid is its
     item's oid with the storage id in the last 16 bits)."""
-    columns, rows = decode_decisions(blob)
+    columns, rows = decode_decisions(blob, read_bound(per_decision, inv))
     if "uid" not in columns:
         return []
     at = columns.index("uid")

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from inventory import model, validate
-from inventory.decisions import HEADER_ALLOWANCE, expanded_size, plan_bound
+from inventory.decisions import HEADER_ALLOWANCE, expanded_size, plan_bound, read_bound
 from inventory.decisions import decode as decode_decisions
 from inventory.errors import BadRequest, DLMError, NotFound, PayloadTooLarge
 from inventory.inventory import Inventory
@@ -313,7 +313,8 @@ async def cycle_decisions(request: web.Request) -> web.Response:
     if cycle is None:
         raise NotFound(f"no cycle {request.match_info['id']}", "id")
     blob = await state.store.cycle_decisions(cycle.id)
-    columns, rows = decode_decisions(blob)
+    columns, rows = decode_decisions(blob, read_bound(
+        request.app[guards.LIMITS].max_decision_bytes, state.inventory))
     limit = query_int(request, "limit", 1000, 1, 100_000)
     offset = query_int(request, "cursor", 0, 0, 2**62)
     wanted = {k: request.query[k] for k in ("storage", "rule", "outcome") if k in request.query}
