@@ -189,6 +189,23 @@ async def read_everything(url: str, since: int | None = None) -> None:
                     await resp.read()
 
 
+async def test_dlm_inject_refuses_metadata_past_the_bounds_with_its_line(sqlite_server,
+                                                                          tmp_path):
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"item_name": "a", "metadata": {"n": 9223372036854775807}}\n'
+                     '{"item_name": "b", "metadata": {"n": 9223372036854775808}}\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "inventory.cli", "inject", "--url", sqlite_server.url,
+        "--from", str(items), "--no-progress", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _out, err = await proc.communicate()
+    assert proc.returncode == 1, err
+    assert "line 2: metadata.n: integer 9223372036854775808 is outside the signed 64-bit" \
+        in err.decode()
+    assert "Traceback" not in err.decode()
+    assert (await sqlite_server.client.health())["items"] == 0
+
+
 # ------------------------------------------------------------------- one bad write, one group
 
 def good_item(i: int) -> dict[str, Any]:
