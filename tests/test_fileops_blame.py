@@ -19,7 +19,7 @@ from tests.s3server import BUCKET, KEY, PART, SECRET, RcloneS3, own_s3_server  #
 from tests.test_fileops import operation, queue
 
 # the target is left alone after 3 failures in a row, for a short while; copies retry fast
-LIMITS = FileOpsLimits(workers=8, per_storage=8, max_attempts=50, retry_base=0.05,
+LIMITS = FileOpsLimits(workers=8, per_storage=8, max_attempts=500, retry_base=0.05,
                        retry_max=0.3, unreachable_after=3, unreachable_pause=0.5, poll=0.05)
 
 

@@ -13,6 +13,7 @@ Errors are ``StorageError`` subclasses (``errors``); see docs/storage.md.
 from inventory.storage.base import Backend, Entry, ObjectInfo, Reader, Space, WriteResult
 from inventory.storage.checksum import ALGORITHM, Adler32, adler32_of
 from inventory.storage.errors import (
+    BucketMissing,
     ChecksumMismatch,
     ConfigError,
     IntegrityError,
@@ -24,6 +25,7 @@ from inventory.storage.errors import (
     StorageError,
     StorageFull,
     Unreachable,
+    UploadLost,
 )
 from inventory.storage.factory import backend_for
 from inventory.storage.paths import check_name
@@ -33,9 +35,10 @@ from inventory.storage.s3client import S3Settings
 from inventory.storage.transfer import CopyResult, copy
 
 __all__ = [
-    "ALGORITHM", "Adler32", "Backend", "ChecksumMismatch", "ConfigError", "CopyResult", "Entry",
+    "ALGORITHM", "Adler32", "Backend", "BucketMissing", "ChecksumMismatch", "ConfigError", "CopyResult", "Entry",
     "IntegrityError", "InvalidPath", "NotFound", "ObjectInfo", "PathConflict",
     "PermissionDenied", "PosixBackend", "Reader", "S3Backend", "S3Settings", "SizeMismatch",
-    "Space", "StorageError", "StorageFull", "Unreachable", "WriteResult", "adler32_of",
+    "Space", "StorageError", "StorageFull", "Unreachable", "UploadLost", "WriteResult",
+    "adler32_of",
     "backend_for", "check_name", "copy",
 ]
