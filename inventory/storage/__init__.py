@@ -35,7 +35,8 @@ from inventory.storage.s3client import S3Settings
 from inventory.storage.transfer import CopyResult, copy
 
 __all__ = [
-    "ALGORITHM", "Adler32", "Backend", "BucketMissing", "ChecksumMismatch", "ConfigError", "CopyResult", "Entry",
+    "ALGORITHM", "Adler32", "Backend", "BucketMissing", "ChecksumMismatch", "ConfigError",
+    "CopyResult", "Entry",
     "IntegrityError", "InvalidPath", "NotFound", "ObjectInfo", "PathConflict",
     "PermissionDenied", "PosixBackend", "Reader", "S3Backend", "S3Settings", "SizeMismatch",
     "Space", "StorageError", "StorageFull", "Unreachable", "UploadLost", "WriteResult",
