@@ -52,9 +52,9 @@ def add_commands(subparsers: Any) -> None:
     cancel.set_defaults(func=client_command(cancel_request))
 
     p = add_parser(subparsers, "ops", help="list copy and delete operations, queue or cancel one",
-                   description="List file operations (`dlm ops`), queue one "
-                               "(`dlm ops queue copy|delete ITEM STORAGE`), or cancel a queued "
-                               "one (`dlm ops cancel ID`).")
+                   description="List file operations (`dlm ops`), show one (`dlm ops show "
+                               "ID`), queue one (`dlm ops queue copy|delete ITEM STORAGE`), or "
+                               "cancel a queued one (`dlm ops cancel ID`).")
     p.add_argument("--state", choices=OPERATION_STATES)
     p.add_argument("--kind", choices=OPERATION_KINDS)
     p.add_argument("--storage", help="operations from or to this storage")
@@ -88,6 +88,9 @@ def add_commands(subparsers: Any) -> None:
     cancel = add_parser(actions, "cancel", help="cancel a queued operation (operator)")
     cancel.add_argument("id", metavar="ID")
     cancel.set_defaults(func=client_command(cancel_operation))
+    show = add_parser(actions, "show", help="one operation, live or finished")
+    show.add_argument("id", metavar="ID")
+    show.set_defaults(func=client_command(show_operation))
 
     p = add_parser(subparsers, "history",
                    help="Detox, Dealer and Consistency cycles, or one cycle in full")
@@ -180,6 +183,19 @@ def queue_from_file(args: argparse.Namespace, client: SyncClient) -> None:
             print_json_list(queued)
         else:
             print(f"queued {sum(1 for _ in queued):,} operations from {args.from_file}")
+
+
+def show_operation(args: argparse.Namespace, client: SyncClient) -> None:
+    op = client.operation(args.id)
+    if wants_json(args):
+        print_json(op)
+        return
+    print_fields([("id", op["id"]), ("kind", op["kind"]), ("item", op["item_name"]),
+                  ("oid", op["oid"]), ("source", op.get("source")), ("target", op["target"]),
+                  ("origin", op["origin"]), ("state", op["state"]),
+                  ("attempts", op["attempts"]), ("last error", op.get("last_error")),
+                  ("created", human_time(op["created"])),
+                  ("updated", human_time(op["updated"]))])
 
 
 def cancel_operation(args: argparse.Namespace, client: SyncClient) -> None:

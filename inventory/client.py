@@ -409,6 +409,10 @@ class Client:
         async for op in self._pages("/v1/operations", "operations", query_params(**filters)):
             yield op
 
+    async def operation(self, op_id: int | str) -> dict[str, Any]:
+        """One operation, live or finished (old finished ones come from the database)."""
+        return await self.request("GET", f"/v1/operations/{_seg(str(op_id))}")
+
     async def add_operation(self, kind: str, item: str, target: str,
                             source: str | None = None) -> dict[str, Any]:
         """Queue a copy of ``item`` (an oid or a name) to ``target``, or its deletion from

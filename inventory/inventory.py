@@ -16,15 +16,23 @@ import functools
 import re
 import sys
 from array import array
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sortedcontainers import SortedList, SortedSet
+from sortedcontainers import SortedDict, SortedList, SortedSet
 
 from inventory import model
-from inventory.objects import CopyRequest, Cycle, IdFloor, Operation, Row, Token
+from inventory.objects import (
+    OPERATION_STATES,
+    CopyRequest,
+    Cycle,
+    IdFloor,
+    Operation,
+    Row,
+    Token,
+)
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.storage import paths
 from inventory.storage.errors import InvalidPath
@@ -34,6 +42,7 @@ _NAN = model.NO_TIME
 _intern = sys.intern
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
 _DELETED = model.REPLICA_STATE["deleted"]
+FINISHED_OPERATIONS = frozenset({"done", "failed", "cancelled"})
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -280,10 +289,23 @@ class Inventory:
         # requests it serves without a look at every request ever made (inventory.requests)
         self.open_requests: dict[int, set[int]] = {}
         self.request_scan: dict[int, int] = {}  # container request -> first member to check
-        self.operations: dict[int, Operation] = {}
-        # ids of the queued operations, in order: the file operations engine looks for work
-        # here on every wake-up (hundreds of thousands of operations may be kept).
-        self.queued_operations: SortedSet = SortedSet()
+        # Operations in id order (a page of GET /v1/operations starts at its cursor in
+        # O(log n)): the live ones (queued, running) and the finished ones of the last
+        # ``retention`` seconds; older finished ones are in the database only (the sweep of
+        # inventory.retention drops them, the load skips them).
+        self.operations: SortedDict = SortedDict()
+        # per state, the ids of its operations, in order: "queued" is where the file
+        # operations engine looks for work (hundreds of thousands may be queued), the others
+        # answer ?state= pages without a walk over every operation
+        self.operations_by_state: dict[str, SortedSet] = {
+            s: SortedSet() for s in OPERATION_STATES}
+        self.queued_operations: SortedSet = self.operations_by_state["queued"]
+        # finished operations, id -> when they finished, oldest first: what the sweep drops
+        self.finished_operations: OrderedDict[int, float] = OrderedDict()
+        self.retention: float | None = None  # seconds finished operations stay; None: forever
+        # whether the database holds finished operations memory does not (some were dropped
+        # or not loaded): only then do their queries read the database too
+        self.operations_in_db_only = False
         self.cycles: dict[int, Cycle] = {}
         # per table, the highest id given so far (kept up to date by put_object, and raised
         # by IdFloor rows): a new id is one more, without a scan of every operation ever queued
@@ -312,8 +334,7 @@ class Inventory:
             del self.storage_by_name[storage.name]
         ops, requests = self.storage_history(storage_id)
         for op_id in ops:
-            del self.operations[op_id]
-            self.queued_operations.discard(op_id)
+            self.forget_operation(op_id)
         for request_id in requests:
             self._forget_open_request(self.requests.pop(request_id))
 
@@ -373,12 +394,7 @@ class Inventory:
                     self.open_requests.setdefault(obj.oid, set()).add(obj.id)
                 self._saw_id(obj)
             case Operation():
-                self.operations[obj.id] = obj
-                self._saw_id(obj)
-                if obj.state == "queued":
-                    self.queued_operations.add(obj.id)
-                else:
-                    self.queued_operations.discard(obj.id)
+                self._put_operation(obj)
             case Cycle():
                 self.cycles[obj.id] = obj
                 self._saw_id(obj)
@@ -386,6 +402,50 @@ class Inventory:
                 self.last_ids[obj.name] = max(self.last_ids.get(obj.name, 0), obj.value)
             case _:
                 raise TypeError(f"not an inventory object: {obj!r}")
+
+    def _put_operation(self, op: Operation) -> None:
+        old = self.operations.get(op.id)
+        if old is not None and old.state != op.state:
+            self.operations_by_state[old.state].discard(op.id)
+        self.operations[op.id] = op
+        self.operations_by_state[op.state].add(op.id)
+        self._saw_id(op)
+        if op.state in FINISHED_OPERATIONS:
+            self.finished_operations.pop(op.id, None)
+            self.finished_operations[op.id] = op.updated
+        elif old is not None and old.state in FINISHED_OPERATIONS:
+            self.finished_operations.pop(op.id, None)  # (a finished operation never returns)
+
+    def forget_operation(self, op_id: int) -> Operation | None:
+        """Drop an operation from memory (the database keeps it, or the caller deletes it)."""
+        op = self.operations.pop(op_id, None)
+        if op is not None:
+            self.operations_by_state[op.state].discard(op_id)
+            self.finished_operations.pop(op_id, None)
+        return op
+
+    def drop_finished_operations(self, before: float, limit: int) -> int:
+        """Drop at most ``limit`` operations that finished before ``before`` (epoch seconds),
+        oldest first; the number dropped. They stay in the database, where the queries for
+        finished operations find them (``operations_in_db_only``)."""
+        finished = self.finished_operations
+        dropped = 0
+        while finished and dropped < limit:
+            op_id, ended = next(iter(finished.items()))
+            if ended >= before:
+                break
+            self.forget_operation(op_id)
+            dropped += 1
+        if dropped:
+            self.operations_in_db_only = True
+        return dropped
+
+    def operations_after(self, after: int, state: str | None = None) -> Iterator[Operation]:
+        """Operations in memory with an id above ``after`` (in ``state``), in id order:
+        O(log n) to the first, then one step each."""
+        ids = self.operations.irange(minimum=after + 1) if state is None \
+            else self.operations_by_state[state].irange(minimum=after + 1)
+        return map(self.operations.__getitem__, ids)
 
     def _saw_id(self, obj: CopyRequest | Operation | Cycle) -> None:
         if obj.id > self.last_ids.get(obj.table, 0):

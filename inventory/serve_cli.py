@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -35,7 +36,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 DEFAULT_DATA_DIR = "./dlm-data"
 CONFIG_KEYS = {"db", "host", "port", "data_dir", "log_level", "tokens", "fileops", "schedule",
-               "workers", "max_body", "max_plan_body", "limits", "metadata"}
+               "workers", "max_body", "max_plan_body", "limits", "metadata",
+               "ops_retention"}
 MAX_WORKERS = 64
 EXIT_STALE = 3  # another server wrote while this one had lost its write claim: restart it
 
@@ -55,6 +57,7 @@ class ServeSettings:
     max_plan_body: int | str | None = None  # Detox/Dealer plans; default 1 GiB
     limits: dict[str, Any] = field(default_factory=dict)  # server.limits.ServerLimits
     metadata: dict[str, Any] | None = None  # bounds of item metadata (inventory.metadata)
+    ops_retention: int | float | str | None = None  # default retention.DEFAULT_OPS_RETENTION
 
 
 def add_commands(subparsers: Any) -> None:
@@ -67,6 +70,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--host", help=f"listen address ({DEFAULT_HOST})")
     p.add_argument("--port", type=int, help=f"listen port ({DEFAULT_PORT})")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--ops-retention", metavar="DURATION",
+                   help="how long a finished (done, failed, cancelled) operation stays in "
+                        "memory: 90s, 30m, 1h (default), 2d, or 'forever'; after it, queries "
+                        "read it from the database")
     p.add_argument("--workers", type=int,
                    help="processes answering requests (1): with N > 1, N-1 read workers answer "
                         "item queries beside the primary, which does every write")
@@ -78,14 +85,31 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     if args.config:
         for key, value in read_config(args.config).items():
             setattr(settings, key, value)
-    for key in ("data_dir", "db", "host", "port", "log_level", "workers"):
+    for key in ("data_dir", "db", "host", "port", "log_level", "workers", "ops_retention"):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
     if settings.db is None:
         settings.db = os.environ.get("DLM_DB") or None
     check_workers(settings.workers, "--workers")
+    if args.ops_retention is not None:
+        retention_seconds(args.ops_retention, "--ops-retention")
     return settings
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def retention_seconds(value: Any, where: str) -> float | None:
+    """The ops retention: seconds (a number, or a duration like ``30m``), None for 'forever'."""
+    if value == "forever":
+        return None
+    match = None if isinstance(value, bool) else _DURATION.match(str(value))
+    if match is None:
+        raise CLIError(f"{where}: expected a duration like 90s, 30m, 1h or 2d (or 'forever'), "
+                       f"got {value!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def check_workers(value: Any, where: str) -> None:
@@ -113,6 +137,8 @@ def read_config(path: str) -> dict[str, Any]:
         raise CLIError(f"{path}: port: expected an integer")
     if "workers" in data:
         check_workers(data["workers"], f"{path}: workers")
+    if "ops_retention" in data:
+        retention_seconds(data["ops_retention"], f"{path}: ops_retention")
     for key in ("max_body", "max_plan_body"):
         if key in data:
             body_limit(data[key], f"{path}: {key}")
@@ -225,6 +251,8 @@ def run_serve(args: argparse.Namespace) -> int:
                           limits=server_limits(settings.limits, "config"),
                           metadata_limits=metadata_limits(settings.metadata, "metadata"),
                           **limits)
+    if settings.ops_retention is not None:
+        config.ops_retention = retention_seconds(settings.ops_retention, "ops_retention")
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

@@ -901,15 +901,18 @@ class RemoveStorage(Write):
                            "name", reason="replicas", replicas=storage.replica_count)
         gone = storage.record()._replace(status=REMOVED_STORAGE)
         db_ops: list[DbOp] = []
-        if op_ids:
-            db_ops.append(DeleteRows("operation", ("id",), [(i,) for i in op_ids]))
+        # by storage, not by id: finished operations past the retention are in the database
+        # only (inventory.retention), and they go too
+        db_ops.append(DeleteRows("operation", ("target_id",), [(sid,)]))
+        db_ops.append(DeleteRows("operation", ("source_id",), [(sid,)]))
         if request_ids:
             db_ops.append(DeleteRows("copy_request", ("id",), [(i,) for i in request_ids]))
         db_ops.append(DeleteRows("storage", ("id",), [(sid,)]))
         # the removed rows may hold the highest ids: keep them, so no id is given twice
         floors = [IdFloor(table, inv.last_ids[table])
-                  for table, ids in (("operation", op_ids), ("copy_request", request_ids))
-                  if ids]
+                  for table, ids in (("operation", op_ids or inv.operations_in_db_only),
+                                     ("copy_request", request_ids))
+                  if ids and table in inv.last_ids]
         if floors:
             db_ops.append(upsert(floors))
 

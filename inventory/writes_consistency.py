@@ -367,14 +367,18 @@ class _Repairs:
         if self._known_paths is None:
             inv, sid = self.inv, self.sid
             known: set[str] = set()
-            for row in inv.r_uri:
-                if inv.r_storage[row] == sid and inv.r_item[row] != NONE:
+            # the storage's uri index, not a walk over every replica with a uri: a uri that
+            # is not in it names no path under the storage
+            for row in inv.uri_index.get(sid, {}).values():
+                if inv.r_item[row] != NONE:
                     try:
                         known.add(inv.replica_path(row))
                     except StorageError:
                         continue
-            for op in inv.operations.values():
-                if op.target_id == sid and op.state in ACTIVE:
+            live = (inv.operations[i] for state in ACTIVE
+                    for i in inv.operations_by_state[state])
+            for op in live:
+                if op.target_id == sid:
                     item_row = inv.row_of_oid(op.oid)
                     if item_row is not None:
                         row = inv.replica_row(op.oid, sid)

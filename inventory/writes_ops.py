@@ -219,6 +219,10 @@ class QueueOperations(Write):
 def _operation(inv: Inventory, op_id: int, *states: str) -> Operation:
     op = inv.operations.get(op_id)
     if op is None:
+        if inv.operations_in_db_only and 0 < op_id <= inv.last_ids.get("operation", 0):
+            # dropped from memory after the retention: only finished operations are
+            raise Conflict(f"operation {op_id} has finished (or its storage was removed): "
+                           f"it is no longer queued or running", "id")
         raise NotFound(f"no operation {op_id}", "id")
     if op.state not in states:
         raise Conflict(f"operation {op_id} is {op.state}", "id")
@@ -436,9 +440,9 @@ class RequeueInterrupted(Write):
 
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         now = model.now()
-        ops = [dataclasses.replace(op, state="queued", updated=now,
+        ops = [dataclasses.replace(inv.operations[op_id], state="queued", updated=now,
                                    last_error="interrupted by a server restart")
-               for op in inv.operations.values() if op.state == "running"]
+               for op_id in inv.operations_by_state["running"]]
         replicas = []
         for op in ops:
             replica = _with_replica_state(inv, op, PENDING if op.kind == "copy" else DELETING)

@@ -201,8 +201,9 @@ OP_HEADERS = ["#", "Kind", "Item", "Source", "Target", "Size", "State", "Origin"
               "Updated", "Error"]
 
 
-def operations(inv: Inventory, state: str) -> str:
-    """Counts by kind and state, per-storage throughput and the operations in ``state``."""
+def operations(inv: Inventory, state: str, listed: list | None = None) -> str:
+    """Counts by kind and state, per-storage throughput and the operations in ``state``
+    (``listed``: those the caller found, with the finished ones only the database keeps)."""
     counts = figures.operation_counts(inv)
     states = ("queued", "running", "done", "failed", "cancelled")
     count_rows = [
@@ -223,7 +224,8 @@ def operations(inv: Inventory, state: str) -> str:
             td(f"{rel.deletions_ok} / {rel.deletions_failed}", rel.deletions_ok),
             td(time_tag(rel.unreachable_until or None), rel.unreachable_until))) + "</tr>")
     wanted = states if state == "all" else tuple(state.split(","))
-    listed = figures.recent_operations(inv, wanted)
+    if listed is None:
+        listed = figures.recent_operations(inv, wanted)
     picker = "".join(
         f'<option value="{h(v)}"{" selected" if v == state else ""}>{h(text)}</option>'
         for v, text in (("queued,running,failed", "queued, running and failed"),

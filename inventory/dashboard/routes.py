@@ -28,6 +28,7 @@ from inventory.decisions import read_bound
 from inventory.errors import BadRequest, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import Cycle
+from inventory.retention import find_operations
 from inventory.server.auth import IDENTITY, PUBLIC, requires
 from inventory.server.bodies import query_int
 from inventory.server.limits import ServerLimits
@@ -225,7 +226,11 @@ async def operations_fragment(request: web.Request) -> web.Response:
     allowed = {"all", *("queued", "running", "done", "failed", "cancelled")}
     if not set(state.split(",")) <= allowed:
         raise BadRequest(f"unknown state in {state!r}", "state")
-    return _html(fragments.operations(state_of(request).inventory, state))
+    server = state_of(request)
+    wanted = () if state == "all" else tuple(state.split(","))
+    listed = await find_operations(server.inventory, server.store, states=wanted, limit=500,
+                                   newest_first=True)
+    return _html(fragments.operations(server.inventory, state, listed))
 
 
 @routes.get("/dashboard/fragments/cycles")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from inventory import metadata
+from inventory import metadata, retention
 from inventory.dashboard import routes as dashboard_routes
 from inventory.dashboard.history import history_of
 from inventory.feed import ChangeFeed
@@ -55,6 +55,8 @@ class ServerConfig:
     tokens: list[Token] = field(default_factory=list)  # from the config file, not stored
     limits: ServerLimits = field(default_factory=ServerLimits)  # what one client may hold
     metadata_limits: metadata.Limits = metadata.LIMITS  # bounds of one item's metadata
+    # seconds a finished operation stays in memory (then in the database only); None: forever
+    ops_retention: float | None = retention.DEFAULT_OPS_RETENTION
 
 
 def make_app(config: ServerConfig) -> web.Application:
@@ -76,6 +78,7 @@ def make_app(config: ServerConfig) -> web.Application:
             await store.open()
             schema_version = await store.schema_version()
             inventory = Inventory()
+            inventory.retention = config.ops_retention  # the load skips older finished ops
             started = time.perf_counter()
             await store.load(inventory)
             load_seconds = time.perf_counter() - started
@@ -102,11 +105,13 @@ def make_app(config: ServerConfig) -> web.Application:
                                      open_mode=config.loopback, load_seconds=load_seconds,
                                      engine=engine, backends=backends)
             history_of(app)  # the dashboard's occupancy samples start with the server
+            sweeping = retention.start(scheduler, config.ops_retention)
             try:
                 if engine is not None:
                     await engine.start()
                 yield
             finally:
+                await retention.stop(sweeping)
                 if engine is not None:
                     await engine.stop()
                 else:

@@ -594,10 +594,19 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             query("storage", {"type": "string"}, "source or target storage (by name)"),
             LIMIT,
             query("cursor", integer(0, 2**62), "the `cursor` of the previous page (operations "
-                  "with a larger id)")), tag="operations"),
+                  "with a larger id)")), tag="operations",
+        description="Queued and running operations are in memory; finished ones stay there "
+                    "for `dlm serve --ops-retention` (1h) and are read from the database "
+                    "after it: one listing either way, each operation once."),
+    ("GET", "/v1/operations/{id}"): Op(
+        "One operation, live or finished (finished ones past the retention from the "
+        "database)", "reader", {200: OperationInfo}, (400, 404, 503),
+        (path("id", {"type": "integer"}, "the operation's id"),), tag="operations"),
     ("DELETE", "/v1/operations/{id}"): Op(
         "Cancel a queued operation", "operator", {200: OperationInfo}, (400, 404, 409, 503),
-        (path("id", {"type": "integer"}, "the operation's id"),), tag="operations"),
+        (path("id", {"type": "integer"}, "the operation's id"),), tag="operations",
+        description="409 naming the state for an operation that is running or finished "
+                    "(also one past the retention, read from the database)."),
     ("GET", "/v1/history"): Op(
         "Detox, Dealer and Consistency cycles, newest first", "reader", {200: CycleList},
         (400,), (query("kind", enum(CYCLE_KINDS), "only cycles of this kind"), LIMIT),

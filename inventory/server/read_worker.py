@@ -13,6 +13,7 @@ import ctypes
 import gc
 import hashlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -143,6 +144,9 @@ class Follower:
                 continue
             answer = msgpack.unpackb(body, raw=False)
             apply_transactions(self.inventory, answer["transactions"])
+            # finished operations the feed brought: nothing here reads them
+            inv = self.inventory
+            inv.drop_finished_operations(math.inf, len(inv.finished_operations))
             self._advanced.set()
             self._advanced = asyncio.Event()
 
@@ -153,6 +157,7 @@ class Follower:
 
 async def load_inventory(store: Store, config_tokens: list[Token]) -> Inventory:
     inventory = Inventory()
+    inventory.retention = 0.0  # a worker answers no operation query: live ones only
     await store.load(inventory)
     inventory.load_objects(config_tokens)
     gc.collect()

@@ -11,7 +11,7 @@ from aiohttp import web
 from inventory import model, validate
 from inventory.decisions import HEADER_ALLOWANCE, expanded_size, plan_bound, read_bound
 from inventory.decisions import decode as decode_decisions
-from inventory.errors import BadRequest, DLMError, NotFound, PayloadTooLarge
+from inventory.errors import BadRequest, Conflict, DLMError, NotFound, PayloadTooLarge
 from inventory.inventory import Inventory
 from inventory.objects import (
     CYCLE_KINDS,
@@ -23,6 +23,7 @@ from inventory.objects import (
     Operation,
     Token,
 )
+from inventory.retention import find_operation, find_operations
 from inventory.server import guards
 from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond, sent
@@ -159,15 +160,11 @@ async def list_operations(request: web.Request) -> web.Response:
     storage_id = _storage_id(request, inv)
     limit = query_int(request, "limit", 100, 1, 10_000)
     after = query_int(request, "cursor", 0, 0, 2**62)  # the last id of the previous page
-    found = []
-    for op in sorted(inv.operations.values(), key=lambda o: o.id):
-        if op.id <= after or (state and op.state != state) or (kind and op.kind != kind):
-            continue
-        if storage_id is not None and storage_id not in (op.source_id, op.target_id):
-            continue
-        found.append(op)
-        if len(found) > limit:
-            break
+    # memory holds the live operations and the recently finished ones; older finished ones
+    # are read from the database (inventory.retention)
+    found = await find_operations(inv, state_of(request).store,
+                                  states=(state,) if state else (), kind=kind,
+                                  storage_id=storage_id, after=after, limit=limit + 1)
     more = len(found) > limit
     found = found[:limit]
     return respond(request, {"operations": [operation_json(inv, o) for o in found],
@@ -221,11 +218,28 @@ def _operation_spec(inv: Inventory, spec: OperationRequest, where: str) -> Opera
     return OperationSpec(spec.kind, inv.i_oid[row], target.id, source_id)
 
 
+@routes.get("/v1/operations/{id}")
+async def show_operation(request: web.Request) -> web.Response:
+    state = state_of(request)
+    op_id = _int_path(request, "id")
+    op = await find_operation(state.inventory, state.store, op_id)
+    if op is None:
+        raise NotFound(f"no operation {op_id}", "id")
+    return respond(request, operation_json(state.inventory, op))
+
+
 @routes.delete("/v1/operations/{id}")
 @requires("operator")
 async def cancel_operation(request: web.Request) -> web.Response:
-    op = await state_of(request).scheduler.write(CancelOperation(_int_path(request, "id")))
-    return respond(request, operation_json(state_of(request).inventory, op))
+    state = state_of(request)
+    op_id = _int_path(request, "id")
+    if op_id not in state.inventory.operations:
+        # finished long ago (memory dropped it): say so, not "no operation"
+        op = await find_operation(state.inventory, state.store, op_id)
+        if op is not None:
+            raise Conflict(f"operation {op_id} is {op.state}", "id")
+    op = await state.scheduler.write(CancelOperation(op_id))
+    return respond(request, operation_json(state.inventory, op))
 
 
 def _item_by_oid_or_name(inv: Inventory, text: str, field: str) -> int:

@@ -14,7 +14,7 @@ from inventory import metadata as stored_metadata
 from inventory import model
 from inventory.inventory import Inventory
 from inventory.memory import gc_paused, trim_heap
-from inventory.objects import Token
+from inventory.objects import Operation, Token
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.store.ops import DbOp
 
@@ -144,6 +144,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def cycle_decisions(self, cycle_id: int) -> bytes | None:
         """The compressed decisions of a cycle (kept out of memory: they can be large)."""
+
+    @abc.abstractmethod
+    async def operations(self, **filters: Any) -> list[Operation]:
+        """A page of operations as the database holds them (``generic.operations_query``'s
+        filters): finished operations past the retention are only there."""
+
+    async def operation(self, op_id: int) -> Operation | None:
+        """One operation as the database holds it, or None."""
+        found = await self.operations(after=op_id - 1, before=op_id + 1, limit=1)
+        return found[0] if found else None
 
     def describe(self) -> str:
         return self.backend

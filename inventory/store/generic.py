@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from inventory.objects import TABLES
+from inventory import model
+from inventory.objects import TABLES, Operation
 from inventory.store.ops import DeleteRows, InsertRows, UpsertRows
 
 
@@ -99,19 +100,74 @@ def upsert(objects: list, uuid_out=None) -> UpsertRows:
     return UpsertRows(cls.table, cls.columns(), cls.key, rows)
 
 
+# The finished states, spelled as in the partial index operation_finished (migration 010):
+# both databases use a partial index only for a query that repeats its condition.
+FINISHED = "state IN ('done', 'failed', 'cancelled')"
+
+
+def _queries(cls: type, inventory: Any, placeholder) -> list[tuple[str, tuple]]:
+    """The SELECTs loading table ``cls``: operations without those that finished more than the
+    inventory's retention ago (they stay in the database, read by the history queries), and
+    a query that says whether any was left out."""
+    select = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
+    if cls is not Operation or inventory.retention is None:
+        return [(select, ())]
+    cutoff = (model.now() - inventory.retention,)
+    return [(f"{select} WHERE state IN ('queued', 'running')", ()),
+            (f"{select} WHERE {FINISHED} AND updated >= {placeholder(1)}", cutoff),
+            (f"SELECT 1 FROM operation WHERE {FINISHED} AND updated < {placeholder(1)} LIMIT 1",
+             cutoff)]
+
+
 def load_sqlite_rows(conn: sqlite3.Connection, inventory: Any, uuid_in,
                      tables: tuple[type, ...] = TABLES) -> None:
     """Load the small tables (tokens, requests, operations, cycles) into memory."""
     for cls in tables:
-        sql = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
-        inventory.load_objects(cls.from_db(row, uuid_in) for row in conn.execute(sql))
+        for index, (sql, args) in enumerate(_queries(cls, inventory, lambda i: "?")):
+            if index == 2:
+                inventory.operations_in_db_only = conn.execute(sql, args).fetchone() is not None
+                continue
+            inventory.load_objects(cls.from_db(row, uuid_in) for row in conn.execute(sql, args))
 
 
 async def load_postgres_rows(conn: Any, inventory: Any, tables: tuple[type, ...] = TABLES
                              ) -> None:
     for cls in tables:
-        sql = f'SELECT {_names(cls.columns())} FROM "{cls.table}"'
-        inventory.load_objects(cls.from_db(row, _pg_uuid) for row in await conn.fetch(sql))
+        for index, (sql, args) in enumerate(_queries(cls, inventory, lambda i: f"${i}")):
+            if index == 2:
+                inventory.operations_in_db_only = await conn.fetchval(sql, *args) is not None
+                continue
+            inventory.load_objects(cls.from_db(row, _pg_uuid)
+                                   for row in await conn.fetch(sql, *args))
+
+
+def operations_query(placeholder, *, states: tuple[str, ...] = (), kind: str | None = None,
+                     storage_id: int | None = None, oid: int | None = None, after: int = 0,
+                     before: int | None = None, limit: int = 100, newest_first: bool = False,
+                     uuid_out=str) -> tuple[str, list]:
+    """A page of operations in id order (``newest_first``: descending), read-only: with the
+    indexes of migration 010 a page by state costs time in proportion to the page."""
+    args: list = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return placeholder(len(args))
+
+    where = [f"id > {arg(after)}"]
+    if before is not None:
+        where.append(f"id < {arg(before)}")
+    if states:
+        where.append(f"state IN ({', '.join(arg(s) for s in states)})")
+    if kind is not None:
+        where.append(f"kind = {arg(kind)}")
+    if storage_id is not None:
+        p = arg(storage_id)
+        where.append(f"(target_id = {p} OR source_id = {p})")
+    if oid is not None:
+        where.append(f"oid = {arg(uuid_out(oid))}")
+    order = "DESC" if newest_first else "ASC"
+    return (f'SELECT {_names(Operation.columns())} FROM operation WHERE {" AND ".join(where)} '
+            f"ORDER BY id {order} LIMIT {arg(limit)}", args)
 
 
 def _pg_uuid(value: Any) -> int:

@@ -7,13 +7,14 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from operator import attrgetter
+from typing import Any
 
 import asyncpg
 
 import schema
 from inventory import model
 from inventory.inventory import Inventory
-from inventory.objects import Token
+from inventory.objects import Operation, Token
 from inventory.store import generic
 from inventory.store.base import (
     ENCODING_ERRORS,
@@ -182,6 +183,16 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn:
             return await conn.fetchval(
                 "SELECT decisions FROM cycle_report WHERE cycle_id = $1", cycle_id)
+
+    async def operations(self, **filters: Any) -> list[Operation]:
+        sql, args = generic.operations_query(lambda i: f"${i}", uuid_out=model.format_uuid,
+                                             **filters)
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                rows = await conn.fetch(sql, *args, timeout=60)
+        except (*_UNAVAILABLE, *_CONFUSED, asyncpg.PostgresError) as exc:
+            raise _lost(exc) from exc
+        return [Operation.from_db(row, _uuid_int) for row in rows]
 
     async def committed_version(self) -> int:
         try:

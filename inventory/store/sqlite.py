@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import schema
 from inventory import model
 from inventory.inventory import Inventory
-from inventory.objects import Token
+from inventory.objects import Operation, Token
 from inventory.store import generic
 from inventory.store.base import (
     ENCODING_ERRORS,
@@ -142,6 +142,19 @@ class SQLiteStore(Store):
             row = self._conn.execute("SELECT decisions FROM cycle_report WHERE cycle_id = ?",
                                      (cycle_id,)).fetchone()
             return None if row is None else bytes(row[0])
+
+        return await self._run(read)
+
+    async def operations(self, **filters: Any) -> list[Operation]:
+        sql, args = generic.operations_query(lambda i: f"?{i}", uuid_out=model.format_uuid,
+                                             **filters)
+
+        def read() -> list[Operation]:
+            try:
+                return [Operation.from_db(row, _uuid_in)
+                        for row in self._conn.execute(sql, args)]
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
 
         return await self._run(read)
 
