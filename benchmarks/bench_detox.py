@@ -17,6 +17,14 @@ Memory: RSS before and after the snapshot (the snapshot's own size), then the pe
 (``/proc/self/clear_refs``) and read again after the plan and the apply (``VmHWM``): the extra
 memory of the Detox process beyond its snapshot.
 
+``--cycles N`` with N >= 3 (steady state, issue 17): N cycles on one server, each with work. The
+server runs no file operation (``fileops: workers: 0``) and keeps finished operations for 3 s
+(``--ops-retention``); between two cycles every queued deletion is cancelled (its replica is
+complete again, so the next cycle plans the same deletions on the snapshot it kept, caught up
+through the change feed, as ``dlm detox --every`` does), the sweep drops them from memory, and
+each cycle's time, server CPU during the apply and the server's RSS after it are printed.
+Targets: the 10th cycle within 1.2x of the 1st, RSS after the 30th within 10% of after the 1st.
+
 Targets (issue 6): end to end under 30 s, under 1 GiB extra beyond the snapshot, at 10M replicas.
 The database and the server are removed at the end (``--keep`` keeps the database; ``--db NAME``
 reuses one made by an earlier ``--keep`` run with the same parameters).
@@ -43,7 +51,15 @@ if __package__ in (None, ""):
 
 import bench_policy  # noqa: E402
 import generate  # noqa: E402
-from serving import cpu_seconds, dlm_server  # noqa: E402
+from serving import (  # noqa: E402
+    STEADY_RETENTION,
+    cancel_queued,
+    cpu_seconds,
+    dlm_server,
+    print_steady,
+    rss_bytes,
+    steady_config,
+)
 
 from detox.cycle import run_cycle  # noqa: E402
 from inventory.client import Client  # noqa: E402
@@ -222,7 +238,8 @@ async def run(args: argparse.Namespace) -> int:
         policy = load_policy_text(POLICY, "bench-detox.policy")
         # A 10M-replica plan is ~176 MB: within the server's default plan limit (1 GiB,
         # `max_plan_body`), above its general request limit (64 MiB).
-        async with dlm_server(url, workdir, timeout=900) as server:
+        extra = steady_config(workdir) if args.cycles > 2 else []
+        async with dlm_server(url, workdir, *extra, timeout=900) as server:
             health = server.health
             print(f"server ready in {server.ready_seconds:.1f} s ({health.get('items')} "
                   f"items, {health.get('replicas')} replicas)", file=sys.stderr)
@@ -241,13 +258,39 @@ async def run(args: argparse.Namespace) -> int:
                 n = len(result.plan.decisions)
                 secs, applied = result.seconds, result.applied["summary"]
                 second = None
-                if args.cycles > 1:  # `dlm detox --every`: the kept snapshot caught up by the feed
+                cycles = [{"total": total, **secs, "cpu_apply": marks["server_cpu_apply"],
+                           "work": applied["applied"]["deletions"],
+                           "rss": rss_bytes(server.proc.pid)}]
+                if args.cycles == 2:  # `dlm detox --every`: the kept snapshot caught up by the feed
                     t1 = time.perf_counter()
                     again = await run_cycle(client, policy, POLICY, now=NOW,
                                             snapshot=result.snapshot)
                     second = {**again.seconds, "total": time.perf_counter() - t1,
                               "deletions": len(again.plan.deletions)}
                     del again
+                kept_snapshot = result.snapshot
+                for cycle in range(1, args.cycles if args.cycles > 2 else 0):
+                    # steady state: what the last cycle queued is cancelled (its replicas are
+                    # complete again, so this cycle plans the same deletions), then a cycle
+                    cancelled = await cancel_queued(client)
+                    await asyncio.sleep(STEADY_RETENTION + 2.0)  # the sweep drops them
+                    cycles[-1]["cancelled"] = cancelled
+                    t1 = time.perf_counter()
+                    again = await run_cycle(client, policy, POLICY, now=NOW,
+                                            snapshot=kept_snapshot)
+                    kept_snapshot = again.snapshot
+                    c = {"total": time.perf_counter() - t1, **again.seconds,
+                         "cpu_apply": client.marks["server_cpu_apply"],
+                         "work": again.applied["summary"]["applied"]["deletions"],
+                         "rss": rss_bytes(server.proc.pid)}
+                    cycles.append(c)
+                    print(f"cycle {cycle + 1}: {c['total']:.2f} s (snapshot {c['snapshot']:.2f}, "
+                          f"plan {c['plan']:.2f}, apply {c['apply']:.2f}, server CPU apply "
+                          f"{c['cpu_apply']:.1f}), {c['work']:,} deletions, server RSS "
+                          f"{c['rss'] / 2**20:,.0f} MiB", file=sys.stderr, flush=True)
+                    del again
+                    gc.collect()
+                del kept_snapshot
                 del result  # its decisions hold the snapshot's replica records: free them first
                 gc.collect()
                 snap = await client.snapshot()  # the same inventory again, for the baseline
@@ -307,6 +350,8 @@ async def run(args: argparse.Namespace) -> int:
     print("baseline decisions: " + ", ".join(f"{k} {v:,}" for k, v in top))
     ok = total < TARGET_SECONDS and extra < TARGET_EXTRA
     print(f"targets (< {TARGET_SECONDS:.0f} s, < 1 GiB extra):", "met" if ok else "NOT met")
+    if len(cycles) > 1:
+        print_steady(cycles, "deletions queued")
     return 0
 
 
@@ -314,9 +359,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--replicas", type=int, default=10_000_000)
     p.add_argument("--storages", type=int, default=100)
-    p.add_argument("--cycles", type=int, default=2, choices=[1, 2],
+    p.add_argument("--cycles", type=int, default=2,
                    help="2: also time a second cycle on the first one's snapshot, caught up "
-                        "through the change feed (what `dlm detox --every` does)")
+                        "through the change feed (what `dlm detox --every` does); 3 or more: "
+                        "steady state, every cycle with work (see the module's docstring)")
     p.add_argument("--over", type=float, default=0.2,
                    help="share of storages over the high watermark")
     p.add_argument("--seed", type=int, default=42)

@@ -92,3 +92,58 @@ async def dlm_server(db_url: str, workdir: Path, *extra: str,
         yield server
     finally:
         stop(proc)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process now (``VmRSS`` in ``/proc/PID/status``)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise KeyError("VmRSS")
+
+
+# The steady-state runs (``--cycles N``): the server runs no file operation (the queued ones
+# stay queued until the benchmark ends them) and keeps finished ones in memory for a few seconds.
+STEADY_RETENTION = 3.0
+
+
+def steady_config(workdir: Path) -> list[str]:
+    """``dlm serve`` flags of a steady-state run: no engine workers, a short ops retention."""
+    config = workdir / "steady.yaml"
+    config.write_text("fileops:\n  workers: 0\n")
+    return ["--config", str(config), "--ops-retention", f"{STEADY_RETENTION:g}s"]
+
+
+async def cancel_queued(client: Any, concurrency: int = 64) -> int:
+    """Cancel every queued operation, ``concurrency`` at a time (the writer commits them in
+    groups): what a cycle queued ends, its replicas go back to what they were, so the next
+    cycle finds the same work again. Returns how many were cancelled."""
+    ids = [op["id"] async for op in client.operations(state="queued", limit=10_000)]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for op_id in ids:
+        queue.put_nowait(op_id)
+
+    async def worker() -> None:
+        while not queue.empty():
+            await client.cancel_operation(queue.get_nowait())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(ids)
+
+
+def print_steady(cycles: list[dict[str, Any]], work: str) -> None:
+    """Each cycle's time and the server's RSS after it (``work``: what the cycle applied, as
+    a column title), and the two steady-state ratios of issue 17."""
+    print(f"\n| cycle | end to end | snapshot | plan | apply | server CPU apply | {work} "
+          "| server RSS after |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, c in enumerate(cycles, 1):
+        print(f"| {n} | {c['total']:.2f} s | {c['snapshot']:.2f} s | {c['plan']:.2f} s "
+              f"| {c['apply']:.2f} s | {c['cpu_apply']:.1f} s | {c['work']:,} "
+              f"| {c['rss'] / 2**20:,.0f} MiB |")
+    first, last = cycles[0], cycles[-1]
+    tenth = cycles[min(9, len(cycles) - 1)]
+    print(f"\ncycle {min(10, len(cycles))} / cycle 1: {tenth['total'] / first['total']:.2f}x "
+          f"(target <= 1.2x); RSS after cycle {len(cycles)} / after cycle 1: "
+          f"{last['rss'] / first['rss']:.3f} (target <= 1.10); every cycle had work: "
+          + ("yes" if all(c["work"] for c in cycles) else "NO"))
