@@ -33,6 +33,7 @@ from inventory.objects import (
     Row,
     Token,
 )
+from inventory.pins import PINNING_STATES
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
 from inventory.storage import paths
 from inventory.storage.errors import InvalidPath
@@ -289,6 +290,10 @@ class Inventory:
         # requests it serves without a look at every request ever made (inventory.requests)
         self.open_requests: dict[int, set[int]] = {}
         self.request_scan: dict[int, int] = {}  # container request -> first member to check
+        # the requests that pin copies (open or served, with a pin_until: inventory.pins), so
+        # that a Detox plan's apply and the snapshots read them without a walk over every
+        # request ever made
+        self.pinning_requests: dict[int, CopyRequest] = {}
         # Operations in id order (a page of GET /v1/operations starts at its cursor in
         # O(log n)): the live ones (queued, running) and the finished ones of the last
         # ``retention`` seconds; older finished ones are in the database only (the sweep of
@@ -300,6 +305,9 @@ class Inventory:
         self.operations_by_state: dict[str, SortedSet] = {
             s: SortedSet() for s in OPERATION_STATES}
         self.queued_operations: SortedSet = self.operations_by_state["queued"]
+        # target storage id -> ids of its queued operations, in order: the engine starts work
+        # per storage without walking operations whose storages are busy
+        self.queued_by_target: dict[int, SortedSet] = {}
         # finished operations, id -> when they finished, oldest first: what the sweep drops
         self.finished_operations: OrderedDict[int, float] = OrderedDict()
         self.retention: float | None = None  # seconds finished operations stay; None: forever
@@ -337,6 +345,7 @@ class Inventory:
             self.forget_operation(op_id)
         for request_id in requests:
             self._forget_open_request(self.requests.pop(request_id))
+            self.pinning_requests.pop(request_id, None)
 
     def _forget_open_request(self, request: CopyRequest) -> None:
         self.request_scan.pop(request.id, None)
@@ -392,6 +401,10 @@ class Inventory:
                 self.requests[obj.id] = obj
                 if obj.state == "pending":
                     self.open_requests.setdefault(obj.oid, set()).add(obj.id)
+                if obj.pin_until is not None and obj.state in PINNING_STATES:
+                    self.pinning_requests[obj.id] = obj
+                else:
+                    self.pinning_requests.pop(obj.id, None)
                 self._saw_id(obj)
             case Operation():
                 self._put_operation(obj)
@@ -407,8 +420,15 @@ class Inventory:
         old = self.operations.get(op.id)
         if old is not None and old.state != op.state:
             self.operations_by_state[old.state].discard(op.id)
+            if old.state == "queued":
+                self._unqueue(old)
         self.operations[op.id] = op
         self.operations_by_state[op.state].add(op.id)
+        if op.state == "queued":
+            queue = self.queued_by_target.get(op.target_id)
+            if queue is None:
+                queue = self.queued_by_target[op.target_id] = SortedSet()
+            queue.add(op.id)
         self._saw_id(op)
         if op.state in FINISHED_OPERATIONS:
             self.finished_operations.pop(op.id, None)
@@ -422,7 +442,16 @@ class Inventory:
         if op is not None:
             self.operations_by_state[op.state].discard(op_id)
             self.finished_operations.pop(op_id, None)
+            if op.state == "queued":
+                self._unqueue(op)
         return op
+
+    def _unqueue(self, op: Operation) -> None:
+        queue = self.queued_by_target.get(op.target_id)
+        if queue is not None:
+            queue.discard(op.id)
+            if not queue:
+                del self.queued_by_target[op.target_id]
 
     def drop_finished_operations(self, before: float, limit: int) -> int:
         """Drop at most ``limit`` operations that finished before ``before`` (epoch seconds),

@@ -87,4 +87,5 @@ def inventory_pins(inv: Any) -> dict[tuple[int, int], Pin]:
             return ()
         return inv.child_rows(row) if inv.i_type[row] == model.CONTAINER else (row,)
 
-    return pins_of(map(request_fields, inv.requests.values()), files_of)
+    # the index of pinning requests, not every request ever made (Inventory.pinning_requests)
+    return pins_of(map(request_fields, inv.pinning_requests.values()), files_of)

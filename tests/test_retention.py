@@ -238,3 +238,37 @@ def test_bad_retention_is_one_line_on_stderr(dlm_offline, tmp_path, value):
     config.write_text(f"ops_retention: '{value}'\n")
     assert "ops_retention: expected a duration" in dlm_offline.error(
         "serve", "--config", str(config), status=2)
+
+
+# ------------------------------------------------- indexes kept with the inventory (issue 17)
+
+async def test_queued_operations_are_indexed_per_target_storage(srv):
+    """The file operations engine starts work per target storage from this index."""
+    c = srv.client
+    to_b = await queue_copies(c, 3, target="b")
+    to_c = await queue_copies(c, 2, target="c", prefix="more")
+    inv = srv.app[STATE].inventory
+    sid = {s["name"]: s["id"] for s in await c.storages()}
+    assert {t: list(q) for t, q in inv.queued_by_target.items()} == {sid["b"]: to_b,
+                                                                   sid["c"]: to_c}
+    await srv.app[STATE].scheduler.write(StartOperation(to_b[0]))
+    await c.cancel_operation(to_c[0])
+    assert {t: list(q) for t, q in inv.queued_by_target.items()} == {sid["b"]: to_b[1:],
+                                                                   sid["c"]: to_c[1:]}
+    await c.cancel_operation(to_c[1])
+    assert sid["c"] not in inv.queued_by_target
+    assert list(inv.queued_operations) == to_b[1:]
+
+
+async def test_only_pinning_requests_are_indexed(srv):
+    """A Detox plan's apply reads the pins from this index, not from every request."""
+    c = srv.client
+    await c.add_items([{"item_name": f"pin/{i}", "storage": "a", "size": 10} for i in range(3)])
+    pinned = await c.add_request("pin/0", "b", pin_until="2099-01-01T00:00:00Z")
+    await c.add_request("pin/1", "b")
+    cancelled = await c.add_request("pin/2", "b", pin_until="2099-01-01T00:00:00Z")
+    await c.cancel_request(cancelled["id"])
+    inv = srv.app[STATE].inventory
+    assert list(inv.pinning_requests) == [pinned["id"]]
+    await srv.restart()
+    assert list(srv.app[STATE].inventory.pinning_requests) == [pinned["id"]]

@@ -42,6 +42,9 @@ log = logging.getLogger("dlm.fileops")
 # operations wait this long before the next try, doubling up to the maximum.
 UNAVAILABLE_PAUSE = 0.5
 UNAVAILABLE_PAUSE_MAX = 30.0
+# Per target storage and wake-up, queued operations that cannot start yet looked at before the
+# next storage's turn (see FileOpsEngine._dispatch).
+SCAN_LIMIT = 256
 
 
 class Backends:
@@ -170,27 +173,47 @@ class FileOpsEngine:
         self._pause = min(max(self._pause * 2, UNAVAILABLE_PAUSE), UNAVAILABLE_PAUSE_MAX)
 
     def _dispatch(self) -> None:
+        """Start what the limits allow: per target storage with room (oldest first among
+        them), its queued operations in order. A storage that is busy or left alone is passed
+        over whole (``Inventory.queued_by_target``), and at most ``SCAN_LIMIT`` operations
+        that cannot start yet (a retry not due, a busy source) are looked at per storage: a
+        wake-up costs time in proportion to what it starts, not to the queue (hundreds of
+        thousands of operations after a cycle; issue 17)."""
         limits = self.limits
+        if len(self._running) >= limits.workers:
+            return
         now = model.now()
         inv = self.inventory
-        operations = inv.operations
-        for op_id in inv.queued_operations:  # oldest first
-            op = operations[op_id]
-            if len(self._running) >= limits.workers:
-                return
-            if op.id in self._running or (op.not_before is not None and op.not_before > now):
-                continue
-            source = self._choose_source(op) if op.kind == "copy" else None
-            touched = {op.target_id} if source is None else {op.target_id, source}
-            if any(self._busy.get(s, 0) >= limits.per_storage for s in touched):
-                continue
-            if any(inv.storages[s].reliability.unreachable_until > now for s in touched):
-                continue
-            for s in touched:
-                self._busy[s] = self._busy.get(s, 0) + 1
-            task = asyncio.create_task(self._execute(op.id, touched, source),
-                                       name=f"dlm-op-{op.id}")
-            self._running[op.id] = task
+        operations, storages, busy = inv.operations, inv.storages, self._busy
+        open_targets = sorted(
+            (queue[0], target) for target, queue in inv.queued_by_target.items()
+            if busy.get(target, 0) < limits.per_storage
+            and storages[target].reliability.unreachable_until <= now)
+        for _first, target in open_targets:
+            skipped = 0
+            # no await below: nothing changes the queue while it is walked
+            for op_id in inv.queued_by_target[target]:
+                if len(self._running) >= limits.workers:
+                    return
+                if busy.get(target, 0) >= limits.per_storage or skipped >= SCAN_LIMIT:
+                    break
+                op = operations[op_id]
+                if op.id in self._running or (op.not_before is not None
+                                              and op.not_before > now):
+                    skipped += 1
+                    continue
+                source = self._choose_source(op) if op.kind == "copy" else None
+                if source is not None and (
+                        busy.get(source, 0) >= limits.per_storage
+                        or storages[source].reliability.unreachable_until > now):
+                    skipped += 1
+                    continue
+                touched = {op.target_id} if source is None else {op.target_id, source}
+                for s in touched:
+                    busy[s] = busy.get(s, 0) + 1
+                task = asyncio.create_task(self._execute(op.id, touched, source),
+                                           name=f"dlm-op-{op.id}")
+                self._running[op.id] = task
 
     def _choose_source(self, op: Operation) -> int | None:
         """The complete copy to read: the requested one, else the most reliable, least busy."""
