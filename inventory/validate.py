@@ -71,6 +71,17 @@ def _name_rules(name: str, field: str) -> None:
         raise BadRequest(exc.message, field) from None
 
 
+NUL_REFUSED = "must not contain a NUL character (U+0000): the database cannot store it"
+
+
+def no_nul(value: str | None, field: str) -> None:
+    """PostgreSQL text cannot hold U+0000: a NUL let through failed the commit of every write
+    grouped with it (issue 16). A substring test, not a msgspec pattern: it runs on every item
+    of a batch."""
+    if value is not None and "\x00" in value:
+        raise BadRequest(NUL_REFUSED, field)
+
+
 def storage_root(kind: str, root: str, field: str = "root") -> str:
     """A storage root in its one normal form, or a 400: a root is compared with every other
     storage's (no two may overlap) and shown in tables and warnings, so ``/d/x/``, ``/d//x`` and

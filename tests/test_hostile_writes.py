@@ -79,6 +79,8 @@ def refused(status: int, body: Any, field: str, words: str) -> None:
 BAD_ITEMS = [
     ({"owner": "al\x00ice"}, False, "owner", "NUL"),
     ({"group": "\x00"}, True, "group", "NUL"),
+    ({"storage": "disk1", "size": 1, "uri": "a\x00b"}, True, "uri", "forbidden character"),
+    ({"storage": "d\x00", "size": 1}, False, "storage", "no storage named"),
     ({"metadata": {"k": "v\x00"}}, False, "metadata.k", "NUL"),
     ({"metadata": {"k\x00": 1}}, False, "metadata.k\x00", "NUL"),
     ({"metadata": {"list": [1, {"deep": "\x00"}]}}, True, "metadata.list[1].deep", "NUL"),

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from inventory import metadata, model
+from inventory import metadata, model, validate
 from inventory.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from inventory.logs import REQUEST_ID
 from inventory.server.state import LIMITS
@@ -36,7 +36,7 @@ def field_of(message: str, root: str | None) -> tuple[str, str | None]:
         path = f"{path}.{named.group(1)}"
     path = path.removeprefix(".")
     if text.startswith(_NUL_REFUSED):  # specs.Text: msgspec's words would show the regex
-        text = "must not contain a NUL character (U+0000): the database cannot store it"
+        text = validate.NUL_REFUSED
     elif text.startswith("Invalid enum value"):
         allowed = _ENUMS.get(path.rsplit(".", 1)[-1])
         if allowed:

@@ -43,9 +43,11 @@ async def add_items(request: web.Request) -> web.Response:
         raise BadRequest(f"at most {MAX_BATCH} items per request, got {len(specs)}", "items")
     limits = request.app[METADATA_LIMITS]
     for index, spec in enumerate(specs):
+        where = "" if single else f"items[{index}]."
+        validate.no_nul(spec.owner, where + "owner")
+        validate.no_nul(spec.group, where + "group")
         if spec.metadata:
-            metadata.check(spec.metadata, "metadata" if single else f"items[{index}].metadata",
-                           limits)
+            metadata.check(spec.metadata, where + "metadata", limits)
     records = await with_payloads(
         lambda: payloads_of_items(state, specs, not single),
         lambda found: state.scheduler.write(AddItems(
