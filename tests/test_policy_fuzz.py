@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +119,6 @@ def test_mutated_policies_load_or_raise_policy_error(seed: int) -> None:
     sources = [p.read_text() for p in EXAMPLES]
     assert len(sources) >= 3
     loaded = failed = 0
-    start = time.perf_counter()
     for i in range(1200):
         text = mutate(rng.choice(sources), rng)
         try:
@@ -139,7 +137,6 @@ def test_mutated_policies_load_or_raise_policy_error(seed: int) -> None:
                         f"{text}")
     # Both outcomes occur: the mutations are neither all harmless nor all fatal.
     assert loaded > 20 and failed > 500, (loaded, failed)
-    assert time.perf_counter() - start < 20
 
 
 def test_deep_nesting_is_a_policy_error() -> None:

@@ -213,10 +213,11 @@ async def test_s3_server_killed_mid_upload(make: Make,
                 own_s3_server.kill()
             yield DATA[:PART]
 
-    started = time.monotonic()
+    # A hang guard, not a speed bound: the write must give up (few attempts, short connect
+    # timeout) instead of retrying for ever; how fast it gives up is not this test's business.
     with pytest.raises(Unreachable) as caught:
-        await dst.write("big", dies_after_two_parts(), 8 * PART)
-    assert time.monotonic() - started < 20
+        async with asyncio.timeout(300):
+            await dst.write("big", dies_after_two_parts(), 8 * PART)
     assert "127.0.0.1" in str(caught.value) and caught.value.retryable
     own_s3_server.start()
     with pytest.raises(NotFound):
