@@ -28,12 +28,22 @@ from inventory.server.app import ServerConfig, make_app
 from inventory.store import open_store
 
 CI = os.environ.get("CI") == "true"
+# Fuzz and property tests judge a quarter of their examples in the everyday run (developers and
+# CI: the suite's time is in the README); DLM_FUZZ_LONG=1 runs the full counts, for a change to
+# the policy language, the planners or the inventory model (docs/contributing.md).
+FUZZ_LONG = os.environ.get("DLM_FUZZ_LONG") == "1"
 PG_ADMIN_URL = os.environ.get("DLM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_asyncio_loop_factories(config, item):
     return {"uvloop": uvloop.new_event_loop}
+
+
+def fuzz_budget(long: int) -> int:
+    """How many examples a fuzz or property test runs: ``long`` under DLM_FUZZ_LONG=1, else a
+    quarter of it (at least 20). Seeds stay fixed, so an everyday run is the long run's start."""
+    return long if FUZZ_LONG else max(20, long // 4)
 
 
 def missing_service(what: str) -> None:

@@ -13,6 +13,7 @@ from dealer.columns import needed_fields, plan_columns, supports
 from dealer.planner import plan_cycle
 from inventory import columns, model
 from policies import load_policy_text
+from tests.conftest import fuzz_budget
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -118,7 +119,8 @@ def copies(plan):
     return [(c.oid, c.target_id, c.source_id, c.size, c.reason, c.line) for c in plan.copies]
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(500), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_the_column_planner_plans_what_the_record_planner_plans(inventory, policy):
     assert supports(policy)

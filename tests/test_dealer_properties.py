@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dealer.planner import plan_cycle
 from inventory import model
 from policies import StorageView, load_policy_text
+from tests.conftest import fuzz_budget
 
 NOW = 1_800_000_000.0
 PHASES = list(model.PHASES)
@@ -51,7 +52,8 @@ def used_by_storage(replicas):
     return used
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(grids())
 def test_no_plan_overfills_a_storage_or_its_quota(grid):
     storages, items, replicas, policy, target = grid
@@ -76,7 +78,8 @@ def test_no_plan_overfills_a_storage_or_its_quota(grid):
         held.add((copy.oid, copy.target_id))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(grids())
 def test_items_reach_their_target_phase_when_space_allows(grid):
     storages, items, replicas, policy, _target = grid

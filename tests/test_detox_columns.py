@@ -15,6 +15,7 @@ from detox.planner import plan_cycle
 from inventory import columns, model
 from inventory.pins import Pin
 from policies import load_policy_text
+from tests.conftest import fuzz_budget
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -148,7 +149,8 @@ def assert_same_plan(expected, got) -> None:
     assert got.pinned == expected.pinned
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(400), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_the_column_planner_plans_what_the_record_planner_plans(inventory, policy):
     assert supports(policy)

@@ -15,6 +15,7 @@ from detox.planner import DELETED, KEPT, plan_cycle
 from inventory import model
 from inventory.feed import WIRE_ITEM_FIELDS, WIRE_REPLICA_FIELDS
 from policies import load_policy_text
+from tests.conftest import fuzz_budget
 from tests.test_detox_columns import assert_same_plan, both, pins_of
 
 NOW = 1_800_000_000.0
@@ -75,7 +76,8 @@ def phase_of(storage_phase: dict[int, str], sids) -> int:
     return model.phase_of_weights(weight)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_no_live_item_loses_its_last_copy_or_drops_below_target(inventory, policy):
     storages, items, replicas, pins = inventory
@@ -101,7 +103,8 @@ def test_no_live_item_loses_its_last_copy_or_drops_below_target(inventory, polic
         assert phase_of(storage_phase, left) >= target, "planned below the target phase"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_triggered_storages_end_satisfied_or_report_why_not(inventory, policy):
     storages, items, replicas, pins = inventory
@@ -126,7 +129,8 @@ def test_triggered_storages_end_satisfied_or_report_why_not(inventory, policy):
     assert sum(1 for d in plan.decisions if d[2] == DELETED) == len(plan.deletions)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_budget(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policies())
 def test_a_pin_that_holds_keeps_a_live_items_copy_and_both_planners_agree(inventory, policy):
     storages, items, replicas, pins = inventory

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from inventory import model
 from inventory.inventory import Checksums, Inventory
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
+from tests.conftest import fuzz_budget
 
 
 def item(name, version=1, *, state=model.READY, expire=None, parent=None, checksum=None,
@@ -208,7 +209,7 @@ def test_rows_of_removed_replicas_are_reused_and_nothing_else_changes(inv):
     assert _seen(inv) == _seen(fresh)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=fuzz_budget(500), deadline=None)
 @given(st.integers(0, (1 << 128) - 1), st.sampled_from(["canonical", "upper", "braces", "hex"]))
 def test_parse_uuid_reads_what_uuid_reads(value, form):
     text = str(uuid.UUID(int=value))
