@@ -45,3 +45,36 @@ async def test_metrics_need_a_reader_token_once_tokens_exist(sqlite_server):
                                                                    "role": "operator"})
     async with aiohttp.ClientSession() as s, s.get(sqlite_server.url + "/metrics") as resp:
         assert resp.status == 401
+
+
+def test_request_latency_histogram_buckets_are_cumulative_and_inclusive():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inventory.server.metrics import LATENCY_BUCKETS, RequestLatency
+
+    latency = RequestLatency()
+    registry = CollectorRegistry()
+    registry.register(latency)
+    for seconds in (0.0005, 0.0007, 0.003, 10.0):  # on a bound, inside, beyond the last
+        latency.observe("GET", "/v1/items", seconds)
+    latency.observe("POST", "/v1/items", 0.2)
+    samples = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def bucket(method, le):
+        return samples[("dlm_http_request_seconds_bucket",
+                        (("le", le), ("method", method), ("route", "/v1/items")))]
+
+    assert bucket("GET", "0.0005") == 1  # le: a value equal to the bound counts in it
+    assert bucket("GET", "0.001") == 2
+    assert bucket("GET", "0.005") == 3
+    assert bucket("GET", "5.0") == 3
+    assert bucket("GET", "+Inf") == 4
+    assert bucket("POST", "0.1") == 0 and bucket("POST", "0.25") == 1
+    get = (("method", "GET"), ("route", "/v1/items"))
+    assert samples[("dlm_http_request_seconds_count", get)] == 4
+    assert abs(samples[("dlm_http_request_seconds_sum", get)] - 10.0042) < 1e-9
+    assert len([k for k in samples if k[0] == "dlm_http_request_seconds_bucket"]) == \
+        2 * (len(LATENCY_BUCKETS) + 1)

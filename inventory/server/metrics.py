@@ -8,12 +8,12 @@ so several servers in one process (the tests) do not collide.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from inventory import model
 from inventory.scheduler import COMMIT_BUCKETS, GROUP_BUCKETS
@@ -28,7 +29,38 @@ from inventory.server.auth import requires
 from inventory.server.state import ServerState, state_of
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
-LATENCY = web.AppKey("request_latency", Histogram)
+LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5)  # seconds
+
+
+class RequestLatency(Collector):
+    """Request latency by method and route, exported as the ``dlm_http_request_seconds``
+    histogram. Every request passes here: an observation is a bisect and two additions on the
+    event loop (~0.4 us), where ``prometheus_client.Histogram`` took a lock and looped over
+    the buckets in Python (~2 us)."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str], list] = {}  # (method, route) -> [counts, sum]
+
+    def observe(self, method: str, route: str, seconds: float) -> None:
+        series = self.series.get((method, route))
+        if series is None:
+            series = self.series[method, route] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
+        series[0][bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: seconds <= bound
+        series[1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily("dlm_http_request_seconds", "Request latency by route",
+                                       labels=["method", "route"])
+        for (method, route), (counts, total) in list(self.series.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                cumulative.append((floatToGoString(bound), running))
+            family.add_metric([method, route], cumulative, sum_value=total)
+        yield family
+
+
+LATENCY = web.AppKey("request_latency", RequestLatency)
 
 routes = web.RouteTableDef()
 
@@ -148,26 +180,17 @@ def install(app: web.Application, state: Callable[[], ServerState | None]) -> No
     registry = CollectorRegistry()
     registry.register(InventoryCollector(state))
     app[REGISTRY] = registry
-    app[LATENCY] = Histogram("dlm_http_request_seconds", "Request latency by route",
-                             ["method", "route"], registry=registry,
-                             buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5))
+    app[LATENCY] = RequestLatency()
+    registry.register(app[LATENCY])
 
 
 def observe(request: web.Request, started: float) -> None:
     """Record a request's latency under its route (called by the request middleware)."""
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    histogram = request.app.get(LATENCY)
-    if histogram is not None:
-        # the labelled child, looked up once per (method, route): `labels()` takes a lock
-        key = (histogram, request.method, route)
-        child = _CHILDREN.get(key)
-        if child is None:
-            child = _CHILDREN[key] = histogram.labels(request.method, route)
-        child.observe(time.perf_counter() - started)
-
-
-_CHILDREN: dict[tuple, Any] = {}
+    latency = request.app.get(LATENCY)
+    if latency is not None:
+        resource = request.match_info.route.resource
+        latency.observe(request.method, resource.canonical if resource is not None
+                        else "unmatched", time.perf_counter() - started)
 
 
 @routes.get("/metrics")
