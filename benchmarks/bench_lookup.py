@@ -185,11 +185,13 @@ async def prepare_baseline(conn: Any, sample_name: str) -> dict[str, Any]:
         plans[mode] = [f"{kind} on {table}" + (f" using {index}" if index else "")
                        for kind, table, index in scans]
     await conn.execute("RESET plan_cache_mode")
-    analyzed = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + BASELINE_SQL.replace(
-        "$1", "$1::text"), sample_name)
-    analyzed = json.loads(analyzed) if isinstance(analyzed, str) else analyzed
-    return {"created_index": created, "plans": plans,
-            "execution_ms": analyzed[0]["Execution Time"]}
+    times = []
+    for _ in range(5):  # the first one reads the pages from disk: the best of five
+        analyzed = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + BASELINE_SQL.replace(
+            "$1", "$1::text"), sample_name)
+        analyzed = json.loads(analyzed) if isinstance(analyzed, str) else analyzed
+        times.append(analyzed[0]["Execution Time"])
+    return {"created_index": created, "plans": plans, "execution_ms": min(times)}
 
 
 def _scans(plan: dict[str, Any]):
