@@ -67,7 +67,9 @@ def by_path(routes: Iterable[web.AbstractRouteDef]) -> list[web.AbstractRouteDef
     (the lookup by name) was tried against 8 resources of other methods or longer paths
     first, a coroutine each."""
     routes = list(routes)
-    paths = [getattr(route, "path", index) for index, route in enumerate(routes)]
+    # a RouteDef's path; a StaticDef's url prefix (its ``path`` is a directory)
+    paths = [route.prefix if isinstance(route, web.StaticDef) else getattr(route, "path", index)
+             for index, route in enumerate(routes)]
     first: dict[object, int] = {}
     for index, path in enumerate(paths):
         first.setdefault(path, index)
