@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import signal
 import socket
 import statistics
 import sys
@@ -49,7 +50,8 @@ def rss_mib(pid: int) -> float:
 
 
 class Health:
-    """Polls /v1/health every ``every`` seconds on one keep-alive connection; latencies in ms."""
+    """Polls /v1/health every ``every`` seconds on one keep-alive connection; latencies in ms
+    (run in its own process: see Poller)."""
 
     def __init__(self, url: str, pid: int, every: float = 0.02) -> None:
         self.url, self.pid, self.every = url, pid, every
@@ -87,13 +89,42 @@ class Health:
                 "p50_ms": statistics.median(lat), "p99_ms": p99, "max_ms": lat[-1]}
 
 
-async def measure(url: str, pid: int, seconds: float) -> dict[str, float]:
+class Poller:
+    """A ``Health`` in a process of its own (``--poll``), so what this process does meanwhile
+    (reading snapshots, dripping bytes) does not delay its requests."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url, self.pid = url, pid
+        self.proc: asyncio.subprocess.Process | None = None
+        self.result: dict[str, float] = {}
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--poll", self.url, str(self.pid),
+            stdout=asyncio.subprocess.PIPE)
+        await self.proc.stdout.readline()  # "polling"
+
+    async def stop(self) -> dict[str, float]:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = await self.proc.communicate()
+        self.result = json.loads(out)
+        return self.result
+
+
+async def poll_until_signalled(url: str, pid: int) -> None:
     health = Health(url, pid)
-    task = asyncio.create_task(health.run())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, health.stop)
+    print("polling", flush=True)
+    await health.run()
+    print(json.dumps({**health.row(), "peak_rss": health.peak_rss}), flush=True)
+
+
+async def measure(url: str, pid: int, seconds: float) -> dict[str, float]:
+    poller = Poller(url, pid)
+    await poller.start()
     await asyncio.sleep(seconds)
-    health.stop()
-    await task
-    return health.row()
+    return await poller.stop()
 
 
 def stalled(port: int, path: str) -> socket.socket | int:
@@ -121,8 +152,8 @@ async def read_snapshot(http: aiohttp.ClientSession, url: str) -> tuple[int, int
 async def snapshots(url: str, port: int, pid: int, count: int, extra: int) -> dict:
     baseline = await measure(url, pid, 3)
     rss_before = rss_mib(pid)
-    health = Health(url, pid)
-    poller = asyncio.create_task(health.run())
+    poller = Poller(url, pid)
+    await poller.start()
     started = time.perf_counter()
     unread = [await asyncio.to_thread(stalled, port, "/v1/snapshot") for _ in range(count // 2)]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as http:
@@ -132,14 +163,13 @@ async def snapshots(url: str, port: int, pid: int, count: int, extra: int) -> di
         refused = [await asyncio.to_thread(stalled, port, "/v1/snapshot") for _ in range(extra)]
         results = await asyncio.gather(*readers)
     read_seconds = time.perf_counter() - started
-    health.stop()
-    await poller
-    rss_peak = health.peak_rss
+    during = await poller.stop()
+    rss_peak = during["peak_rss"]
     for sock in unread + refused:
         if isinstance(sock, socket.socket):
             sock.close()
     await asyncio.sleep(2)
-    return {"baseline": baseline, "during": health.row(), "rss_before": rss_before,
+    return {"baseline": baseline, "during": during, "rss_before": rss_before,
             "rss_peak": rss_peak, "rss_after": rss_mib(pid), "read_seconds": read_seconds,
             "read": [r for r in results if r[0] == 200],
             "unread_held": sum(isinstance(s, socket.socket) for s in unread),
@@ -159,8 +189,8 @@ async def slow_clients(url: str, port: int, pid: int, count: int, seconds: float
     for lo in range(0, count, 100):  # in batches: the listen backlog is 128
         socks += await asyncio.to_thread(connect, min(100, count - lo))
     head = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 10_000
-    health = Health(url, pid)
-    poller = asyncio.create_task(health.run())
+    poller = Poller(url, pid)
+    await poller.start()
     closed = 0
     for step in range(int(seconds)):
         for sock in socks:
@@ -174,12 +204,11 @@ async def slow_clients(url: str, port: int, pid: int, count: int, seconds: float
             except BlockingIOError:
                 pass
         await asyncio.sleep(1)
-    health.stop()
-    await poller
+    during = await poller.stop()
     for sock in socks:
         sock.close()
-    return {"during": health.row(), "connections": count, "closed_by_server": closed,
-            "rss_peak": health.peak_rss}
+    return {"during": during, "connections": count, "closed_by_server": closed,
+            "rss_peak": during["peak_rss"]}
 
 
 def config(workdir: Path, args: argparse.Namespace) -> Path:
@@ -228,6 +257,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--poll"]:  # the health poller's own process (Poller)
+        asyncio.run(poll_until_signalled(sys.argv[2], int(sys.argv[3])))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--replicas", type=int, default=100_000, help="2 per item (100000)")
     p.add_argument("--snapshots", type=int, default=10, help="at once, half unread (10)")

@@ -195,7 +195,7 @@ def make_read_app(state: ServerState, follower: Follower, session: aiohttp.Clien
             await response.prepare(request)
             # the primary's answer streams through as the client takes it, never faster
             await guards.stream(request, response, upstream.content.iter_chunked(256 << 10),
-                                "forwarded answer")
+                                "forwarded answer", encoded=False)
             return response
 
     @web.middleware
