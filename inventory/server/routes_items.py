@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import heapq
-from collections.abc import Callable, Iterable
-from itertools import islice
+import asyncio
+import time
 
 from aiohttp import web
 
-from inventory import metadata, model, validate
+from inventory import metadata, model, queries, validate
 from inventory.errors import BadRequest, NotFound
-from inventory.inventory import NONE, Inventory
+from inventory.inventory import Inventory
 from inventory.server.auth import actor, requester, requires
 from inventory.server.bodies import decode, query_int, respond
 from inventory.server.ingest import payloads_of_items, payloads_of_patches, with_payloads
@@ -183,7 +181,7 @@ async def item_storages(request: web.Request) -> web.Response:
 @routes.get("/v1/items/{oid}/children")
 async def item_children(request: web.Request) -> web.Response:
     inv, row = _item_row(request)
-    return _page(request, inv, inv.child_rows(row), ordered=True, predicates=[])
+    return await _page(request, inv, queries.children_plan(inv, row))
 
 
 @routes.get("/v1/items")
@@ -199,39 +197,38 @@ async def find_items(request: web.Request) -> web.Response:
             found = ([] if row is None or inv.i_state[row] == model.DELETED
                      else [item_json(inv, row)])
             return respond(request, {"items": found, "cursor": None})
-    rows, ordered, predicates = _plan_query(request, inv)
-    return _page(request, inv, rows, ordered=ordered, predicates=predicates)
+    return await _page(request, inv, queries.plan(inv, _filters(request, inv)))
 
 
-def _page(request: web.Request, inv: Inventory, rows: Iterable[int], *, ordered: bool,
-          predicates: list[Callable[[int], bool]]) -> web.Response:
-    """One page in row (registration) order: stable while items are added."""
+SLICE_SECONDS = 0.01  # a listing gives the event loop back at least this often
+_BATCH = 2048  # candidates examined between looks at the clock
+
+
+async def _page(request: web.Request, inv: Inventory, plan: queries.Plan) -> web.Response:
+    """One page of a plan from the request's cursor, given back to the event loop every
+    ``SLICE_SECONDS`` so that a long walk never holds other requests (exact lookups beside a
+    listing wait at most one slice)."""
     limit = query_int(request, "limit", 100, 1, 10_000)
-    after = _decode_cursor(request.query.get("cursor"))
-    matching = (r for r in rows if r > after and all(p(r) for p in predicates))
-    page = list(islice(matching, limit + 1)) if ordered else heapq.nsmallest(limit + 1, matching)
-    more = len(page) > limit
-    page = page[:limit]
+    progress = queries.Scan(queries.decode_cursor(request.query.get("cursor"), inv,
+                                                  plan.by_name), limit + 1)
+    clock = time.perf_counter
+    started = clock()
+    while not progress.done and progress.examined < queries.MAX_EXAMINED:
+        queries.scan(plan, progress, min(_BATCH, queries.MAX_EXAMINED - progress.examined))
+        if clock() - started > SLICE_SECONDS and not progress.done:
+            await asyncio.sleep(0)
+            started = clock()
+    cursor = queries.page_cursor(progress, limit)
+    items = []
+    for row in progress.found[:limit]:
+        items.append(item_json(inv, row))
+        if clock() - started > SLICE_SECONDS:
+            await asyncio.sleep(0)
+            started = clock()
     return respond(request, {
-        "items": [item_json(inv, r) for r in page],
-        "cursor": _encode_cursor(page[-1]) if more else None,
+        "items": items,
+        "cursor": None if cursor is None else queries.encode_cursor(cursor),
     })
-
-
-def _encode_cursor(row: int) -> str:
-    return base64.urlsafe_b64encode(f"r{row}".encode()).decode()
-
-
-def _decode_cursor(text: str | None) -> int:
-    if text is None:
-        return -1
-    try:
-        raw = base64.urlsafe_b64decode(text.encode()).decode()
-        if raw.startswith("r"):
-            return int(raw[1:])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise BadRequest("not a cursor returned by this endpoint", "cursor")
 
 
 def _enum(request: web.Request, name: str, codes: dict[str, int]) -> int | None:
@@ -243,94 +240,34 @@ def _enum(request: web.Request, name: str, codes: dict[str, int]) -> int | None:
     return codes[text]
 
 
-def _plan_query(request: web.Request, inv: Inventory
-                ) -> tuple[Iterable[int], bool, list[Callable[[int], bool]]]:
-    """The most selective index as the source of rows, the other filters as predicates."""
+def _filters(request: web.Request, inv: Inventory) -> queries.Filters:
+    """The query's filters, checked (400 naming the parameter) and resolved."""
     q = request.query
-    predicates: list[Callable[[int], bool]] = []
-    state = _enum(request, "state", model.ITEM_STATE)
-    phase = _enum(request, "phase", model.PHASE)
-    target = _enum(request, "target_phase", model.PHASE)
-    item_type = _enum(request, "type", model.ITEM_TYPE)
+    f = queries.Filters(
+        state=_enum(request, "state", model.ITEM_STATE),
+        phase=_enum(request, "phase", model.PHASE),
+        target=_enum(request, "target_phase", model.PHASE),
+        item_type=_enum(request, "type", model.ITEM_TYPE),
+        name=q.get("name") or None, prefix=q.get("prefix") or None)
     version_text = q.get("version", "latest")
-    version = None
     if version_text not in ("latest", "all"):
         try:
-            version = int(version_text)
+            f.version = int(version_text)
         except ValueError:
             raise BadRequest("expected 'latest', 'all' or a version number", "version") from None
-    storage_id = None
+    f.all_versions = version_text == "all" or f.version is not None
     if "storage" in q:
         storage = inv.storage_by_name.get(q["storage"])
         if storage is None:
             raise BadRequest(f"no storage named {q['storage']!r}", "storage")
-        storage_id = storage.id
-    parent_row = None
+        f.storage_id = storage.id
     if "parent" in q:
-        parent_row = inv.row_of_oid(validate.uuid_value(q["parent"], "parent"))
-        if parent_row is None:
+        f.parent_row = inv.row_of_oid(validate.uuid_value(q["parent"], "parent"))
+        if f.parent_row is None:
             raise BadRequest(f"no item with oid {q['parent']}", "parent")
-    expired_before = None
     if "expired_before" in q:
-        expired_before = validate.time_value(q["expired_before"], "expired_before")
-    meta = {k[5:]: v for k, v in q.items() if k.startswith("meta.")}
-    if any(not k for k in meta):
+        f.expired_before = validate.time_value(q["expired_before"], "expired_before")
+    f.meta = {k[5:]: v for k, v in q.items() if k.startswith("meta.")}
+    if any(not k for k in f.meta):
         raise BadRequest("a metadata filter is meta.KEY=VALUE", "meta.")
-
-    all_versions = version_text == "all" or version is not None
-    name, prefix = q.get("name"), q.get("prefix")
-    rows: Iterable[int]
-    ordered = False
-    if name or prefix:
-        pattern = name if name else _escape_glob(prefix) + "*"
-        rows = inv.rows_matching_name(pattern, latest_only=not all_versions)
-        if name and prefix:
-            predicates.append(lambda r: inv.i_name[r].startswith(prefix))
-    elif parent_row is not None:
-        rows, ordered = inv.child_rows(parent_row), True
-    elif storage_id is not None:
-        rows = (inv.r_item[r] for r in inv.replica_rows_on_storage(storage_id))
-    elif expired_before is not None:
-        rows = inv.rows_expiring_before(expired_before)
-    elif state is not None:
-        rows, ordered = inv.rows_in_state(state), True
-    else:
-        rows, ordered = inv.item_rows(), True
-    if not all_versions and not (name or prefix):
-        latest = inv.latest_by_name
-        predicates.append(lambda r: latest[inv.i_name[r]] == r)
-    if version is not None:
-        predicates.append(lambda r: inv.i_version[r] == version)
-    if state is not None:
-        predicates.append(lambda r: inv.i_state[r] == state)
-    else:
-        predicates.append(lambda r: inv.i_state[r] != model.DELETED)
-    if phase is not None:
-        predicates.append(lambda r: inv.current_phase(r) == phase)
-    if target is not None:
-        predicates.append(lambda r: inv.i_target[r] == target)
-    if item_type is not None:
-        predicates.append(lambda r: inv.i_type[r] == item_type)
-    if storage_id is not None:
-        predicates.append(lambda r: any(inv.r_storage[x] == storage_id
-                                        for x in inv.replica_rows_of_item(r)))
-    if parent_row is not None:
-        predicates.append(lambda r: inv.i_parent[r] == parent_row)
-    if expired_before is not None:
-        predicates.append(lambda r: inv.i_expire[r] < expired_before)  # NaN compares False
-    for key, value in meta.items():
-        predicates.append(lambda r, k=key, v=value: _meta_equals(inv, r, k, v))
-    return rows, ordered, predicates
-
-
-def _meta_equals(inv: Inventory, row: int, key: str, value: str) -> bool:
-    found = inv.i_metadata.get(row, {}).get(key, NONE)
-    if found is NONE:
-        return False
-    if isinstance(found, bool):
-        return value == ("true" if found else "false")
-    return str(found) == value
-
-
-def _escape_glob(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+    return f

@@ -220,8 +220,10 @@ class PostgresStore(Store):
             for row in await conn.fetch(f"SELECT {_q(STORAGE_COLUMNS)} FROM storage ORDER BY id"):
                 inv.add_storage(storage_from_db(tuple(row)))
             shared: dict = {}  # equal strings of the load made one object
+            inv.defer_indexes()  # sorted once at the end (settle_indexes), not row by row
             await self._load_items(conn, inv, shared)
             await self._load_replicas(conn, inv, shared)
+            inv.settle_indexes()
             await generic.load_postgres_rows(conn, inv)
 
     async def _load_items(self, conn: asyncpg.Connection, inv: Inventory,

@@ -194,6 +194,7 @@ class SQLiteStore(Store):
         for row in conn.execute(f"SELECT {_q(STORAGE_COLUMNS)} FROM storage ORDER BY id"):
             inv.add_storage(storage_from_db(row))
         shared: dict = {}  # equal strings of the load made one object
+        inv.defer_indexes()  # sorted once at the end (settle_indexes), not row by row
         # Items without a parent first, then members in creation order (a parent always exists
         # before its members).
         for where in ("parent_oid IS NULL", "parent_oid IS NOT NULL ORDER BY created"):
@@ -203,6 +204,7 @@ class SQLiteStore(Store):
         cur = conn.execute(f"SELECT {_q(REPLICA_COLUMNS[1:])} FROM replica ORDER BY rowid")
         while rows := cur.fetchmany(_FETCH):
             inv.add_replicas(replica_records(rows, _uuid_in, shared))
+        inv.settle_indexes()
         generic.load_sqlite_rows(conn, inv, _uuid_in)
 
     # ------------------------------------------------------------------ commit
