@@ -189,8 +189,8 @@ def _name_source(inv: Inventory, f: Filters
                 return
             newer_than = 0
             if position is not None and name == position[0]:
-                if not all_versions:
-                    continue  # its one candidate was examined
+                if not all_versions or position[1] >= NAME_DONE:
+                    continue  # examined already
                 newer_than = position[1]
             if match is not None and not match(name):
                 yield (name, NAME_DONE), None
