@@ -200,7 +200,7 @@ async def find_items(request: web.Request) -> web.Response:
     return await _page(request, inv, queries.plan(inv, _filters(request, inv)))
 
 
-SLICE_SECONDS = 0.01  # a listing gives the event loop back at least this often
+SLICE_SECONDS = 0.005  # a listing gives the event loop back at least this often
 _BATCH = 2048  # candidates examined between looks at the clock
 
 
