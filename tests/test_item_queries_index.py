@@ -408,3 +408,22 @@ async def test_read_workers_answer_listings_from_their_own_indexes(db_url, tmp_p
         assert seen - {None}, "no listing was answered by a read worker"
     finally:
         srv.stop()
+
+
+async def test_a_long_listing_gives_the_event_loop_back_between_slices(server, monkeypatch):
+    from inventory.server import routes_items
+
+    await _fill(server.client)
+    yields = []
+    real_sleep = routes_items.asyncio.sleep
+
+    async def counting_sleep(delay):
+        yields.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(routes_items, "SLICE_SECONDS", 0.0)  # every batch is a slice
+    monkeypatch.setattr(routes_items, "_BATCH", 1)
+    monkeypatch.setattr(routes_items.asyncio, "sleep", counting_sleep)
+    page = await server.client.request("GET", "/v1/items", params={"meta.run": "0"})
+    assert [i["item_name"] for i in page["items"]] == ["raw/00", "raw/08", "raw/16", "raw/24"]
+    assert yields.count(0) >= 8  # candidates walked, then items answered, one slice each
