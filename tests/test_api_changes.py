@@ -150,7 +150,7 @@ async def test_queries_cover_the_dlm_request_functions(sqlite_server):
 
     assert await names(name="run7/a") == [("run7/a", 2)]
     assert await names(name="run7/a", version="all") == [("run7/a", 1), ("run7/a", 2)]
-    assert await names(prefix="run7/") == [("run7/b", 1), ("run7/a", 2)]
+    assert await names(prefix="run7/") == [("run7/a", 2), ("run7/b", 1)]  # name order
     assert await names(prefix="run7/", version="1") == [("run7/a", 1), ("run7/b", 1)]
     assert await names(storage="disk1", version="all") == [("run7/a", 1)]
     assert await names(storage="disk1") == []  # version 1 is not the latest
