@@ -150,6 +150,9 @@ _SCRIPT = """
   }
 })();
 """
+# The page's inline blocks, for the Content-Security-Policy the server serves it with (by hash).
+INLINE_STYLES = (_CSS,)
+INLINE_SCRIPTS = (_SCRIPT,)
 
 _NUMERIC = frozenset({"expected_size", "size"})
 _NUM_ATTR = ' data-type="num"'

@@ -36,6 +36,8 @@ Gone = _error("Gone", 410, "gone", "The asked-for history is no longer kept.")
 PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "The request is too big.")
 RequestTimeout = _error("RequestTimeout", 408, "request_timeout",
                         "The request body did not arrive in time.")
+UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",
+                              "The request body is neither JSON nor msgpack.")
 Unavailable = _error("Unavailable", 503, "unavailable", "The database cannot commit right now.")
 # A kind of Unavailable (not a direct DLMError): clients map a 503 to Unavailable whatever it says.
 Busy = type("Busy", (Unavailable,), {

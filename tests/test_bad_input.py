@@ -17,7 +17,8 @@ async def snapshot_state(http):
 
 async def post(http, path, body, *, raw=False, headers=None):
     data = body if raw else json.dumps(body)
-    async with http.post(path, data=data, headers=headers or {}) as resp:
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    async with http.post(path, data=data, headers=headers) as resp:
         return resp.status, await resp.json()
 
 
@@ -88,7 +89,8 @@ async def test_a_storage_config_patch_the_backend_would_refuse_is_400(with_disk)
     http = with_disk
     before = await snapshot_state(http)
     async with http.patch("/v1/storages/disk1",
-                          data=json.dumps({"config": {"thread": 4}})) as resp:
+                          data=json.dumps({"config": {"thread": 4}}),
+                          headers={"Content-Type": "application/json"}) as resp:
         answer = await resp.json()
     assert resp.status == 400 and answer["error"]["field"] == "config", answer
     assert "unknown posix config key 'thread'" in answer["error"]["message"]

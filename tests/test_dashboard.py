@@ -174,8 +174,8 @@ async def test_figures_of_the_seeded_site(site) -> None:
     today = figures.bytes_per_day(inv)[-1]
     assert today == {"day": figures.day_of(time.time()), "copied": 100, "deleted": 400}
     html = fragments.storages(list(rows.values()), actions=True, watermark_cycle=1)
-    assert 'class="wm high" style="left:90.00%"' in html
-    assert 'class="wm low" style="left:70.00%"' in html
+    assert 'class="wm high" data-left="90.00%"' in html
+    assert 'class="wm low" data-left="70.00%"' in html
 
 
 async def test_pages_are_public_shells_and_data_needs_a_reader(site) -> None:

@@ -50,7 +50,9 @@ def status_badge(status: str) -> str:
 
 def occupancy_bar(row: StorageRow) -> str:
     """The occupancy bar: used (solid), projected with pending operations (hatched outline),
-    Detox's high and low watermarks (vertical marks) with their values written under it."""
+    Detox's high and low watermarks (vertical marks) with their values written under it.
+    Widths and offsets are data attributes the script applies: the page's Content-Security-
+    Policy allows no inline style (inventory/server/crosssite.py)."""
     occ, proj = row.occupancy, row.projected
     if occ is None:
         return '<span class="muted">no capacity</span>'
@@ -59,13 +61,13 @@ def occupancy_bar(row: StorageRow) -> str:
         return f"{min(max(x, 0.0), 1.0) * 100:.2f}%"
 
     over = " over" if row.high is not None and occ > row.high else ""
-    parts = [f'<span class="fill{over}" style="width:{width(occ)}"></span>']
+    parts = [f'<span class="fill{over}" data-width="{width(occ)}"></span>']
     if proj is not None and abs(proj - occ) > 1e-9:
-        parts.append(f'<span class="proj" style="width:{width(proj)}"></span>')
+        parts.append(f'<span class="proj" data-width="{width(proj)}"></span>')
     legend = [f'<span class="occ">{h(pct(occ))}</span>']
     for kind, value in (("high", row.high), ("low", row.low)):
         if value is not None:
-            parts.append(f'<span class="wm {kind}" style="left:{width(value)}" '
+            parts.append(f'<span class="wm {kind}" data-left="{width(value)}" '
                          f'title="{kind} watermark {h(pct(value))}"></span>')
             legend.append(f'<span class="wm-{kind}" data-value="{value}">'
                           f'{kind} {h(pct(value))}</span>')
@@ -84,7 +86,7 @@ def drain_cell(row: StorageRow) -> str:
         return ""
     progress = "" if d.progress is None else (
         f'<div class="bar drain" role="img" aria-label="drained {h(pct(d.progress))}">'
-        f'<span class="fill" style="width:{d.progress * 100:.2f}%"></span></div>')
+        f'<span class="fill" data-width="{d.progress * 100:.2f}%"></span></div>')
     eta = "done" if d.left == 0 else (
         f"ETA {duration(d.eta)} at {rate(d.rate)}" if d.eta is not None
         else "ETA unknown: no fall in occupancy measured yet")

@@ -19,6 +19,7 @@ from inventory.inventory import Inventory
 from inventory.objects import Token
 from inventory.scheduler import Scheduler
 from inventory.server import (
+    crosssite,
     guards,
     metrics,
     routes_admin,
@@ -78,8 +79,9 @@ def by_path(routes: Iterable[web.AbstractRouteDef]) -> list[web.AbstractRouteDef
 
 
 def make_app(config: ServerConfig) -> web.Application:
-    app = web.Application(middlewares=[front, authenticate],
+    app = web.Application(middlewares=[front, crosssite.guard, authenticate],
                           client_max_size=config.max_body)
+    crosssite.install(app)
     app[PLAN_LIMIT] = config.max_plan_body
     guards.install(app, config.limits)
     app[METADATA_LIMITS] = config.metadata_limits

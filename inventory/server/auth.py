@@ -22,6 +22,7 @@ from inventory.writes import Actor
 ROLE_RANK = {"reader": 0, "producer": 1, "operator": 2}
 PUBLIC = "public"
 IDENTITY = web.RequestKey("identity", tuple)  # (token name or "open", role)
+MALFORMED_TOKEN = "malformed token: a token is UTF-8 text (DLM's are ASCII)"
 
 
 def requires(role: str) -> Callable:
@@ -48,6 +49,21 @@ def needed_role(request: web.Request, handler: Callable) -> str:
     return "reader" if request.method in ("GET", "HEAD") else "operator"
 
 
+def bearer_digest(header: str) -> str:
+    """The SHA-256 (hex) of the token in an ``Authorization: Bearer TOKEN`` header.
+    Unauthorized when there is none, or when it is not text: aiohttp hands header bytes that
+    are not UTF-8 over as surrogates, which no token can contain (and ``encode`` refuses)."""
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("this needs a token: send 'Authorization: Bearer TOKEN'",
+                           "Authorization")
+    try:
+        raw = secret.strip().encode()
+    except UnicodeEncodeError:
+        raise Unauthorized(MALFORMED_TOKEN, "Authorization") from None
+    return hashlib.sha256(raw).hexdigest()
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Callable) -> web.StreamResponse:
     needed = needed_role(request, handler)
@@ -58,12 +74,7 @@ async def authenticate(request: web.Request, handler: Callable) -> web.StreamRes
     if not inv.tokens and state.open_mode:
         request[IDENTITY] = ("open", "operator")
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise Unauthorized("this needs a token: send 'Authorization: Bearer TOKEN'",
-                           "Authorization")
-    digest = hashlib.sha256(secret.strip().encode()).hexdigest()
+    digest = bearer_digest(request.headers.get("Authorization", ""))
     if state.internal_token_hash and digest == state.internal_token_hash:
         request[IDENTITY] = ("scheduler", "operator")  # the server's own scheduled cycles
         return await handler(request)

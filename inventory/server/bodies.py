@@ -17,6 +17,7 @@ from inventory.specs import NO_NUL
 
 T = TypeVar("T")
 MSGPACK = "application/msgpack"
+MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack"})  # bodies: crosssite.BODY_TYPES
 JSON = "application/json"
 _PATH = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
 _ENUMS = {"kind": model.STORAGE_KINDS, "status": model.STORAGE_STATUSES,
@@ -53,7 +54,7 @@ async def decode(request: web.Request, kind: type[T], *, root: str | None = None
     raw = await read_body(request, limit)
     if not raw:
         raise BadRequest("a request body is required", "body")
-    msgpack_body = request.content_type == MSGPACK
+    msgpack_body = request.content_type in MSGPACK_TYPES
     try:
         if msgpack_body:
             return msgspec.msgpack.decode(raw, type=kind)

@@ -30,8 +30,8 @@ from inventory.inventory import Inventory
 from inventory.logs import REQUEST_ID
 from inventory.mirror import apply_transactions
 from inventory.objects import Token
-from inventory.server import guards, routes_items
-from inventory.server.auth import authenticate
+from inventory.server import crosssite, guards, routes_items
+from inventory.server.auth import MALFORMED_TOKEN, authenticate
 from inventory.server.bodies import MSGPACK
 from inventory.server.connections import GuardedSite, raise_file_limit, runner_options
 from inventory.server.limits import ServerLimits
@@ -149,9 +149,13 @@ class Follower:
                 await asyncio.sleep(1.0)
                 continue
             answer = msgpack.unpackb(body, raw=False)
-            apply_transactions(self.inventory, answer["transactions"])
-            # finished operations the feed brought: nothing here reads them
             inv = self.inventory
+            apply_transactions(inv, answer["transactions"])
+            # Transactions without a record for the feed (a token created or deleted) are not
+            # sent, but the primary's committed version counts them: without this the worker
+            # never reached that version, and every read waited FRESH_WAIT then was forwarded.
+            inv.version = max(inv.version, answer["version"])
+            # finished operations the feed brought: nothing here reads them
             inv.drop_finished_operations(math.inf, len(inv.finished_operations))
             self._advanced.set()
             self._advanced = asyncio.Event()
@@ -171,11 +175,29 @@ async def load_inventory(store: Store, config_tokens: list[Token]) -> Inventory:
     return inventory
 
 
+def forwardable_headers(request: web.Request) -> dict[str, str]:
+    """The request's headers as the primary gets them: without hop-by-hop ones, and without
+    values that were not UTF-8 on the wire (aiohttp's client cannot send such a value again;
+    a bearer token that is not text is refused here, as the primary would)."""
+    headers = {}
+    for key, value in request.headers.items():
+        if key.lower() in _HOP:
+            continue
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            if key.lower() == "authorization":
+                raise Unauthorized(MALFORMED_TOKEN, "Authorization") from None
+            continue
+        headers[key] = value
+    return headers
+
+
 def make_read_app(state: ServerState, follower: Follower, session: aiohttp.ClientSession,
                   limits: ServerLimits | None = None) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         """Send the request to the primary and stream its answer back unchanged."""
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers = forwardable_headers(request)
         request_id = REQUEST_ID.get()
         if request_id:
             headers["X-Request-Id"] = request_id
@@ -213,7 +235,8 @@ def make_read_app(state: ServerState, follower: Follower, session: aiohttp.Clien
     worker = str(follower.spec.index)
     # No body is read here: the item queries have none, everything else streams to the
     # primary, whose limits apply.
-    app = web.Application(middlewares=[front, serve_or_forward])
+    app = web.Application(middlewares=[front, crosssite.guard, serve_or_forward])
+    crosssite.install(app)
     app[STATE] = state
     guards.install(app, limits or ServerLimits())
     for path, handler in LOCAL_ROUTES:

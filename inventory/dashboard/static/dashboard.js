@@ -116,6 +116,9 @@ async function refresh() {
 
 // Everything a freshly inserted fragment needs: role gating, sorting, filters, forms.
 async function enhance(root) {
+  // sizes come as data attributes: the page's Content-Security-Policy allows no inline style
+  root.querySelectorAll("[data-width]").forEach((node) => (node.style.width = node.dataset.width));
+  root.querySelectorAll("[data-left]").forEach((node) => (node.style.left = node.dataset.left));
   root.querySelectorAll("form[data-role]").forEach((form) => {
     const need = ROLE_RANK[form.dataset.role];
     form.hidden = role === null || ROLE_RANK[role] < need;
