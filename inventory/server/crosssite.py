@@ -67,8 +67,10 @@ def split_host(host: str) -> tuple[str, str | None]:
     """``("::1", "8642")`` of ``[::1]:8642``, ``("localhost", None)`` of ``localhost``."""
     host = host.strip().lower()
     if host.startswith("["):
-        name, _, rest = host[1:].partition("]")
-        return name, rest[1:] if rest.startswith(":") else None
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return "", None  # malformed: names nothing
+        return name, rest[1:] if rest else None
     if host.count(":") == 1:
         name, _, port = host.partition(":")
         return name, port
