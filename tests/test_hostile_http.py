@@ -281,8 +281,9 @@ async def test_a_bearer_token_that_is_not_text_is_a_401(sqlite_server, caplog):
         assert "malformed token" in answer["error"]["message"]
         assert b"WWW-Authenticate" in head
     assert "unhandled error" not in caplog.text
-    async with aiohttp.ClientSession() as http, http.get(sqlite_server.url.rstrip("/") + "/v1/health") as r:
-        assert r.status == 200
+    health = sqlite_server.url.rstrip("/") + "/v1/health"
+    async with aiohttp.ClientSession() as http, http.get(health) as resp:
+        assert resp.status == 200
 
 
 # ------------------------------------------------------------------------- read workers

@@ -165,8 +165,8 @@ async def test_head_snapshot_sends_no_body(sqlite_server) -> None:
     the client read it as the start of the next answer."""
     url = URL(sqlite_server.url)
     reader, writer = await asyncio.open_connection(url.host, url.port)
-    writer.write(b"HEAD /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.write(b"HEAD /v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                 b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 10)
     writer.close()

@@ -670,9 +670,13 @@ if OperationRequest is not None:
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted: marked, removal follows",
                 204: "No content", 400: "Invalid input", 401: "No valid token",
                 403: "The token's role may not do this, or `rule` in the error names "
-                     "the rule that refuses it", 404: "Not found",
+                     "the rule that refuses it, or a cross-site request (`field` Origin or "
+                     "Host)", 404: "Not found",
                 409: "Conflicts with the inventory", 410: "History no longer kept",
-                413: "Body too large", 503: "The database cannot commit; nothing changed"}
+                413: "Body too large",
+                415: "The body is neither JSON nor msgpack (a form, text/plain: what a web page "
+                     "of another site could send)",
+                503: "The database cannot commit; nothing changed"}
 
 
 # ----------------------------------------------------------------------- the document
@@ -746,7 +750,7 @@ def _operation(method: str, template: str, op: Op, refs: dict[Any, dict[str, Any
     if op.role != "public":
         errors |= {401, 403}
     if op.body is not None:
-        errors |= {400, 413}
+        errors |= {400, 413, 415}
     for status in sorted(errors):
         responses[str(status)] = {"description": _STATUS_TEXT[status],
                                   "content": {JSON: {"schema": refs[Error]},
