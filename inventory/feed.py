@@ -18,6 +18,7 @@ from typing import Any
 from inventory import model
 from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
+from inventory.redact import public_config
 
 WIRE_ITEM_FIELDS = ("oid", "item_name", "item_version", "item_type", "state", "target_phase",
                     "size", "checksum", "checksum_method", "metadata", "parent_oid", "created",
@@ -49,16 +50,6 @@ def item_wire(r: ItemRecord) -> list[Any]:
 def replica_wire(r: ReplicaRecord) -> list[Any]:
     return [_fmt(r.oid | r.storage_id), _fmt(r.oid), r.storage_id, r.uri, _RSTATES[r.state],
             r.size, r.checksum, r.created, r.expire_at, r.last_verified]
-
-
-_SECRET_WORDS = ("secret", "password", "token", "credential")
-
-
-def public_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A storage's config without its credentials (keys naming a secret, password, token or
-    credential): what readers may see."""
-    return {k: v for k, v in config.items()
-            if not any(word in k.lower() for word in _SECRET_WORDS)}
 
 
 def storage_wire(r: StorageRecord, *, secrets: bool = False) -> list[Any]:

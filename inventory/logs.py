@@ -2,6 +2,8 @@
 
 Extra fields given to a log call (``log.info("...", extra={"oid": ...})``) are part of the
 record, so a log says what happened to which item and why in a form machines can filter.
+No line shows the user:password of a URL (an S3 endpoint with credentials in it): both
+formats mask it (``inventory.redact``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import sys
 import time
 from contextvars import ContextVar
+
+from inventory.redact import redact_text
 
 # The id of the HTTP request being handled, carried into every log record made while handling
 # it (set by the server's request-id middleware; clients may send their own X-Request-Id).
@@ -43,7 +47,7 @@ class JSONFormatter(logging.Formatter):
         out.update(_extra(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return redact_text(json.dumps(out, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -55,7 +59,7 @@ class TextFormatter(logging.Formatter):
             line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact_text(line)
 
 
 def setup(level: str = "info", json_lines: bool | None = None) -> None:

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from inventory import model
-from inventory.feed import REMOVED_STORAGE, change_from_wire, public_config
+from inventory.feed import REMOVED_STORAGE, change_from_wire
 from inventory.inventory import Inventory
 from inventory.records import ItemRecord, ReplicaRecord, StorageRecord
+from inventory.redact import public_config
 
 _DELETED_REPLICA = model.REPLICA_STATE["deleted"]
 

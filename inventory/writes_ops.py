@@ -20,6 +20,7 @@ from inventory.errors import BadRequest, Conflict, NotFound
 from inventory.inventory import Inventory
 from inventory.objects import CopyRequest, Cycle, Operation, Row
 from inventory.records import ItemRecord, ReplicaRecord
+from inventory.redact import redact_text, storage_secrets
 from inventory.requests import requests_served
 from inventory.storage.errors import StorageError
 from inventory.store.base import REPLICA_COLUMNS, replica_db_row
@@ -398,6 +399,9 @@ class FailOperation(Write):
     def prepare(self, inv: Inventory, pending: Pending) -> Prepared:
         op = _operation(inv, self.op_id, "running", "queued")
         now = model.now()
+        # readers see last_error: no storage's credentials in it, whoever wrote the text
+        self.error = redact_text(self.error, storage_secrets(
+            s.config for s in inv.storages.values()))
         if self.retry_in is not None:
             again = dataclasses.replace(op, state="queued", last_error=self.error,
                                         updated=now, not_before=now + self.retry_in)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 
 import aiohttp
 import msgpack
@@ -538,3 +540,110 @@ async def test_the_dashboard_and_a_served_report_run_under_their_policy(browser,
     await page.click("table.findings thead th >> nth=0")
     assert await page.get_attribute("table.findings >> nth=0", "data-sorted")
     assert errors == []
+
+
+# ------------------------------------------------------------------------- credentials
+
+URL_USER, URL_PASSWORD = "AKIDINTHEURL", "PassInTheUrl42"
+CREDENTIALS = {"endpoint_url": f"http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:9",
+               "access_key": "AKIAEXAMPLEKEY77", "secret_key": "wJalrXUtnSecretKey",
+               "session_token": "SessTok12345", "region": "eu-west-1", "max_attempts": 1,
+               "connect_timeout": 1, "verify_ingest": False}
+SECRETS = (URL_USER, URL_PASSWORD, "AKIAEXAMPLEKEY77", "wJalrXUtnSecretKey", "SessTok12345")
+
+
+def _shows_no_secret(text: str | bytes, where: str) -> None:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    shown = [s for s in SECRETS if s in text]
+    assert shown == [], f"{where} shows {shown}: {text[:2000]}"
+
+
+def test_redaction_rules():
+    from inventory.redact import public_config, redact_text, secrets_of
+
+    public = public_config({**CREDENTIALS, "nested": {"password": "x", "url": "s3://u:p@h/b"},
+                            "aws_access_key_id": "AKIA2", "part_size": 5 << 20})
+    assert public == {"endpoint_url": "http://***@127.0.0.1:9", "region": "eu-west-1",
+                      "max_attempts": 1, "connect_timeout": 1, "verify_ingest": False,
+                      "nested": {"url": "s3://***@h/b"}, "part_size": 5 << 20}
+    assert set(SECRETS) <= secrets_of(CREDENTIALS)
+    text = ('Could not connect to the endpoint URL: "http://AKIDINTHEURL:PassInTheUrl42@'
+            '127.0.0.1:9/b/k" (key AKIAEXAMPLEKEY77)')
+    masked = redact_text(text, sorted(secrets_of(CREDENTIALS), key=len, reverse=True))
+    assert masked == ('Could not connect to the endpoint URL: "http://***@127.0.0.1:9/b/k" '
+                      '(key ***)')
+    # what is not a credential stays: an address, an e-mail-like item name, short words
+    assert redact_text("user@example.org at http://host:80/x") == \
+        "user@example.org at http://host:80/x"
+    assert redact_text("an error", ["an"]) == "an error"
+
+
+async def test_storage_credentials_are_never_shown_to_readers(tmp_path, caplog):
+    """Config views, snapshots, the feed, an operation's last_error and the logs."""
+    from tests.test_dashboard import FAST
+
+    srv = InProcessServer(f"sqlite:{tmp_path / 'inventory.sqlite'}", tmp_path, fileops=FAST)
+    await srv.start()
+    try:
+        client = srv.client
+        boss = (await client.request("POST", "/v1/tokens", json={"name": "boss",
+                                                                 "role": "operator"}))["token"]
+        operator = {"Authorization": f"Bearer {boss}"}
+        made = await client.request("POST", "/v1/tokens", json={"name": "eve", "role": "reader"},
+                                    headers=operator)
+        reader = {"Authorization": f"Bearer {made['token']}"}
+        disk = tmp_path / "disk1"
+        (disk / "run").mkdir(parents=True)
+        (disk / "run" / "a.dat").write_bytes(b"payload")
+        await client.request("POST", "/v1/storages", headers=operator, json={
+            "name": "disk1", "kind": "posix", "root": str(disk), "capacity": 10**9})
+        added = await client.request("POST", "/v1/storages", headers=operator, json={
+            "name": "s3x", "kind": "s3", "root": "bucket/prefix", "capacity": 10**12,
+            "config": CREDENTIALS})
+        _shows_no_secret(json.dumps(added), "the registration's answer")
+        assert added["config"]["endpoint_url"] == "http://***@127.0.0.1:9"
+        assert added["config"]["region"] == "eu-west-1"
+        item = await client.request("POST", "/v1/items", headers=operator, json={
+            "item_name": "run/a.dat", "storage": "disk1"})
+        await client.request("POST", "/v1/operations", headers=operator, json={
+            "kind": "copy", "item": item["oid"], "target": "s3x"})
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            ops = (await client.request("GET", "/v1/operations", headers=reader))["operations"]
+            if ops and ops[0]["state"] == "failed":
+                break
+            assert asyncio.get_running_loop().time() < deadline, ops
+            await asyncio.sleep(0.05)
+        assert "127.0.0.1:9" in ops[0]["last_error"], ops  # the error still says where
+        for who in (reader, operator):
+            async with aiohttp.ClientSession(base_url=srv.url, headers=who) as http:
+                for path in ("/v1/storages", "/v1/storages/s3x", "/v1/operations",
+                             "/v1/snapshot" if who is reader else "/v1/storages",
+                             "/v1/snapshot/columns" if who is reader else "/v1/storages",
+                             "/v1/changes?since=0", "/dashboard/fragments/storages",
+                             "/dashboard/fragments/operations"):
+                    async with http.get(path) as resp:
+                        assert resp.status == 200, path
+                        _shows_no_secret(await resp.read(), path)
+        # the CLI shows what the API gives
+        env = {"DLM_URL": srv.url, "DLM_TOKEN": made["token"]}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; from inventory.cli import main; "
+            "sys.exit(main(['storage', 'show', 's3x']))",
+            env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err
+        assert b"***@127.0.0.1:9" in out
+        _shows_no_secret(out + err, "dlm storage show")
+    finally:
+        await srv.stop()
+    _shows_no_secret(caplog.text, "the logs")
+    # the logs as a server writes them (JSON lines)
+    from inventory import logs
+
+    formatter = logs.JSONFormatter()
+    lines = "\n".join(formatter.format(r) for r in caplog.records)
+    assert "operation failed" in lines
+    _shows_no_secret(lines, "the JSON logs")

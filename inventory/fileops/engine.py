@@ -22,6 +22,7 @@ from inventory.errors import DLMError, Unavailable
 from inventory.fileops.limits import FileOpsLimits
 from inventory.inventory import Inventory, Storage
 from inventory.objects import Operation
+from inventory.redact import redact_text, storage_secrets
 from inventory.scheduler import Scheduler
 from inventory.storage import transfer
 from inventory.storage.base import Backend
@@ -378,6 +379,9 @@ class FileOpsEngine:
                 log.warning("storage left alone after repeated failures", extra={
                     "storage": blamed.name, "seconds": limits.unreachable_pause})
         current = self.inventory.operations.get(op.id, op)
+        # the log, like last_error, shows no storage's credentials (FailOperation masks too)
+        error = redact_text(error, storage_secrets(
+            s.config for s in self.inventory.storages.values()))
         retry_in = None
         if retryable and current.attempts < limits.max_attempts:
             retry_in = min(limits.retry_base * 2 ** (current.attempts - 1), limits.retry_max)

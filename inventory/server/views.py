@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from inventory import model
-from inventory.feed import public_config
 from inventory.inventory import NONE, Inventory, Storage
+from inventory.redact import public_config
 
 _fmt, _time = model.format_uuid, model.format_time
 

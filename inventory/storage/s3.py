@@ -61,7 +61,7 @@ class S3Backend(Backend):
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self._clients = ClientHolder(settings)
-        self._where = f"{settings.endpoint_url or 'AWS'} s3://{settings.bucket}"
+        self._where = settings.where
         self._root_prefix = f"{settings.prefix}/" if settings.prefix else ""
 
     @classmethod

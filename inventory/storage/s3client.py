@@ -26,6 +26,7 @@ import botocore.exceptions as bce
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
+from inventory.redact import redact_text
 from inventory.storage.errors import (
     BucketMissing,
     ChecksumMismatch,
@@ -138,6 +139,11 @@ class S3Settings:
         """Whether SigV4 covers a SHA-256 of each body (which needs the whole body first)."""
         return self.sign_payload or not self.content_md5
 
+    @property
+    def where(self) -> str:
+        """The endpoint and bucket for messages, without credentials written in the URL."""
+        return f"{redact_text(self.endpoint_url or 'AWS')} s3://{self.bucket}"
+
     def same_endpoint(self, other: S3Settings) -> bool:
         """True when a server-side copy from ``other`` can work: same service, same identity."""
         return (self.endpoint_url == other.endpoint_url and self.region == other.region
@@ -229,13 +235,16 @@ def translate(path: str | None, where: str) -> Iterator[None]:
         code = str(error.get("Code") or exc.response.get("ResponseMetadata", {})
                    .get("HTTPStatusCode", ""))
         what = f" {path!r}" if path else ""
-        message = f"{code}: {error.get('Message') or exc} for{what} ({where})"
+        message = redact_text(f"{code}: {error.get('Message') or exc} for{what} ({where})")
         if code in ("BadDigest", "InvalidDigest"):
             raise ChecksumMismatch(message, side="target", expected="sent bytes",
                                    actual="stored bytes", path=path) from exc
         raise _CODE_CLASS.get(code, StorageError)(message, path=path) from exc
     except (bce.NoCredentialsError, bce.PartialCredentialsError) as exc:
-        raise PermissionDenied(f"no usable S3 credentials: {exc} ({where})", path=path) from exc
+        raise PermissionDenied(redact_text(f"no usable S3 credentials: {exc} ({where})"),
+                               path=path) from exc
     except _NETWORK_ERRORS as exc:
-        raise Unreachable(f"S3 endpoint not answering: {exc or type(exc).__name__} ({where})",
+        # botocore names the endpoint URL, credentials written into it included
+        raise Unreachable(redact_text(f"S3 endpoint not answering: "
+                                      f"{exc or type(exc).__name__} ({where})"),
                           path=path) from exc

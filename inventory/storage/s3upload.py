@@ -291,7 +291,7 @@ class Upload:
             if isinstance(exc, bce.UnseekableStreamError):  # botocore wanted to retry
                 raise Unreachable(
                     f"S3 endpoint failed during a streaming PUT, which cannot be replayed "
-                    f"({self.settings.endpoint_url or 'AWS'} s3://{self.settings.bucket})",
+                    f"({self.settings.where})",
                     path=self.path) from None
             raise
         # the last chunk left only after the checks passed: the server has exactly those bytes
