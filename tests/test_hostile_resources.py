@@ -297,7 +297,7 @@ async def test_a_body_that_does_not_arrive_is_answered_408(server_process, tmp_p
     server.start()
     await wait_healthy(server.url)
     sock = await asyncio.to_thread(_trickle, server.port, (
-        b"POST /v1/storages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/storages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n{\"name\": "))
     sock.settimeout(30)
     head = await asyncio.to_thread(sock.recv, 65536)
