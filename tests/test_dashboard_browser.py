@@ -119,8 +119,10 @@ async def test_every_page_in_chromium(browser, site) -> None:
     await page.click(f'a[href="/dashboard/cycles/{seeded["cycle"]}"]')
     await page.wait_for_selector("body[data-loaded] #decisions-table")
     await page.select_option('form[data-slot="decisions"] select[name="outcome"]', "delete")
+    # a function, not an expression: Playwright polls an expression with eval(), which the
+    # page's Content-Security-Policy forbids
     await page.wait_for_function(
-        "document.querySelectorAll('#decisions-table tbody tr').length === 4")
+        "() => document.querySelectorAll('#decisions-table tbody tr').length === 4")
     assert "storage.occupancy > 90%" in await tab.text("pre.policy")
     assert "outcome=delete" in page.url
     await tab.shot("cycle")
