@@ -181,9 +181,10 @@ async def test_storage_credentials_reach_operators_only(sqlite_server):
         listed = (await reader.storages())[0]["config"]
         snap = await reader.snapshot()
         feed = await reader.changes(0)
-    assert listed == {"endpoint_url": "http://x", "access_key": "AK"}
+    assert listed == {"endpoint_url": "http://x"}  # an access key is a credential too (#16)
+    assert "access_key" not in str(snap.storages)
     assert "SK" not in str(snap.storages) and "ST" not in str(snap.storages)
     assert "SK" not in str(feed)
     async with Client(sqlite_server.url, token=tokens["operator"]) as operator:
         config = (await operator.snapshot()).storages[0][8]
-    assert config["secret_key"] == "SK"
+    assert config["secret_key"] == "SK" and config["access_key"] == "AK"
