@@ -391,7 +391,7 @@ async def test_a_stream_that_cannot_encode_a_value_ends_as_an_error(sqlite_serve
     # the raw bytes: no second status line inside the body
     reader, writer = await asyncio.open_connection("127.0.0.1", int(sqlite_server.url.rsplit(
         ":", 1)[1].rstrip("/")))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     raw = await asyncio.wait_for(reader.read(), 30)  # until the server drops the connection
     writer.close()
     assert raw.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 500" not in raw
