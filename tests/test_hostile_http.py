@@ -91,7 +91,10 @@ def test_loopback_names(host, loopback):
     ("http://127.0.0.1:8642", "127.0.0.1:8642", True),
     ("http://LOCALHOST:8642", "localhost:8642", True),
     ("http://localhost", "localhost:80", True),
-    ("https://dlm.example.org", "dlm.example.org", False),  # reached over http: 443 vs 80
+    ("https://dlm.example.org", "dlm.example.org", True),  # behind a TLS-terminating proxy
+    ("https://dlm.example.org", "dlm.example.org:80", False),
+    ("http://localhost:8642", "localhost", True),
+    ("http://evil.example", "localhost", False),
     ("http://[::1]:8642", "[::1]:8642", True),
     ("http://localhost:3000", "localhost:8642", False),
     ("http://127.0.0.1:8642", "localhost:8642", False),

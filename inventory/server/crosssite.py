@@ -98,18 +98,20 @@ def is_loopback_name(host: str) -> bool:
 _loopback_seen = functools.lru_cache(maxsize=1024)(is_loopback_name)
 
 
-def _netloc(host: str, scheme: str) -> tuple[str, str]:
-    name, port = split_host(host)
-    return name.rstrip("."), port or _DEFAULT_PORTS.get(scheme, "")
-
-
 def same_origin(origin: str, host: str, scheme: str) -> bool:
     """Whether an Origin header (``http://localhost:8642``) names the server the request was
-    sent to (its Host header, reached over ``scheme``)."""
+    sent to (its Host header). A Host with a port must match the origin's (the origin's
+    scheme gives its default); a Host without one names the default port of whatever scheme
+    the browser used, which a TLS-terminating proxy in front hides from ``scheme``: the names
+    must match."""
     their_scheme, sep, rest = origin.strip().lower().partition("://")
     if not sep or not rest or "/" in rest:
         return False  # "null" (a sandboxed frame, a file:// page) or garbage: not us
-    return _netloc(rest, their_scheme) == _netloc(host, scheme)
+    their_name, their_port = split_host(rest)
+    name, port = split_host(host)
+    if not name or their_name.rstrip(".") != name.rstrip("."):
+        return False
+    return port is None or (their_port or _DEFAULT_PORTS.get(their_scheme, "")) == port
 
 
 def origin_refusal(method: str, headers: Mapping[str, str], scheme: str,
