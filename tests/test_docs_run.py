@@ -2,7 +2,7 @@
 code (issue 24: the quick start's Python snippet did not run, and re-added a storage the curl
 steps had just made).
 
-The convention (also in docs/cli.md, "Code blocks in these docs"):
+The convention (also in docs/contributing.md, "Writing docs: code blocks run"):
 
 - ```` ```console ````: lines starting with ``$ `` are commands (a line ending in ``\\`` goes on),
   the lines after one, up to the next ``$ ``, its output. A command must exit 0, unless its output
@@ -161,7 +161,7 @@ class DocRun:
         self.work = root / "work"
         self.bin = root / "bin"
         for d in (self.work, self.bin, root / "home", root / "config"):
-            d.mkdir()
+            d.mkdir(parents=True)
         (self.work / "policies").symlink_to(REPO / "policies")
         for policy in (REPO / "policies" / "examples").glob("*.policy"):
             (self.work / policy.name).symlink_to(policy)
