@@ -254,3 +254,15 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path, server_process) -> None:
     for block in blocks(doc):
         if block.lang in RUN and not block.not_run:
             run.run(block)
+
+
+def test_console_commands_and_messages() -> None:
+    """``$ `` lines, continuations and output are told apart; digits in a message match any."""
+    block = Block(REPO / "README.md", 10, "console",
+                  "$ dlm a \\\n  --b\nout 1\n$ dlm c\ndlm: error: x: 25001 item(s)\n")
+    first, second = console_commands(block)
+    assert (first.line, first.text, first.output) == (11, "dlm a \\\n  --b", ["out 1"])
+    assert (second.line, second.text) == (14, "dlm c")
+    pattern = message_pattern(second.output[0])
+    assert pattern.search("dlm: error: x: 3 item(s)\n")
+    assert not pattern.search("dlm: error: y: 3 item(s)\n")
