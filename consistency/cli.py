@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,11 @@ from consistency import report as reports
 from consistency.cycle import CHECKSUM_MODES, Options, RunResult, run_consistency
 from consistency.diff import CLASSES, DEFAULT_GRACE
 from inventory import errors
-from inventory.cli import CLIError
-from inventory.client import Client, default_url
+from inventory.cli import INTERRUPTED, SERVER_ERROR, USAGE_ERROR, CLIError
+from inventory.cli_common import describe, settings
+from inventory.client import Client
 from inventory.storage.errors import StorageError
 
-SERVER_ERROR = 1
-USAGE_ERROR = 2
 SAFETY_LIMIT = 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -73,8 +73,8 @@ def add_commands(subparsers: Any) -> None:
                         "report and fix nothing (default 5%%)")
     p.add_argument("--no-store", action="store_true",
                    help="do not send the report to the server (for a reader token)")
-    p.add_argument("--url", default=None, help="server URL (DLM_URL)")
-    p.add_argument("--token", default=None, help="API token (DLM_TOKEN)")
+    p.add_argument("--url", default=None, help="server URL (DLM_URL, client config file)")
+    p.add_argument("--token", default=None, help="API token (DLM_TOKEN, client config file)")
     p.set_defaults(func=cmd_consistency)
 
 
@@ -87,15 +87,19 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     if args.fix and args.no_store:
         raise CLIError("--fix needs the server: it cannot go with --no-store", USAGE_ERROR)
     fmt = args.format or _format_of(args.report)
-    target = None if args.report in (None, "-") else Path(args.report)
+    report = args.report
+    if report is None and args.format is not None:  # asked for a format: it goes in a file
+        report = default_report_name(args.storage, fmt, time.time())
+    target = None if report in (None, "-") else Path(report)
     if target is not None and not target.parent.is_dir():
         raise CLIError(f"--report: no directory {str(target.parent)!r}", USAGE_ERROR)
+    url, token = settings(args)
     try:
-        run = asyncio.run(_run(args, options))
+        run = asyncio.run(_run(args, options, url, token))
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     text = reports.render(run.report, fmt)
-    if args.report == "-":
+    if report == "-":
         sys.stdout.write(text)
     else:
         if target is not None:
@@ -107,18 +111,25 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace, options: Options) -> RunResult:
+async def _run(args: argparse.Namespace, options: Options, url: str, token: str) -> RunResult:
     try:
-        async with Client(args.url or default_url(), args.token) as client:
+        async with Client(url, token) as client:
             return await run_consistency(client, args.storage, options)
     except (aiohttp.ClientError, OSError) as exc:
-        raise CLIError(f"cannot reach the DLM server at {args.url or default_url()} ({exc})",
-                       SERVER_ERROR) from None
+        raise CLIError(f"cannot reach the DLM server at {url} ({exc})", SERVER_ERROR) from None
     except errors.DLMError as exc:
-        where = f" ({exc.field})" if exc.field and exc.field != "body" else ""
-        raise CLIError(f"{exc.message}{where}", SERVER_ERROR) from None
+        field = exc.field if exc.field != "body" else ""
+        raise CLIError(describe(exc, field), SERVER_ERROR) from None
     except StorageError as exc:
         raise CLIError(f"storage {args.storage!r}: {exc.message}", SERVER_ERROR) from None
+
+
+def default_report_name(storage: str, fmt: str, now: float) -> str:
+    """Where ``--format`` without ``--report`` writes: ``consistency-STORAGE-TIME.FMT`` in the
+    current directory (UTC time to the second, so runs never overwrite each other's)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", storage)
+    return f"consistency-{safe}-{stamp}.{fmt}"
 
 
 def _format_of(path: str | None) -> str:

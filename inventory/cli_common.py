@@ -20,14 +20,9 @@ from typing import Any
 
 import yaml
 
-from inventory.cli import CLIError
+from inventory.cli import SERVER_ERROR, USAGE_ERROR, CLIError
 from inventory.client import DEFAULT_URL, ServerUnreachable, SyncClient, server_url
 from inventory.errors import DLMError
-
-# Exit statuses: the server refused or could not be reached (1); the command line or an input
-# file is wrong, found before anything was sent (2, like argparse's own usage errors).
-SERVER_ERROR = 1
-USAGE_ERROR = 2
 
 CONFIG_KEYS = frozenset({"url", "token"})
 
@@ -148,12 +143,6 @@ def client_command(fn: Command) -> Callable[[argparse.Namespace], int]:
             raise CLIError(exc.message, SERVER_ERROR) from None
         except DLMError as exc:
             raise CLIError(describe(exc), SERVER_ERROR) from None
-        except BrokenPipeError:
-            # `dlm ls | head`: the reader has seen enough. Point stdout at /dev/null so the
-            # interpreter's last flush at exit does not print a complaint of its own.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return 0
         finally:
             client.close()
 
@@ -223,6 +212,13 @@ def resolve_item(client: SyncClient, ref: str, version: int | None = None) -> di
         for item in client.find_items(ref, version=version or "latest", limit=10):
             if item["item_name"] == ref:
                 return item
+    # Listings hide DELETED items unless asked (`dlm ls --state DELETED`); a name that is only
+    # DELETED still names that item: the newest such version (its state says what it is).
+    deleted = [item for item in client.find_items(ref, version=version or "all",
+                                                  state="DELETED", limit=1000)
+               if item["item_name"] == ref]
+    if deleted:
+        return max(deleted, key=lambda item: item["item_version"])
     which = f"{ref!r} version {version}" if version else repr(ref)
     raise CLIError(f"no item named {which}", SERVER_ERROR)
 

@@ -105,8 +105,10 @@ def rm(args: argparse.Namespace, client: SyncClient) -> None:
     if wants_json(args):
         print_json(item)
         return
+    after = ("it had no replica, so nothing is left to remove" if item["state"] == "DELETED"
+             else "Detox removes its payloads")
     print(f"{item['item_name']} v{item['item_version']} ({item['oid']}) is now "
-          f"{item['state']}; Detox removes its payloads")
+          f"{item['state']}; {after}")
 
 
 def access(args: argparse.Namespace, client: SyncClient) -> None:

@@ -11,8 +11,8 @@ from inventory.cli import CLIError
 from inventory.cli_common import (
     USAGE_ERROR,
     add_parser,
-    cell,
     client_command,
+    human_size,
     human_time,
     print_fields,
     print_json,
@@ -215,7 +215,7 @@ def history(args: argparse.Namespace, client: SyncClient) -> None:
         print_fields([("id", cycle["id"]), ("kind", cycle["kind"]),
                       ("started", human_time(cycle.get("started"))),
                       ("ended", human_time(cycle.get("ended"))),
-                      ("summary", cycle.get("summary"))])
+                      ("summary", cycle_summary(cycle["kind"], cycle.get("summary")))])
         if cycle.get("policy"):
             print()
             print(cycle["policy"].rstrip("\n"))
@@ -226,5 +226,72 @@ def history(args: argparse.Namespace, client: SyncClient) -> None:
         return
     print_table(["ID", "KIND", "STARTED", "ENDED", "SUMMARY"],
                 ([c["id"], c["kind"], human_time(c.get("started")), human_time(c.get("ended")),
-                  cell(c.get("summary"))] for c in cycles),
+                  cycle_summary(c["kind"], c.get("summary"))] for c in cycles),
                 right=("ID",))
+
+
+# The keys that identify each kind's summary (Detox and Dealer plans, consistency reports).
+_KNOWN_KEYS = {"detox": {"deletions", "expirations", "applied"},
+               "dealer": {"copies", "requests_done", "applied"},
+               "consistency": {"counts", "storage"}}
+
+
+def cycle_summary(kind: str, summary: Any) -> str:
+    """One line of what a cycle did, for people: the counts an operator looks for first (the
+    whole summary, per storage and per rule, is in ``--json``). What the server applied when it
+    says so, else what was planned; ``-`` while a cycle runs."""
+    if not isinstance(summary, dict) or not summary:
+        return "-"
+    if not set(summary) & _KNOWN_KEYS.get(kind, set()):  # a shape this client does not know
+        return ", ".join(f"{k}={v}" for k, v in summary.items()
+                         if isinstance(v, int | float | str) and not isinstance(v, bool)) or "-"
+    if kind == "consistency":
+        return _consistency_line(summary)
+    applied = summary.get("applied") if isinstance(summary.get("applied"), dict) else None
+    done = applied or summary
+    parts = []
+    if kind == "detox":
+        parts.append(f"{_count(done, 'deletions')} deletions "
+                     f"({human_size(_count(done, 'deleted_bytes'))}), "
+                     f"{_count(done, 'expirations')} expirations")
+        unsatisfied = summary.get("unsatisfied") or []
+        if unsatisfied:
+            parts.append(f"unsatisfied: {', '.join(map(str, unsatisfied))}")
+    else:
+        parts.append(f"{_count(done, 'copies')} copies ({human_size(_count(done, 'bytes'))}), "
+                     f"{_count(done, 'requests_done')} requests done")
+        unmet = summary.get("unmet")
+        if isinstance(unmet, dict) and unmet:
+            parts.append(f"{sum(v for v in unmet.values() if isinstance(v, int))} unmet")
+    dropped = summary.get("dropped")
+    if isinstance(dropped, dict) and any(dropped.values()):
+        parts.append(f"{sum(v for v in dropped.values() if isinstance(v, int))} dropped at "
+                     f"apply")
+    if applied is None:
+        parts.append("not applied")
+    policy = summary.get("policy")
+    head = f"{policy['name']}: " if isinstance(policy, dict) and policy.get("name") else ""
+    return head + "; ".join(parts)
+
+
+def _consistency_line(summary: dict[str, Any]) -> str:
+    storage = summary.get("storage")
+    name = storage.get("name") if isinstance(storage, dict) else None
+    counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else {}
+    found = [f"{_count(counts.get(kind), 'count')} {kind}"
+             for kind in ("ok", "missing", "orphan", "size_mismatch", "checksum_mismatch")
+             if kind == "ok" or _count(counts.get(kind), "count")]
+    parts = [", ".join(found)]
+    if summary.get("safety"):
+        parts.append("safety limit held, nothing fixed")
+    fix = summary.get("fix")
+    if isinstance(fix, dict):
+        applied = fix.get("applied") if isinstance(fix.get("applied"), dict) else {}
+        parts.append(f"fixed: {_count(applied, 'recopies')} re-copies, "
+                     f"{_count(fix, 'orphans_deleted')} orphans deleted")
+    return (f"{name}: " if name else "") + "; ".join(parts)
+
+
+def _count(entry: Any, key: str) -> int:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -17,8 +17,9 @@ import aiohttp
 from tqdm import tqdm
 
 from inventory import errors
-from inventory.cli import CLIError
-from inventory.client import Client, default_url
+from inventory.cli import INTERRUPTED, SERVER_ERROR, USAGE_ERROR, CLIError
+from inventory.cli_common import describe, settings
+from inventory.client import Client
 from policies import Policy, PolicyError, load_policy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -45,8 +46,8 @@ def add_cycle_command(subparsers: Any, name: str, *, help: str, description: str
     when.add_argument("--every", metavar="DURATION", help="run a cycle every 30m, 4h, 1d...")
     p.add_argument("--dry-run", action="store_true", help=dry_run_help)
     p.add_argument("--json", action="store_true", help="print the cycle summary as JSON")
-    p.add_argument("--url", default=None, help="server URL (DLM_URL)")
-    p.add_argument("--token", default=None, help="API token (DLM_TOKEN)")
+    p.add_argument("--url", default=None, help="server URL (DLM_URL, client config file)")
+    p.add_argument("--token", default=None, help="API token (DLM_TOKEN, client config file)")
     p.set_defaults(func=lambda args: _command(args, name, run_cycle, format_report))
 
 
@@ -55,22 +56,25 @@ def _command(args: argparse.Namespace, name: str, run_cycle: RunCycle,
     path = Path(args.policy)
     try:
         policy = load_policy(path)
-    except PolicyError as exc:
+    except PolicyError as exc:  # an input file that is wrong: nothing was sent
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
-        return 1
+        return USAGE_ERROR
     every = parse_duration(args.every) if args.every else None
+    url, token = settings(args)
     text = path.read_text(encoding="utf-8")
     try:
-        return asyncio.run(_loop(args, name, policy, text, every, run_cycle, format_report))
+        return asyncio.run(_loop(args, name, policy, text, every, run_cycle, format_report,
+                                 url, token))
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
-                every: float | None, run_cycle: RunCycle, format_report: FormatReport) -> int:
+                every: float | None, run_cycle: RunCycle, format_report: FormatReport,
+                url: str, token: str) -> int:
     log = logging.getLogger(f"dlm.{name}")
-    async with Client(args.url or default_url(), args.token) as client:
+    async with Client(url, token) as client:
         kept = None  # the last cycle's snapshot: the next one catches it up through the feed
         while True:
             problem = None
@@ -91,7 +95,7 @@ async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
             except (aiohttp.ClientError, OSError) as exc:
                 problem = f"cannot reach the DLM server at {client.url} ({exc})"
             except errors.DLMError as exc:
-                problem = exc.message + (f" ({exc.field})" if exc.field else "")
+                problem = describe(exc)  # with the token hint on a 401 or 403
             else:
                 bar.close()
                 kept = result.snapshot if every is not None else None
@@ -106,7 +110,7 @@ async def _loop(args: argparse.Namespace, name: str, policy: Policy, text: str,
             bar.close()
             if problem is not None:
                 if every is None:
-                    raise CLIError(problem)
+                    raise CLIError(problem, SERVER_ERROR)
                 log.error(f"{name} cycle failed; trying again next period",
                           extra={"error": problem})
             if every is None:

@@ -68,7 +68,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--db", help="database URL: postgresql://... or sqlite:PATH "
                                 "(default: a SQLite file in the data dir)")
     p.add_argument("--host", help=f"listen address ({DEFAULT_HOST})")
-    p.add_argument("--port", type=int, help=f"listen port ({DEFAULT_PORT})")
+    p.add_argument("--port", type=int, help=f"listen port, 1 to 65535 ({DEFAULT_PORT})")
+    p.add_argument("--create-db", action="store_true",
+                   help="create the PostgreSQL database --db names if it does not exist (through "
+                        "the server's 'postgres' database); a SQLite file is always created")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--ops-retention", metavar="DURATION",
                    help="how long a finished (done, failed, cancelled) operation stays in "
@@ -94,6 +97,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     check_workers(settings.workers, "--workers")
     if args.ops_retention is not None:
         retention_seconds(args.ops_retention, "--ops-retention")
+    check_port(settings.port)
     return settings
 
 
@@ -110,6 +114,12 @@ def retention_seconds(value: Any, where: str) -> float | None:
         raise CLIError(f"{where}: expected a duration like 90s, 30m, 1h or 2d (or 'forever'), "
                        f"got {value!r}")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def check_port(port: int, where: str = "--port") -> None:
+    # Refused, not wrapped: asyncio would listen on port % 65536 and print the number asked for.
+    if not 1 <= port <= 65535:
+        raise CLIError(f"{where}: expected a TCP port from 1 to 65535, got {port}")
 
 
 def check_workers(value: Any, where: str) -> None:
@@ -133,8 +143,10 @@ def read_config(path: str) -> dict[str, Any]:
     if unknown:
         raise CLIError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
                        f"known: {', '.join(sorted(CONFIG_KEYS))}")
-    if "port" in data and not isinstance(data["port"], int):
-        raise CLIError(f"{path}: port: expected an integer")
+    if "port" in data:
+        if isinstance(data["port"], bool) or not isinstance(data["port"], int):
+            raise CLIError(f"{path}: port: expected an integer")
+        check_port(data["port"], f"{path}: port")
     if "workers" in data:
         check_workers(data["workers"], f"{path}: workers")
     if "ops_retention" in data:
@@ -243,6 +255,8 @@ def run_serve(args: argparse.Namespace) -> int:
         store = open_store(settings.db, settings.data_dir)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if getattr(args, "create_db", False) and store.backend == "postgresql":
+        create_db(store)
     limits = {key: body_limit(getattr(settings, key), key)
               for key in ("max_body", "max_plan_body") if getattr(settings, key) is not None}
     config = ServerConfig(store=store, loopback=is_loopback(settings.host),
@@ -269,10 +283,21 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     except StoreError as exc:
         raise CLIError(f"database: {exc}") from None
-    except OSError as exc:
-        raise CLIError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") \
-            from None
+    except OSError as exc:  # not the listening socket (serve says that): name what failed
+        where = f" {exc.filename}" if exc.filename else ""
+        raise CLIError(f"cannot start:{where} {exc.strerror or exc}") from None
     return 0
+
+
+def create_db(store: Any) -> None:
+    """``--create-db``: the PostgreSQL database, created before the server opens it."""
+    from inventory.store import StoreError
+    from inventory.store.postgres import create_database
+
+    try:
+        asyncio.run(create_database(store.url, store.describe()))  # logs when it creates one
+    except StoreError as exc:
+        raise CLIError(f"database: {exc}") from None
 
 
 async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | None = None,
@@ -309,7 +334,10 @@ async def serve(config: ServerConfig, host: str, port: int, jobs: list[Job] | No
         state.internal_token_hash = hashlib.sha256(token.encode()).hexdigest()
         site = GuardedSite(runner, host, port, reuse_port=workers > 1 or None,
                            max_connections=raise_file_limit(config.limits.max_connections))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         if workers > 1:
             runtime = await start_read_workers(runner, state, workers - 1, token, host, port,
                                                settings)

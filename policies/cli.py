@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
 import time
 from typing import Any
 
-from inventory.cli import CLIError
+from inventory.cli import SERVER_ERROR, USAGE_ERROR, CLIError
+from inventory.cli_common import settings
 
 from .errors import PolicyError
 from .explain import explain, render
@@ -50,8 +50,9 @@ def add_commands(subparsers: Any) -> None:
                     "replica, the rule that decides it and the attribute values it looked at.")
     exp.add_argument("--policy", required=True, metavar="FILE")
     exp.add_argument("item", metavar="ITEM")
-    exp.add_argument("--url", default=None, help=f"server URL (env DLM_URL, default {DEFAULT_URL})")
-    exp.add_argument("--token", default=None, help="API token (env DLM_TOKEN)")
+    exp.add_argument("--url", default=None,
+                     help=f"server URL (DLM_URL, client config file; default {DEFAULT_URL})")
+    exp.add_argument("--token", default=None, help="API token (DLM_TOKEN, client config file)")
     exp.add_argument("--now", default=None, metavar="TIME",
                      help="evaluate at this ISO-8601 time instead of the current time")
     exp.set_defaults(func=cmd_explain)
@@ -81,12 +82,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy)
-    except PolicyError as exc:
+    except PolicyError as exc:  # an input file that is wrong: nothing was sent
         _report(exc)
-        return 1
+        return USAGE_ERROR
     now = _now(args.now)
-    url = (args.url or os.environ.get("DLM_URL") or DEFAULT_URL).rstrip("/")
-    token = args.token or os.environ.get("DLM_TOKEN")
+    url, token = settings(args)
     item, storages, parent = asyncio.run(fetch(url, token, args.item))
     print("\n".join(explain_json(policy, item, storages, now, parent)))
     return 0
@@ -101,7 +101,7 @@ def explain_json(policy: Policy, item: dict, storages: list, now: float,
         remote = item_views(item, storages, now, partition=policy.partition,
                             half_life=half_life, parent_name=parent_name)
     except RemoteDataError as exc:
-        raise CLIError(f"unexpected data from the server: {exc}") from None
+        raise CLIError(f"unexpected data from the server: {exc}", SERVER_ERROR) from None
     pairs = [(r.view, r.storage) for r in remote.replicas]
     return render(explain(policy, remote.view, pairs, now), now, remote.oid)
 
@@ -144,28 +144,32 @@ async def fetch(url: str, token: str | None, item: str) -> tuple[dict, list, str
                 except CLIError:
                     parent = None  # explain with the parent's oid rather than fail
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise CLIError(f"cannot reach the server at {url}: {exc or type(exc).__name__}") from None
+        raise CLIError(f"cannot reach the server at {url}: {exc or type(exc).__name__}",
+                       SERVER_ERROR) from None
     if not isinstance(storages, list):
-        raise CLIError("unexpected data from the server: /v1/storages has no 'storages' list")
+        raise CLIError("unexpected data from the server: /v1/storages has no 'storages' list",
+                       SERVER_ERROR)
     return record, storages, parent
 
 
 async def _get(session: Any, url: str, missing: str, params: dict | None = None) -> dict:
     async with session.get(url, params=params) as response:
         if response.status == 404:
-            raise CLIError(missing)
+            raise CLIError(missing, SERVER_ERROR)
         if response.status in (401, 403):
             raise CLIError(f"the server refused the request ({response.status}): set DLM_TOKEN "
-                           "or --token")
+                           "or --token", SERVER_ERROR)
         try:
             body = await response.json(content_type=None)
         except ValueError:
             body = None
         if response.status >= 400:
             message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-            raise CLIError(f"server error {response.status} on {url}: {message or response.reason}")
+            raise CLIError(f"server error {response.status} on {url}: "
+                           f"{message or response.reason}", SERVER_ERROR)
         if not isinstance(body, dict):
-            raise CLIError(f"unexpected data from the server at {url}: not a JSON object")
+            raise CLIError(f"unexpected data from the server at {url}: not a JSON object",
+                           SERVER_ERROR)
         return body
 
 
@@ -173,5 +177,5 @@ def _pick(found: dict, name: str) -> dict:
     items = [i for i in found.get("items") or [] if isinstance(i, dict)
              and i.get("item_name") == name]
     if not items:
-        raise CLIError(f"no item named {name!r}")
+        raise CLIError(f"no item named {name!r}", SERVER_ERROR)
     return max(items, key=lambda i: i.get("item_version") or 0)

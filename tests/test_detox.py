@@ -210,11 +210,11 @@ def test_cli_runs_a_cycle_and_prints_the_report(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     bad = tmp_path / "bad.policy"
     bad.write_text("detox {")
-    assert main(["detox", "--policy", str(bad)]) == 1
+    assert main(["detox", "--policy", str(bad)]) == 2  # a wrong input file: nothing was sent
     assert "bad.policy:1:" in capsys.readouterr().err
     good = tmp_path / "good.policy"
     good.write_text(POLICY)
-    assert main(["detox", "--policy", str(good), "--url", "http://127.0.0.1:9"]) == 2
+    assert main(["detox", "--policy", str(good), "--url", "http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the DLM server" in err and "Traceback" not in err
     assert main(["detox", "--policy", str(good), "--every", "soon"]) == 2

@@ -266,15 +266,15 @@ def test_explain_by_oid_with_flags(server: FakeServer, capsys: pytest.CaptureFix
 def test_explain_errors(server: FakeServer, capsys: pytest.CaptureFixture,
                         tmp_path: Path) -> None:
     assert cli.main(["policy", "explain", "--policy", PHYSICS, "--url", server.url,
-                     "no/such/item"]) == 2
+                     "no/such/item"]) == 1
     assert capsys.readouterr().err == "dlm: error: no item named 'no/such/item'\n"
     missing = "ffffffff-ffff-4fff-bfff-ffffffff0000"
     assert cli.main(["policy", "explain", "--policy", PHYSICS, "--url", server.url,
-                     missing]) == 2
+                     missing]) == 1
     assert capsys.readouterr().err == f"dlm: error: no item with oid {missing}\n"
     bad = tmp_path / "bad.policy"
     bad.write_text('partition "P" { members item.sise > 1 }')
-    assert cli.main(["policy", "explain", "--policy", str(bad), "--url", server.url, OID]) == 1
+    assert cli.main(["policy", "explain", "--policy", str(bad), "--url", server.url, OID]) == 2
     assert capsys.readouterr().err.startswith(f"{bad}:1:30: unknown item attribute 'sise'")
     assert cli.main(["policy", "explain", "--policy", PHYSICS, "--url", server.url,
                      "--now", "someday", OID]) == 2
@@ -289,7 +289,7 @@ def test_explain_unreachable_server(capsys: pytest.CaptureFixture) -> None:
     status = cli.main(["policy", "explain", "--policy", PHYSICS, "--url",
                        f"http://127.0.0.1:{port}", "x"])
     err = capsys.readouterr().err
-    assert status == 2
+    assert status == 1
     assert err.startswith(f"dlm: error: cannot reach the server at http://127.0.0.1:{port}")
     assert "Traceback" not in err
 

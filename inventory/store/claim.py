@@ -20,6 +20,7 @@ import fcntl
 import os
 import socket
 from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -35,6 +36,32 @@ _KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10",
                "tcp_keepalives_count": "3"}
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 asyncpg.exceptions.InternalClientError)
+
+
+def connect_problem(where: str, exc: BaseException) -> str:
+    """Why connecting to PostgreSQL failed, with what to do when the fix is on the operator's
+    side: a database or a role that does not exist (refusals a retry never cures)."""
+    text = f"cannot connect to {where}: {exc}"
+    url = urlsplit(where)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        name = unquote(url.path.lstrip("/")) or "NAME"
+        return (f"{text}; create it (`createdb {name}` as a role that may) or start once with "
+                f"`dlm serve --create-db`")
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) \
+            and "does not exist" in str(exc):
+        return (f"{text}; create the role (`createuser {unquote(url.username or 'NAME')}`) or "
+                f"name another user in the URL")
+    return text
+
+
+def make_directory(path: str) -> None:
+    """The database's directory (the data dir), created if missing; StoreUnavailable saying
+    which directory could not be made and why (not a bare OSError that reads like a port)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create the data directory {path}: "
+                               f"{exc.strerror or exc}") from exc
 
 
 def holder_line() -> str:
@@ -87,7 +114,7 @@ class FileClaim:
                 f"the database file {self.db_path} was replaced or removed after this server "
                 f"opened it; this server writes no other file (restart it to serve the file "
                 f"now there)"))
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        make_directory(os.path.dirname(self.path))
         self._fd = self._lock_file()
         try:
             self._db_fd = self._lock_database()
@@ -231,7 +258,7 @@ class PgClaim:
                                          server_settings={"application_name": name,
                                                           **_KEEPALIVES})
         except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"cannot connect to {self.where}: {exc}") from exc
+            raise StoreUnavailable(connect_problem(self.where, exc)) from exc
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CLAIM_KEY,
                                        timeout=10):

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -24,6 +25,7 @@ from inventory.store.base import (
     STORAGE_COLUMNS,
     Store,
     StoreConflict,
+    StoreError,
     StoreInDoubt,
     StoreRefused,
     StoreUnavailable,
@@ -37,7 +39,7 @@ from inventory.store.base import (
     storage_db_row,
     storage_from_db,
 )
-from inventory.store.claim import PgClaim
+from inventory.store.claim import PgClaim, connect_problem
 from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
 
 
@@ -112,6 +114,41 @@ def _quiet_abandoned_waiters() -> None:
     loop.set_exception_handler(handler)
 
 
+async def create_database(url: str, where: str) -> bool:
+    """Create the database ``url`` names unless it exists (``dlm serve --create-db``); True if
+    it was created. Connects to the same server's ``postgres`` maintenance database, as
+    ``createdb`` does; ``where`` is the URL to print (no password)."""
+    parts = urlsplit(url)
+    name = unquote(parts.path.lstrip("/"))
+    if not name:
+        raise StoreError(f"{where}: the URL names no database to create")
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidCatalogNameError:
+        pass  # what --create-db is for
+    except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(connect_problem(where, exc)) from exc
+    else:
+        await conn.close()
+        return False
+    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        conn = await asyncpg.connect(maintenance, timeout=10)
+    except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"cannot create database {name!r}: "
+                               f"{connect_problem('its postgres database', exc)}") from exc
+    try:
+        await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+    except asyncpg.DuplicateDatabaseError:
+        return False  # created meanwhile by someone else: as good
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"cannot create database {name!r} on {where}: {exc}") from exc
+    finally:
+        await conn.close()
+    log.info("database created", extra={"db": where})
+    return True
+
+
 class PostgresStore(Store):
     backend = "postgresql"
     dialect = "postgresql"
@@ -147,8 +184,9 @@ class PostgresStore(Store):
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=self._sizes[0], max_size=self._sizes[1], command_timeout=300,
             )
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot connect to {self.describe()}: {exc}") from exc
+        except (*_UNAVAILABLE, asyncpg.InvalidCatalogNameError,
+                asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            raise StoreUnavailable(connect_problem(self.describe(), exc)) from exc
         async with self._pool.acquire() as conn, conn.transaction():
             # One migrator at a time, even if two servers start against one database.
             await conn.execute("SELECT pg_advisory_xact_lock(864200)")

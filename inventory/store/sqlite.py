@@ -27,6 +27,7 @@ from inventory.store.base import (
     STORAGE_COLUMNS,
     Store,
     StoreConflict,
+    StoreError,
     StoreRefused,
     StoreUnavailable,
     check_schema_version,
@@ -39,7 +40,7 @@ from inventory.store.base import (
     storage_db_row,
     storage_from_db,
 )
-from inventory.store.claim import FileClaim
+from inventory.store.claim import FileClaim, make_directory
 from inventory.store.ops import DbOp, InsertItems, InsertReplicas, InsertStorage
 
 T = TypeVar("T")
@@ -91,10 +92,14 @@ class SQLiteStore(Store):
         await self._run(self._open)
 
     def _open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        make_directory(os.path.dirname(os.path.abspath(self.path)))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:  # garbage, or another program's encrypted file
+            conn.close()
+            raise StoreError(f"{self.path} is not a usable SQLite database ({exc}): restore it "
+                             f"from a backup, or move it away to start an empty one") from exc
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
