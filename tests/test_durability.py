@@ -285,12 +285,23 @@ async def test_acknowledged_injects_survive_a_postgresql_crash(pg_cluster, serve
                                               f"pgcrash/w{k}", 0, attempts, unexpected, stop))
                  for k in range(INJECTORS)]
         tasks.append(asyncio.create_task(version_poller(session, srv.url, seen)))
+        async def acknowledged(more: int) -> None:
+            """Until ``more`` writes more are acknowledged (a loaded machine is slow to send
+            them: a fixed time would crash PostgreSQL under too few to tell anything)."""
+            target = sum(a.acked is not None for a in attempts) + more
+            for _ in range(1200):
+                if sum(a.acked is not None for a in attempts) >= target:
+                    return
+                await asyncio.sleep(0.05)
+
         for _ in range(3):
             await asyncio.sleep(rng.uniform(0.3, 1.0))
+            await acknowledged(10)
             await asyncio.to_thread(pg_cluster.stop, "immediate")
             await asyncio.sleep(rng.uniform(0.1, 0.5))
             await asyncio.to_thread(pg_cluster.start)
         await asyncio.sleep(0.5)
+        await acknowledged(5)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks[:-1]), 60)
         assert not unexpected, f"unexpected answers: {unexpected[:3]}"
