@@ -180,3 +180,22 @@ async def test_a_reader_sees_no_action(browser, site) -> None:
     await tab.shot("storages-reader")
     assert tab.errors == []
     await context.close()
+
+
+async def test_a_screenshot_as_docs_dashboard_md_takes_it_shows_the_data(site):
+    """The command docs/dashboard.md gives for a report's screenshot waits for the page's
+    fragments: the page it captures holds the overview, not "Loading…"."""
+    import asyncio
+
+    if not Path(CHROMIUM).exists():
+        missing_service(f"chromium at {CHROMIUM} (apt-get install -y chromium)")
+    srv, _seeded = site
+    proc = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+        "--dump-dom", srv.url + "/", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    dom = out.decode()
+    assert 'id="overview"' in dom
+    overview = dom.split('id="overview"', 1)[1].split("</section>", 1)[0]
+    assert "Loading" not in overview and "Storages" in dom
