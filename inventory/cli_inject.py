@@ -14,7 +14,8 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,7 +41,6 @@ MAX_BATCH = 10_000  # the server's limit for one POST /v1/items
 INT_COLUMNS = frozenset({"item_version", "size"})
 NUMBER_COLUMNS = frozenset({"lifetime"})
 JSON_COLUMNS = frozenset({"metadata"})
-_BATCH_FIELD = re.compile(r"^(?:items|\$)\[(\d+)\]\.?(.*)$")
 
 Record = tuple[int, dict[str, Any]]  # (line number in the file, item spec)
 
@@ -138,7 +138,7 @@ def inject(args: argparse.Namespace, client: SyncClient) -> None:
         records = read_records(stream, args.source, args.format)
         records = (r for r in records if r[0] >= args.start_line)
         total = count_records(args.source, args.start_line)
-        answers = bulk_inject(client, records, fields, source=args.source,
+        answers = bulk_send(ITEMS, client, records, fields, source=args.source,
                               batch_size=args.batch_size, total=total,
                               progress=not args.no_progress)
         if wants_json(args):
@@ -308,25 +308,41 @@ def with_defaults(record: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
     return {**base, **record}
 
 
-def bulk_inject(client: SyncClient, records: Iterable[Record], defaults: dict[str, Any], *,
-                source: str, batch_size: int, total: int | None,
-                progress: bool) -> Iterator[dict[str, Any]]:
-    """Send the records in batches, yielding the server's ``{oid, item_name, item_version}``
-    of each as its batch commits. A generator, so ``--json`` output streams."""
+@dataclass(frozen=True, slots=True)
+class BulkKind:
+    """What a bulk command sends and how it words progress and errors: ``dlm inject --from``
+    (items) and ``dlm ops queue --from`` (operations) share everything else."""
+
+    send: Callable[[SyncClient, Iterable[dict[str, Any]]], list[dict[str, Any]]]
+    merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]  # record over defaults
+    root: str  # the list's name in the server's error fields: items[3].size
+    noun: str  # what the records are, plural
+    unit: str  # the progress bar's unit
+    desc: str  # the progress bar's label
+    verb: str  # what the server did to them: registered, queued
+
+
+def bulk_send(kind: BulkKind, client: SyncClient, records: Iterable[Record],
+              defaults: dict[str, Any], *, source: str, batch_size: int, total: int | None,
+              progress: bool) -> Iterator[dict[str, Any]]:
+    """Send the records in batches, yielding the server's answer for each as its batch
+    commits. A generator, so ``--json`` output streams."""
     done = 0
-    bar = tqdm(total=total, unit=" items", file=sys.stderr, disable=not progress,
-               desc="inject", dynamic_ncols=True)
+    bar = tqdm(total=total, unit=kind.unit, file=sys.stderr, disable=not progress,
+               desc=kind.desc, dynamic_ncols=True)
     try:
         for batch in batched(records, batch_size):
             try:
-                answers = client.add_items(with_defaults(r, defaults) for _, r in batch)
+                answers = kind.send(client, (kind.merge(r, defaults) for _, r in batch))
             except ServerUnreachable as exc:
                 if not done:
                     raise
-                raise CLIError(f"{exc.message}; the items before {source} line {batch[0][0]} "
-                               f"({done:,}) are registered", SERVER_ERROR) from None
+                raise CLIError(f"{exc.message}; the {kind.noun} before {source} line "
+                               f"{batch[0][0]} ({done:,}) are {kind.verb}", SERVER_ERROR
+                               ) from None
             except DLMError as exc:
-                raise CLIError(batch_error(exc, batch, source, done), SERVER_ERROR) from None
+                raise CLIError(batch_error(kind, exc, batch, source, done),
+                               SERVER_ERROR) from None
             done += len(answers)
             bar.update(len(answers))
             yield from answers
@@ -340,25 +356,32 @@ def bulk_inject(client: SyncClient, records: Iterable[Record], defaults: dict[st
         bar.close()
 
 
-def batched(records: Iterable[Record], size: int) -> Iterator[tuple[Record, ...]]:
-    """``itertools.batched``, which Python 3.11 lacks."""
-    it = iter(records)
-    while batch := tuple(itertools.islice(it, size)):
-        yield batch
-
-
-def batch_error(exc: DLMError, batch: tuple[Record, ...], source: str, done: int) -> str:
-    """The server's error about ``items[i].field`` of a batch, as the file's line and field."""
+def batch_error(kind: BulkKind, exc: DLMError, batch: tuple[Record, ...], source: str,
+                done: int) -> str:
+    """The server's error about ``items[i].field`` (``operations[i]``...) of a batch, as the
+    file's line and field."""
     first = batch[0][0]
-    match = _BATCH_FIELD.match(exc.field or "")
+    match = re.match(rf"^(?:{kind.root}|\$)\[(\d+)\]\.?(.*)$", exc.field or "")
     if match and int(match.group(1)) < len(batch):
         where = f"{source} line {batch[int(match.group(1))][0]}"
         text = f"{where}: {describe(exc, match.group(2) or None)}"
     else:
         text = f"{source} lines {first}-{batch[-1][0]}: {describe(exc)}"
     if done:
-        return (f"{text}; nothing from line {first} on was registered, the {done:,} items "
-                f"before it were (fix the file, then rerun with --start-line {first})")
-    if "nothing was registered" in text:  # the server's words say it already
+        return (f"{text}; nothing from line {first} on was {kind.verb}, the {done:,} "
+                f"{kind.noun} before it were (fix the file, then rerun with --start-line "
+                f"{first})")
+    if f"nothing was {kind.verb}" in text:  # the server's words say it already
         return text
-    return f"{text}; nothing was registered"
+    return f"{text}; nothing was {kind.verb}"
+
+
+ITEMS = BulkKind(lambda client, specs: client.add_items(specs), with_defaults, "items",
+                 "items", " items", "inject", "registered")
+
+
+def batched(records: Iterable[Record], size: int) -> Iterator[tuple[Record, ...]]:
+    """``itertools.batched``, which Python 3.11 lacks."""
+    it = iter(records)
+    while batch := tuple(itertools.islice(it, size)):
+        yield batch

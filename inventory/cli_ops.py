@@ -20,8 +20,8 @@ from inventory.cli_common import (
     print_table,
     wants_json,
 )
-from inventory.cli_inject import count_records, open_source
-from inventory.cli_ops_bulk import MAX_BATCH, bulk_queue, read_operations
+from inventory.cli_inject import bulk_send, count_records, open_source
+from inventory.cli_ops_bulk import MAX_BATCH, OPERATIONS, read_operations
 from inventory.client import SyncClient
 
 REQUEST_STATES = ("pending", "done", "failed", "cancelled")
@@ -175,10 +175,10 @@ def queue_from_file(args: argparse.Namespace, client: SyncClient) -> None:
     with open_source(args.from_file) as stream:
         records = read_operations(stream, args.from_file, args.format)
         records = (r for r in records if r[0] >= args.start_line)
-        queued = bulk_queue(client, records, defaults, source=args.from_file,
-                            batch_size=args.batch_size,
-                            total=count_records(args.from_file, args.start_line),
-                            progress=not args.no_progress)
+        queued = bulk_send(OPERATIONS, client, records, defaults, source=args.from_file,
+                           batch_size=args.batch_size,
+                           total=count_records(args.from_file, args.start_line),
+                           progress=not args.no_progress)
         if wants_json(args):
             print_json_list(queued)
         else:

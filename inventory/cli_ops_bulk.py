@@ -13,23 +13,16 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import re
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from inventory.cli import CLIError
-from inventory.cli_common import SERVER_ERROR, USAGE_ERROR, describe
-from inventory.cli_inject import batched, decoded
-from inventory.client import ServerUnreachable, SyncClient
-from inventory.errors import DLMError
+from inventory.cli_common import USAGE_ERROR
+from inventory.cli_inject import BulkKind, decoded
 
 MAX_BATCH = 10_000  # the server's limit for one POST /v1/operations
 FIELDS = ("kind", "item", "target", "source")
-_BATCH_FIELD = re.compile(r"^(?:operations|\$)\[(\d+)\]\.?(.*)$")
 
 Record = tuple[int, dict[str, Any]]  # (line number in the file, operation spec)
 
@@ -96,48 +89,5 @@ def with_defaults(record: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
     return {**defaults, **record} if defaults else record
 
 
-def bulk_queue(client: SyncClient, records: Iterable[Record], defaults: dict[str, Any], *,
-               source: str, batch_size: int, total: int | None,
-               progress: bool) -> Iterator[dict[str, Any]]:
-    """Send the records in batches, yielding each queued operation as its batch commits (a
-    generator, so ``--json`` output streams)."""
-    done = 0
-    bar = tqdm(total=total, unit=" ops", file=sys.stderr, disable=not progress,
-               desc="queue", dynamic_ncols=True)
-    try:
-        for batch in batched(records, batch_size):
-            try:
-                answers = client.add_operations(with_defaults(r, defaults) for _, r in batch)
-            except ServerUnreachable as exc:
-                if not done:
-                    raise
-                raise CLIError(f"{exc.message}; the operations before {source} line "
-                               f"{batch[0][0]} ({done:,}) are queued", SERVER_ERROR) from None
-            except DLMError as exc:
-                raise CLIError(batch_error(exc, batch, source, done), SERVER_ERROR) from None
-            done += len(answers)
-            bar.update(len(answers))
-            yield from answers
-        if bar.total is not None and bar.n != bar.total:
-            bar.total = bar.n  # blank lines made the estimate high
-            bar.refresh()
-    except BaseException:
-        bar.leave = False  # erase it, so the error is the one line left on the terminal
-        raise
-    finally:
-        bar.close()
-
-
-def batch_error(exc: DLMError, batch: tuple[Record, ...], source: str, done: int) -> str:
-    """The server's error about ``operations[i].field`` of a batch, as the file's line."""
-    first = batch[0][0]
-    match = _BATCH_FIELD.match(exc.field or "")
-    if match and int(match.group(1)) < len(batch):
-        text = (f"{source} line {batch[int(match.group(1))][0]}: "
-                f"{describe(exc, match.group(2) or None)}")
-    else:
-        text = f"{source} lines {first}-{batch[-1][0]}: {describe(exc)}"
-    if done:
-        return (f"{text}; nothing from line {first} on was queued, the {done:,} operations "
-                f"before it were (fix the file, then rerun with --start-line {first})")
-    return f"{text}; nothing was queued"
+OPERATIONS = BulkKind(lambda client, specs: client.add_operations(specs), with_defaults,
+                      "operations", "operations", " ops", "queue", "queued")
