@@ -67,7 +67,14 @@ class _Refused(Exception):
         self.path: list[str] = []
 
 
-def check(metadata: dict[str, Any], field: str, limits: Limits = LIMITS) -> None:
+# A cycle plan's summary (Detox's and Dealer's own, but sent by a client like any body): the same
+# JSON-only values, bounded for thousands of storages and rules, not for one item.
+SUMMARY_LIMITS = Limits(max_bytes=4 << 20, max_depth=8, max_keys=200_000, max_string=16 * 1024,
+                        max_key=1024)
+
+
+def check(metadata: dict[str, Any], field: str, limits: Limits = LIMITS,
+          what: str = "metadata") -> None:
     """BadRequest naming the offending value (``items[3].metadata.a.b[2]``) unless
     ``metadata`` keeps ``limits`` and holds only values every encoder and database carries."""
     try:
@@ -76,7 +83,7 @@ def check(metadata: dict[str, Any], field: str, limits: Limits = LIMITS) -> None
         raise BadRequest(exc.message, field + "".join(reversed(exc.path))) from None
     size = len(_encode(metadata))
     if size > limits.max_bytes:
-        raise BadRequest(f"metadata is {size} bytes as JSON, more than the "
+        raise BadRequest(f"{what} is {size} bytes as JSON, more than the "
                          f"{limits.max_bytes} allowed", field)
 
 
@@ -119,7 +126,7 @@ def _walk(value: Any, depth: int, limits: Limits, keys: list[int]) -> None:
                 raise
     elif value is not None and kind is not bool:
         what = "binary (bytes)" if kind is bytes else type(value).__name__
-        raise _Refused(f"{what} values cannot be stored: metadata holds JSON values only "
+        raise _Refused(f"{what} values cannot be stored: only JSON values are kept "
                        f"(objects, arrays, strings, numbers, true, false, null)")
 
 

@@ -395,7 +395,9 @@ async def start_read_workers(runner: Any, state: Any, count: int, token: str, ho
     from inventory.server.workers import ReadWorkers, RuntimeDir, SharedVersion, WorkerSpec
 
     runtime = RuntimeDir()
-    await web.UnixSite(runner, runtime.socket).start()
+    # backlog: a burst of forwarded writes (1,500 at once through two workers) found the
+    # default 128 full, and each connect past it failed at once (EAGAIN) as a 503
+    await web.UnixSite(runner, runtime.socket, backlog=4096).start()
     shared = SharedVersion(runtime.shared, create=True)
     inventory = state.inventory
     shared.publish(inventory.version, inventory.token_generation)

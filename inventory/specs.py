@@ -19,6 +19,7 @@ Phase = Literal["PLASMA", "GAS", "LIQUID", "SOLID"]
 # through, it failed the database commit of every write grouped with it (issue 16).
 NO_NUL = "^[^\\x00]*$"
 Text = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
+NAME_TEXT = 256  # characters of an item's owner or group
 Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # validate.MAX_BYTES: int64 columns
 # What a registration with a storage checks on it before it is acknowledged: that the payload
@@ -47,8 +48,10 @@ class ItemSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     target_phase: Phase = "SOLID"
     expire_at: str | None = None
     lifetime: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    owner: str | None = None  # no NUL: checked by the handler (validate.no_nul), cheaper
-    group: str | None = None  # than a pattern on every item of a 10,000-item batch
+    # no NUL: checked by the handler (validate.no_nul), cheaper than a pattern on every item of
+    # a 10,000-item batch; a length bound is cheap (a 3 MB owner made every answer 3 MB)
+    owner: Annotated[str, msgspec.Meta(max_length=NAME_TEXT)] | None = None
+    group: Annotated[str, msgspec.Meta(max_length=NAME_TEXT)] | None = None
     storage: str | None = None  # a name looked up: one with a NUL is not found (400)
     uri: str | None = None  # refused with control characters (writes.normal_uri)
     verify: Verify = "size"
@@ -147,7 +150,7 @@ class CyclePlanIn(msgspec.Struct, forbid_unknown_fields=True):
 
     policy_name: Text
     policy_file: Text
-    policy_text: Text
+    policy_text: Annotated[str, msgspec.Meta(pattern=NO_NUL, max_length=1 << 20)]
     policy_sha256: str
     snapshot_version: Annotated[int, msgspec.Meta(ge=0)]
     started: float

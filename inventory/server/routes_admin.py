@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from inventory import model, validate
+from inventory import metadata, model, validate
 from inventory.decisions import HEADER_ALLOWANCE, expanded_size, plan_bound, read_bound
 from inventory.decisions import decode as decode_decisions
 from inventory.errors import BadRequest, Conflict, DLMError, NotFound, PayloadTooLarge
@@ -290,6 +290,9 @@ async def _apply_plan(request: web.Request, spec: type[CyclePlanIn],
                       write: Callable[[Any], Write]) -> web.Response:
     plan = await decode(request, spec, limit=request.app[PLAN_LIMIT])
     validate.epoch_value(plan.started, "started")  # else stored, and /v1/history a 500
+    # stored as JSON and read by every history page: bytes in it failed its whole commit group,
+    # nesting kept a PostgreSQL server from loading (issue 16)
+    metadata.check(plan.summary, "summary", metadata.SUMMARY_LIMITS, "the summary")
     state = state_of(request)
     await _check_decisions(request, plan, state.inventory)
     cycle = await state.scheduler.write(write(plan))
