@@ -953,6 +953,16 @@ class AddToken(Write):
             raise Conflict(f"a token named {name!r} exists already", "name")
         expires = None if spec.expires_at is None else validate.time_value(spec.expires_at,
                                                                            "expires_at")
+        now = model.now()
+        if expires is not None and expires <= now:
+            raise BadRequest(f"must be in the future (a token that has expired lets nobody in), "
+                             f"got {spec.expires_at!r}", "expires_at")
+        if spec.role != "operator" and not _operators_left(inv, pending, now):
+            # the first token ends open mode: a reader's or producer's alone would leave nobody
+            # able to act as operator (nor to create one) until the config file is edited
+            raise Conflict(f"no operator token exists: a {spec.role} token now would end open "
+                           f"mode with nobody left to act as operator; create an operator token "
+                           f"first (dlm token create --role operator)", "role")
         secret = "dlm_" + secrets.token_urlsafe(32)
         token = Token(name, spec.role, token_hash(secret), model.now(), expires)
         pending.objects[("token", name)] = token
@@ -963,6 +973,15 @@ class AddToken(Write):
 
         # Tokens stay out of the change feed: their hashes are nobody else's business.
         return Prepared([upsert([token])], apply, [])
+
+
+def _operators_left(inv: Inventory, pending: Pending, now: float, but: str | None = None
+                    ) -> bool:
+    """Whether a live (unexpired) operator token other than ``but`` exists or is being made."""
+    tokens = [*inv.tokens.values(),
+              *(obj for (kind, _), obj in pending.objects.items() if kind == "token")]
+    return any(t.role == "operator" and t.name != but
+               and (t.expires_at is None or t.expires_at > now) for t in tokens)
 
 
 class DeleteToken(Write):
@@ -976,6 +995,12 @@ class DeleteToken(Write):
         if token.from_config:
             raise Conflict(f"token {self.name!r} is listed in the server's config file: remove "
                            f"it there and restart the server", "name")
+        now = model.now()
+        if token.role == "operator" and len(inv.tokens) > 1 and \
+                not _operators_left(inv, pending, now, but=token.name):
+            raise Conflict(f"{self.name!r} is the last operator token: without it the other "
+                           f"tokens could not act as operator (nor create one); create another "
+                           f"operator token first, or delete the others", "name")
         name = self.name
 
         def apply(inv: Inventory) -> None:

@@ -107,11 +107,41 @@ async def test_tokens_survive_restart_and_can_be_revoked(server):
 
 
 async def test_expired_token_is_refused(sqlite_server):
+    import asyncio
+    import time
+
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
     made = await sqlite_server.client.request(
-        "POST", "/v1/tokens",
-        json={"name": "old", "role": "operator", "expires_at": "2001-01-01T00:00:00Z"})
+        "POST", "/v1/tokens", json={"name": "old", "role": "operator", "expires_at": soon})
+    await asyncio.sleep(2.5)
     status, body, _ = await status_of(sqlite_server.url, "GET", "/v1/items", made["token"])
     assert status == 401 and "expired" in body["error"]["message"]
+
+
+async def test_no_token_change_locks_the_operators_out(sqlite_server):
+    """Found from outside: a token created already expired, or a reader's as the first token,
+    ended open mode with nobody able to act as operator. Both are refused, as is deleting the
+    last operator token while others remain; nothing changes."""
+    c = sqlite_server.client
+    with pytest.raises(errors.BadRequest) as info:
+        await c.request("POST", "/v1/tokens", json={"name": "old", "role": "operator",
+                                                    "expires_at": "1999-01-01T00:00:00Z"})
+    assert info.value.field == "expires_at"
+    with pytest.raises(errors.Conflict) as info:
+        await c.request("POST", "/v1/tokens", json={"name": "r", "role": "reader"})
+    assert info.value.field == "role" and "operator token first" in str(info.value)
+    assert (await c.health())["auth"] == "open"
+    admin = await c.request("POST", "/v1/tokens", json={"name": "admin", "role": "operator"})
+    from inventory.client import Client
+
+    async with Client(sqlite_server.url, token=admin["token"]) as c:
+        await c.request("POST", "/v1/tokens", json={"name": "r", "role": "reader"})
+        with pytest.raises(errors.Conflict) as info:
+            await c.request("DELETE", "/v1/tokens/admin")
+        assert "last operator token" in str(info.value)
+        await c.request("DELETE", "/v1/tokens/r")
+        await c.request("DELETE", "/v1/tokens/admin")  # the last token of all: open again
+        assert (await c.health())["auth"] == "open"
 
 
 async def test_copy_request_records_the_requester(sqlite_server):

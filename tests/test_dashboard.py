@@ -181,7 +181,9 @@ async def test_figures_of_the_seeded_site(site) -> None:
 async def test_pages_are_public_shells_and_data_needs_a_reader(site) -> None:
     srv, seeded = site
     c = srv.client
-    reader = (await c.request("POST", "/v1/tokens", json={"name": "r", "role": "reader"}))
+    admin = await c.request("POST", "/v1/tokens", json={"name": "admin", "role": "operator"})
+    reader = await c.request("POST", "/v1/tokens", json={"name": "r", "role": "reader"},
+                             headers={"Authorization": f"Bearer {admin['token']}"})
     auth = {"Authorization": f"Bearer {reader['token']}"}
     async with aiohttp.ClientSession(base_url=srv.url) as http:
         for path in ("/", "/dashboard/storages", "/dashboard/operations", "/dashboard/cycles",

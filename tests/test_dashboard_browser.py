@@ -166,8 +166,11 @@ async def test_a_reader_sees_no_action(browser, site) -> None:
     """With tokens, the page works from the token kept in the session; a reader's forms are
     hidden (and the API would refuse them)."""
     srv, _ = site
+    admin = await srv.client.request("POST", "/v1/tokens", json={"name": "admin",
+                                                                  "role": "operator"})
     reader = await srv.client.request("POST", "/v1/tokens", json={"name": "eve",
-                                                                   "role": "reader"})
+                                                                   "role": "reader"},
+                                      headers={"Authorization": f"Bearer {admin['token']}"})
     context = await browser.new_context()
     await context.add_init_script(
         f"sessionStorage.setItem('dlm-token', {reader['token']!r});")
