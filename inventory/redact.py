@@ -7,7 +7,8 @@ see a storage's config (where it is, how it is tuned) but never those. Two rules
 - keys that name a credential (``secret``, ``password``, ``token``, ``credential``,
   ``access_key``, ...) are left out of a config shown to readers;
 - the user and password part of any URL is replaced by ``***``, in config values and in any
-  text (an error naming the endpoint it could not reach, a log line).
+  text (an error naming the endpoint it could not reach, a log line), and so are bearer tokens
+  (a request quoted in a log line).
 
 Operators get configs whole where they need them (a Consistency run lists storages with their
 credentials; see ``feed.storage_wire``).
@@ -25,6 +26,10 @@ MASK = "***"
 # scheme://userinfo@ : userinfo is what RFC 3986 allows before the host (no / ? # @ or space)
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
 _SHORTEST_SECRET = 4  # shorter values would mask ordinary words of a message
+# a bearer token, and DLM's own token form, wherever a message quotes a request's header (aiohttp
+# logs a request it cannot parse with its raw headers: a valid token went into the log)
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"'\\,]+")
+_DLM_TOKEN = re.compile(r"dlm_[A-Za-z0-9_-]{16,}")
 
 
 def is_secret_key(key: str) -> bool:
@@ -38,6 +43,10 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     (credential values, e.g. from ``secrets_of``) masked wherever it appears."""
     if "@" in text:
         text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    if "dlm_" in text:
+        text = _DLM_TOKEN.sub("dlm_" + MASK, text)
     for secret in secrets:
         if len(secret) >= _SHORTEST_SECRET and secret in text:
             text = text.replace(secret, MASK)
