@@ -189,6 +189,14 @@ def count_records(source: str, start_line: int) -> int | None:
 def read_records(stream: BinaryIO, source: str, fmt: str | None) -> Iterator[Record]:
     """Item specs with their line numbers, from JSON lines or CSV (told, or guessed from the
     suffix, else from the first non-blank character: ``{`` is JSON)."""
+    lines, fmt = lines_and_format(stream, source, fmt)
+    return json_records(lines, source) if fmt == "jsonl" else csv_records(lines, source)
+
+
+def lines_and_format(stream: Iterable[bytes], source: str, fmt: str | None
+                     ) -> tuple[Iterator[str], str]:
+    """A bulk file's decoded lines and its format, ``jsonl`` or ``csv``: as told, else from the
+    suffix, else from the first line (``{`` is JSON). ``dlm inject`` and ``dlm ops queue``."""
     lines = decoded(stream, source)
     if fmt is None:
         suffix = Path(source).suffix.lower()
@@ -200,7 +208,7 @@ def read_records(stream: BinaryIO, source: str, fmt: str | None) -> Iterator[Rec
             head = list(itertools.islice(lines, 1))
             fmt = "jsonl" if head and head[0].lstrip().startswith("{") else "csv"
             lines = itertools.chain(head, lines)
-    return json_records(lines, source) if fmt == "jsonl" else csv_records(lines, source)
+    return lines, fmt
 
 
 def decoded(stream: Iterable[bytes], source: str) -> Iterator[str]:

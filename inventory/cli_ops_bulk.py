@@ -11,15 +11,13 @@ record leaves out.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from inventory.cli import CLIError
 from inventory.cli_common import USAGE_ERROR
-from inventory.cli_inject import BulkKind, decoded
+from inventory.cli_inject import BulkKind, lines_and_format
 
 MAX_BATCH = 10_000  # the server's limit for one POST /v1/operations
 FIELDS = ("kind", "item", "target", "source")
@@ -30,17 +28,7 @@ Record = tuple[int, dict[str, Any]]  # (line number in the file, operation spec)
 def read_operations(stream: Iterable[bytes], source: str, fmt: str | None) -> Iterator[Record]:
     """Operation specs with their line numbers, from JSON lines or CSV (told, or guessed from
     the suffix, else from the first line: ``{`` is JSON)."""
-    lines = decoded(stream, source)
-    if fmt is None:
-        suffix = Path(source).suffix.lower()
-        if suffix == ".csv":
-            fmt = "csv"
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            fmt = "jsonl"
-        else:
-            head = list(itertools.islice(lines, 1))
-            fmt = "jsonl" if head and head[0].lstrip().startswith("{") else "csv"
-            lines = itertools.chain(head, lines)
+    lines, fmt = lines_and_format(stream, source, fmt)
     return _json_lines(lines, source) if fmt == "jsonl" else _csv_lines(lines, source)
 
 
